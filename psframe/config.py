@@ -1,0 +1,135 @@
+"""The environment contract: every ``PSFRAME_*`` variable, declared once, read once.
+
+The launcher builds these variables (``psframe_launcher.plan``); every role reads them here into a
+frozen ``Config``. Nothing else in psframe reads ``os.environ`` for a ``PSFRAME_*`` name.
+"""
+import dataclasses
+import os
+import socket
+
+from .errors import ConfigError
+
+# --- the contract of DESIGN.md -------------------------------------------------------------
+ROLE = "PSFRAME_ROLE"                    # scheduler | server | worker
+SCHEDULER = "PSFRAME_SCHEDULER"          # tcp://host:port of the scheduler
+NUM_WORKERS = "PSFRAME_NUM_WORKERS"
+NUM_SERVERS = "PSFRAME_NUM_SERVERS"
+KVSTORE = "PSFRAME_KVSTORE"              # local | dist_sync | dist_async | dist_device_sync
+RANK = "PSFRAME_RANK"                    # worker rank, 0..num_workers-1 (launch order)
+LOCAL_RANK = "PSFRAME_LOCAL_RANK"
+LOCAL_SIZE = "PSFRAME_LOCAL_SIZE"
+HOST = "PSFRAME_HOST"                    # this process's host name in the job
+# --- psframe's own additions (documented in the README) -----------------------------------
+SERVER_RANK = "PSFRAME_SERVER_RANK"      # server index, 0..num_servers-1 (launch order)
+BIND_HOST = "PSFRAME_BIND_HOST"          # interface servers bind to (default: PSFRAME_HOST)
+START_TIMEOUT = "PSFRAME_START_TIMEOUT"  # seconds for every declared process to register
+TIMEOUT = "PSFRAME_TIMEOUT"              # default timeout of blocking calls, seconds
+HEARTBEAT_INTERVAL = "PSFRAME_HEARTBEAT_INTERVAL"
+HEARTBEAT_TIMEOUT = "PSFRAME_HEARTBEAT_TIMEOUT"
+BIGARRAY_BOUND = "PSFRAME_BIGARRAY_BOUND"  # elements above which a key is sliced over servers
+MAX_STEPS_AHEAD = "PSFRAME_MAX_STEPS_AHEAD"  # sync pushes a worker may have unmerged per key
+USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules servers import
+TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
+
+ROLES = ("scheduler", "server", "worker")
+KINDS = ("local", "dist_sync", "dist_async", "dist_device_sync")
+
+DEFAULTS = {
+    START_TIMEOUT: 60.0,
+    TIMEOUT: 300.0,
+    HEARTBEAT_INTERVAL: 1.0,
+    HEARTBEAT_TIMEOUT: 10.0,
+    BIGARRAY_BOUND: 1_000_000,
+    MAX_STEPS_AHEAD: 4,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One process's view of the job, read from the environment by ``from_env``."""
+    role: str = "worker"
+    scheduler: str = ""
+    num_workers: int = 1
+    num_servers: int = 0
+    kvstore: str = ""
+    rank: int = 0
+    server_rank: int = 0
+    local_rank: int = 0
+    local_size: int = 1
+    host: str = ""
+    bind_host: str = ""
+    start_timeout: float = DEFAULTS[START_TIMEOUT]
+    timeout: float = DEFAULTS[TIMEOUT]
+    heartbeat_interval: float = DEFAULTS[HEARTBEAT_INTERVAL]
+    heartbeat_timeout: float = DEFAULTS[HEARTBEAT_TIMEOUT]
+    bigarray_bound: int = DEFAULTS[BIGARRAY_BOUND]
+    max_steps_ahead: int = DEFAULTS[MAX_STEPS_AHEAD]
+    user_modules: tuple = ()
+    timeline: str = ""
+
+    @property
+    def launched(self):
+        """True when a scheduler address was handed to us (by psframe-launch or by hand)."""
+        return bool(self.scheduler)
+
+
+def _get(env, name, cast, default, minimum=None):
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {cast.__name__}; "
+                          f"set it to a {cast.__name__} or unset it") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def from_env(env=None):
+    """Read and validate the ``PSFRAME_*`` variables of ``env`` (default ``os.environ``).
+
+    Raises:
+        ConfigError: naming the missing or malformed variable and how to fix it.
+    """
+    env = os.environ if env is None else env
+    role = env.get(ROLE, "worker")
+    if role not in ROLES:
+        raise ConfigError(f"{ROLE}={role!r} is not a role; use one of {', '.join(ROLES)}")
+    kvstore = env.get(KVSTORE, "")
+    if kvstore and kvstore not in KINDS:
+        raise ConfigError(f"{KVSTORE}={kvstore!r} is not a kvstore kind; use one of {', '.join(KINDS)}")
+    scheduler = env.get(SCHEDULER, "")
+    num_workers = _get(env, NUM_WORKERS, int, 1, minimum=1)
+    num_servers = _get(env, NUM_SERVERS, int, 1 if scheduler else 0, minimum=0)
+    if scheduler and num_servers < 1:
+        raise ConfigError(f"{NUM_SERVERS} must be >= 1 in a distributed job")
+    if role != "worker" and not scheduler:
+        raise ConfigError(f"role {role} needs {SCHEDULER}=tcp://host:port; start it with psframe-launch")
+    rank = _get(env, RANK, int, 0, minimum=0)
+    if rank >= num_workers:
+        raise ConfigError(f"{RANK}={rank} is out of range for {NUM_WORKERS}={num_workers}")
+    server_rank = _get(env, SERVER_RANK, int, 0, minimum=0)
+    if role == "server" and server_rank >= num_servers:
+        raise ConfigError(f"{SERVER_RANK}={server_rank} is out of range for {NUM_SERVERS}={num_servers}")
+    if role == "worker" and scheduler and RANK not in env:
+        raise ConfigError(f"a worker of a distributed job needs {RANK} (0..{num_workers - 1}); "
+                          f"psframe-launch sets it")
+    if role == "server" and SERVER_RANK not in env:
+        raise ConfigError(f"a server needs {SERVER_RANK} (0..{num_servers - 1}); psframe-launch sets it")
+    host = env.get(HOST) or socket.gethostname()
+    modules = tuple(m for m in env.get(USER_MODULES, "").split(os.pathsep) if m)
+    return Config(
+        role=role, scheduler=scheduler, num_workers=num_workers, num_servers=num_servers,
+        kvstore=kvstore, rank=rank, server_rank=server_rank,
+        local_rank=_get(env, LOCAL_RANK, int, 0, minimum=0),
+        local_size=_get(env, LOCAL_SIZE, int, 1, minimum=1),
+        host=host, bind_host=env.get(BIND_HOST, ""),
+        start_timeout=_get(env, START_TIMEOUT, float, DEFAULTS[START_TIMEOUT], minimum=0.1),
+        timeout=_get(env, TIMEOUT, float, DEFAULTS[TIMEOUT], minimum=0.1),
+        heartbeat_interval=_get(env, HEARTBEAT_INTERVAL, float, DEFAULTS[HEARTBEAT_INTERVAL], minimum=0.01),
+        heartbeat_timeout=_get(env, HEARTBEAT_TIMEOUT, float, DEFAULTS[HEARTBEAT_TIMEOUT], minimum=0.1),
+        bigarray_bound=_get(env, BIGARRAY_BOUND, int, DEFAULTS[BIGARRAY_BOUND], minimum=1),
+        max_steps_ahead=_get(env, MAX_STEPS_AHEAD, int, DEFAULTS[MAX_STEPS_AHEAD], minimum=1),
+        user_modules=modules, timeline=env.get(TIMELINE, ""))

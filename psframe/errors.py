@@ -1,0 +1,115 @@
+"""The psframe error family: every error a user can hit, each naming its cause and its fix.
+
+Errors subclass ``PSError`` and also the natural built-in (``ValueError``, ``TimeoutError``,
+``ConnectionError``) so generic handlers still catch them. They cross the wire as a whitelisted
+*name* plus a message (``to_wire`` / ``from_wire``), never as a pickle.
+"""
+
+
+class PSError(Exception):
+    """Base class of every psframe error."""
+
+
+class ConfigError(PSError, ValueError):
+    """A missing or malformed setting (environment variable, argument, launcher flag)."""
+
+
+class ProtocolError(PSError, ValueError):
+    """A message that breaks the wire rules (version, command, frame count, sizes)."""
+
+
+class KeyStateError(PSError, KeyError):
+    """Base of errors about a key's state. ``KeyError`` quotes its message; we do not."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+class UninitializedKeyError(KeyStateError):
+    """push/pull of a key that no ``init`` created."""
+
+    def __init__(self, key, op="push/pull"):
+        self.key = key
+        super().__init__(
+            f"key {key!r} is not initialised: {op} needs kv.init({key!r}, value) first "
+            f"(called on every worker; rank 0's value wins)")
+
+
+class DoubleInitError(KeyStateError):
+    """``init`` of a key this worker already initialised."""
+
+    def __init__(self, key, rank=None):
+        self.key = key
+        who = f"worker {rank}" if rank is not None else "this worker"
+        super().__init__(
+            f"key {key!r} is already initialised by {who}: call kv.init once per key, "
+            f"then use push/pull to change its value")
+
+
+class ShapeMismatchError(PSError, ValueError):
+    """A pushed/pulled array whose shape differs from the key's stored shape."""
+
+    def __init__(self, key, expected, actual, op="push"):
+        self.key, self.expected, self.actual = key, tuple(expected), tuple(actual)
+        super().__init__(
+            f"{op} of key {key!r}: shape {self.actual} does not match the key's initialised "
+            f"shape {self.expected}; pass an array of shape {self.expected}")
+
+
+class DTypeMismatchError(PSError, TypeError):
+    """A pushed/pulled array whose dtype differs from the key's stored dtype."""
+
+    def __init__(self, key, expected, actual, op="push"):
+        self.key, self.expected, self.actual = key, str(expected), str(actual)
+        super().__init__(
+            f"{op} of key {key!r}: dtype {self.actual} does not match the key's initialised "
+            f"dtype {self.expected}; convert with .astype({self.expected!r})")
+
+
+class UnsupportedDTypeError(PSError, TypeError):
+    """An array dtype psframe does not carry."""
+
+    def __init__(self, dtype, supported):
+        self.dtype = str(dtype)
+        super().__init__(f"dtype {self.dtype} is not supported; use one of {', '.join(supported)}")
+
+
+class OptimizerError(PSError, ValueError):
+    """An optimizer that cannot be shipped or built (unregistered name, bad config)."""
+
+
+class PSTimeoutError(PSError, TimeoutError):
+    """A blocking call that did not complete within its timeout."""
+
+
+class PeerLostError(PSError, ConnectionError):
+    """Another process of the job died or stopped answering; the job cannot go on."""
+
+
+class JobAbortedError(PeerLostError):
+    """The scheduler stopped the job (a peer failed, or start-up did not complete)."""
+
+
+class RemoteError(PSError):
+    """An error reply whose name is not in the whitelist (message kept verbatim)."""
+
+
+# Only these names are turned back into exceptions on receipt; anything else becomes RemoteError.
+_WIRE_ERRORS = {cls.__name__: cls for cls in (
+    PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
+    ShapeMismatchError, DTypeMismatchError, UnsupportedDTypeError, OptimizerError,
+    PSTimeoutError, PeerLostError, JobAbortedError)}
+
+
+def to_wire(exc):
+    """Return ``(name, message)`` describing ``exc`` for an error reply."""
+    name = type(exc).__name__ if type(exc).__name__ in _WIRE_ERRORS else "PSError"
+    return name, str(exc)
+
+
+def from_wire(name, message):
+    """Rebuild the exception named in an error reply, without calling its ``__init__``."""
+    cls = _WIRE_ERRORS.get(name, RemoteError)
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    return exc

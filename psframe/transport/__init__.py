@@ -1,0 +1,1 @@
+"""Bytes between processes: addresses, zmq sockets, request/reply."""
