@@ -1,0 +1,60 @@
+"""Shared test plumbing: CI strictness for real components, time scaling, child-process leak check."""
+import os
+import shutil
+
+import pytest
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TIME_FACTOR = float(os.environ.get("PSFRAME_TEST_TIME_FACTOR", "1"))
+
+
+def require(condition, what):
+    """Skip when a real component is missing, but fail under CI=true (a missing component there
+    is a broken set-up, never a reason to skip)."""
+    if condition:
+        return
+    if CI:
+        pytest.fail(f"CI=true and {what} is missing; `make test` installs it (as root)")
+    pytest.skip(f"{what} is missing")
+
+
+def require_exe(name):
+    path = shutil.which(name)
+    require(path is not None, f"executable {name!r}")
+    return path
+
+
+def _children():
+    try:
+        import psutil  # optional
+    except ImportError:
+        psutil = None
+    if psutil:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    pids = set()
+    me = str(os.getpid())
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if fields[1] == me and fields[0] != "Z":
+                    pids.add(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_children():
+    """Every test reaps what it started: no direct child process may outlive it."""
+    before = _children()
+    yield
+    leaked = _children() - before
+    for pid in leaked:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    assert not leaked, f"test left child processes running: {sorted(leaked)}"
