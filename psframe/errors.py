@@ -94,6 +94,15 @@ class RemoteError(PSError):
     """An error reply whose name is not in the whitelist (message kept verbatim)."""
 
 
+class DataError(PSError, OSError):
+    """A dataset that cannot be listed or read (missing bucket/prefix, empty glob, corrupt or
+    vanished shard, retries exhausted). The message names the URL and the fix; ``url`` holds it."""
+
+    def __init__(self, message, url=None):
+        self.url = url
+        super().__init__(message)
+
+
 # Only these names are turned back into exceptions on receipt; anything else becomes RemoteError.
 _WIRE_ERRORS = {cls.__name__: cls for cls in (
     PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
