@@ -1,0 +1,48 @@
+"""RMSProp, step for step equal to ``torch.optim.RMSprop`` (non-centered)."""
+from .base import Optimizer, _number, array_module, register
+
+
+@register
+class RMSProp(Optimizer):
+    """RMSProp: ``sq = alpha * sq + (1 - alpha) * g**2``; ``w -= lr * g / (sqrt(sq) + eps)``,
+    through a momentum buffer when ``momentum > 0``.
+
+    Args:
+        lr: learning rate.
+        alpha: decay of the squared-gradient average.
+        eps: added to its root.
+        momentum: momentum factor (0 disables the buffer).
+        weight_decay: L2 penalty added to the gradient.
+        **common: ``rescale_grad``, ``clip_gradient``, ``lr_schedule``, ``multi_precision``.
+    """
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0, **common):
+        super().__init__(lr=lr, **common)
+        self.alpha = _number("alpha", alpha)
+        self.eps = _number("eps", eps)
+        self.momentum = _number("momentum", momentum)
+        self.weight_decay = _number("weight_decay", weight_decay)
+
+    def create_slots(self, key, weight):
+        xp = array_module(weight)
+        slots = {"square_avg": xp.zeros_like(weight)}
+        if self.momentum:
+            slots["momentum"] = xp.zeros_like(weight)
+        return slots
+
+    def step(self, key, weight, grad, state, lr, t):
+        xp = array_module(weight)
+        if self.weight_decay:
+            grad = grad + self.weight_decay * weight
+        sq = state["square_avg"]
+        sq *= self.alpha
+        sq += (1.0 - self.alpha) * grad * grad
+        avg = xp.sqrt(sq)
+        avg += self.eps
+        if self.momentum:
+            buf = state["momentum"]
+            buf *= self.momentum
+            buf += grad / avg
+            weight -= lr * buf
+        else:
+            weight -= lr * (grad / avg)
