@@ -1,0 +1,147 @@
+"""The launch agent: runs ONE process of the job on its host for the ssh, mpi and slurm
+backends, and is the only thing there that the launcher talks to.
+
+It reads its ``ProcessSpec`` (command, cwd, job env) from stdin (ssh: nothing secret ever goes
+into an argv) or from a 0600 plan file picked by its MPI/Slurm rank, starts the process in its
+own session with ``merge_env``, forwards its output framed (``output.frame_*``) with start/exit
+events, and stops the whole process group when told to: stdin EOF (the ssh connection ended),
+SIGTERM/SIGINT/SIGHUP (mpirun/srun stopping the job) or its parent dying. Exits with the
+process's code (128+N for signal N).
+
+    python -m psframe_launcher.agent --stdin
+    python -m psframe_launcher.agent --plan FILE --rank-var OMPI_COMM_WORLD_RANK
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from .backends.local import die_with_parent
+from .output import frame_event, frame_output
+from .plan import merge_env
+
+KILL_GRACE = 3.0
+
+
+class Agent:
+    def __init__(self, spec, out=None):
+        self.spec = spec
+        self.index = spec["index"]
+        self.out = out or sys.stdout
+        self.lock = threading.Lock()
+        self.proc = None
+        self.stopping = threading.Event()
+
+    def emit(self, line):
+        with self.lock:
+            try:
+                self.out.write(line + "\n")
+                self.out.flush()
+            except (OSError, ValueError):
+                # nobody listens any more (ssh connection gone): stop the process
+                self.stopping.set()
+
+    def start(self):
+        env = merge_env(self.spec["env"], os.environ)
+        try:
+            self.proc = subprocess.Popen(
+                self.spec["command"], env=env, cwd=self.spec["cwd"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent)
+        except OSError as exc:
+            self.emit(frame_output(self.index, f"psframe-launch agent: cannot run "
+                                               f"{self.spec['command'][0]!r} in {self.spec['cwd']!r}: {exc}"))
+            self.emit(frame_event(self.index, event="exit", code=127, signal=None))
+            return False
+        self.emit(frame_event(self.index, event="start", pid=self.proc.pid,
+                              hostname=socket.gethostname()))
+        threading.Thread(target=self._forward, daemon=True).start()
+        return True
+
+    def _forward(self):
+        for raw in iter(self.proc.stdout.readline, b""):
+            self.emit(frame_output(self.index, raw.decode("utf-8", "replace").rstrip("\r\n")))
+
+    def stop_group(self):
+        """SIGTERM the process group, SIGKILL it after the grace period."""
+        if self.proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                return
+            deadline = time.monotonic() + wait
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def run(self, watch_stdin=False):
+        if not self.start():
+            return 127
+        parent = os.getppid()
+        if watch_stdin:
+            threading.Thread(target=self._watch_stdin, daemon=True).start()
+        while self.proc.poll() is None:
+            if self.stopping.wait(0.1) or os.getppid() != parent:
+                self.stop_group()
+                break
+        returncode = self.proc.wait()
+        # the group may still hold a grandchild the process forked: never leave it behind
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        time.sleep(0.05)   # let the forwarder flush the last lines
+        code, sig = (None, -returncode) if returncode < 0 else (returncode, None)
+        self.emit(frame_event(self.index, event="exit", code=code, signal=sig))
+        return 128 + sig if sig else code
+
+    def _watch_stdin(self):
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        self.stopping.set()
+
+
+def _spec_from_plan(path, rank_var):
+    rank = os.environ.get(rank_var)
+    if rank is None or not rank.isdigit():
+        sys.exit(f"psframe-launch agent: {rank_var} is not set; the agent must be started by "
+                 f"mpirun/srun through psframe-launch")
+    with open(path, encoding="utf-8") as f:
+        plan = json.load(f)
+    order = plan["order"]
+    if int(rank) >= len(order):
+        sys.exit(f"psframe-launch agent: {rank_var}={rank} but the plan has {len(order)} processes; "
+                 f"start as many tasks as the plan has processes")
+    return plan["specs"][order[int(rank)]]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m psframe_launcher.agent")
+    p.add_argument("--stdin", action="store_true", help="read the spec as one JSON line on stdin")
+    p.add_argument("--plan", help="plan file written by psframe-launch (0600)")
+    p.add_argument("--rank-var", default="OMPI_COMM_WORLD_RANK")
+    ns = p.parse_args(argv)
+    if ns.stdin:
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return 1
+        spec = json.loads(line)
+    else:
+        spec = _spec_from_plan(ns.plan, ns.rank_var)
+    agent = Agent(spec)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: agent.stopping.set())
+    return agent.run(watch_stdin=ns.stdin)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

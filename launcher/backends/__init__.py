@@ -1,0 +1,1 @@
+"""Launch mechanisms, one module each, found by name through ``base.get_backend``."""

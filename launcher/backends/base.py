@@ -1,0 +1,141 @@
+"""The ``Backend`` interface (start a plan -> one ``ProcessHandle`` per spec; stop them all),
+``ExitStatus``, and the backend registry (``local``, ``ssh``, ``mpi``, ``slurm``)."""
+import abc
+import dataclasses
+import importlib
+import signal
+import time
+
+from psframe.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitStatus:
+    """How a process ended: an exit ``code``, or the ``signal`` that killed it; ``lost`` when
+    the mechanism carrying it (ssh, mpirun, srun) ended before it reported its own end."""
+    code: int = None
+    signal: int = None
+    lost: bool = False
+
+    @classmethod
+    def from_returncode(cls, returncode):
+        return cls(signal=-returncode) if returncode < 0 else cls(code=returncode)
+
+    @property
+    def ok(self):
+        return self.code == 0 and self.signal is None and not self.lost
+
+    @property
+    def exit_code(self):
+        """The launcher's own exit code for this status (shell convention 128+N for signals)."""
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.code if self.code else 1 if not self.ok else 0
+
+    def describe(self):
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            text = f"killed by {name} (signal {self.signal})"
+        else:
+            text = f"exited with code {self.code}"
+        return text + (" (its host connection or launcher process ended first)" if self.lost else "")
+
+
+class ProcessHandle:
+    """One running process of the job, as its backend sees it. Backends post exits through
+    ``post_exit``; the supervisor reads them from the shared event queue."""
+
+    def __init__(self, spec, events, sink):
+        self.spec = spec
+        self.events = events          # queue.Queue of (monotonic time, handle)
+        self.sink = sink              # output.LineSink of this process
+        self.pid = None               # the process's pid on its host, when known
+        self.status = None            # ExitStatus once ended
+        self.exited_at = None
+
+    def post_exit(self, status):
+        """Record the first report of this process's end and wake the supervisor."""
+        if self.status is None:
+            self.status, self.exited_at = status, time.monotonic()
+            self.events.put((self.exited_at, self))
+
+
+class Backend(abc.ABC):
+    """Turns a plan's specs into running processes. Deciding who dies when is not its job."""
+
+    name = "base"
+
+    def __init__(self, config):
+        self.config = config
+
+    @abc.abstractmethod
+    def hosts(self):
+        """The job's hosts (``hosts.Host``), first one runs the scheduler."""
+
+    def scheduler_host_is_local(self):
+        return True
+
+    @abc.abstractmethod
+    def start(self, plan, events, sinks):
+        """Start every spec of ``plan`` (in order); return their handles in the same order.
+
+        Raises:
+            LaunchError: a process could not be started at all.
+        """
+
+    @abc.abstractmethod
+    def stop(self, handles, grace):
+        """Stop everything still running (SIGTERM to process groups, SIGKILL after ``grace``
+        seconds) and return once all of it is gone, within a bounded time."""
+
+    def close(self):
+        """Remove temporary files; called once after ``stop``."""
+
+
+class LaunchError(RuntimeError):
+    """A process of the job could not be started (the report names which and why)."""
+
+
+_MODULES = {"local": "local", "ssh": "ssh", "mpi": "mpi", "slurm": "slurm"}
+
+
+def get_backend(name, config):
+    """Instantiate the backend called ``name``.
+
+    Raises:
+        ConfigError: no such backend.
+    """
+    if name not in _MODULES:
+        raise ConfigError(f"--launcher {name!r} is unknown; use one of {', '.join(_MODULES)}")
+    module = importlib.import_module(f"{__package__}.{_MODULES[name]}")
+    return module.BACKEND(config)
+
+
+class AgentHandle(ProcessHandle):
+    """A process run by a launch agent (``agent.py``): its pid and end arrive as framed events."""
+
+    def on_event(self, event):
+        if event.get("event") == "start":
+            self.pid = event.get("pid")
+        elif event.get("event") == "exit":
+            self.post_exit(ExitStatus(code=event.get("code"), signal=event.get("signal")))
+
+
+def frame_router(handles, fallback):
+    """An ``on_line`` callback: framed lines go to ``handles[index]`` (output to its sink, events
+    to ``on_event``), anything else (ssh's, mpirun's or srun's own words) to ``fallback``."""
+    from ..output import parse_frame
+
+    def on_line(line):
+        frame = parse_frame(line)
+        handle = handles.get(frame[0]) if frame else None
+        if handle is None:
+            fallback(line)
+        elif frame[1] == "o":
+            handle.sink.write(frame[2])
+        else:
+            handle.on_event(frame[2])
+    return on_line

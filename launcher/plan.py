@@ -1,0 +1,137 @@
+"""Pure placement: ``LaunchConfig`` + hosts -> the list of ``ProcessSpec`` to start, with ranks
+fixed by placement (never by arrival) and the whole child environment built here and only here.
+
+Launch order, which is also the order of ``Plan.specs``: scheduler, servers 0..S-1, workers
+0..N-1. Workers fill hosts' slots in host order; servers go round-robin over hosts; the scheduler
+runs on the first host.
+"""
+import dataclasses
+import os
+
+from psframe import config as envc
+from psframe.errors import ConfigError
+from psframe.transport.addresses import tcp
+
+# Variables the launcher owns; --env may not override them (it would break rank assignment).
+RESERVED = (envc.ROLE, envc.SCHEDULER, envc.NUM_WORKERS, envc.NUM_SERVERS, envc.RANK,
+            envc.SERVER_RANK, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessSpec:
+    """What to run, where, and with which job variables (``env``: only what the launcher adds;
+    ``child_env`` merges it over a base environment)."""
+    role: str
+    index: int          # worker rank, server rank, or 0 for the scheduler
+    host: str
+    local_rank: int
+    local_size: int
+    command: tuple
+    env: dict
+    cwd: str
+
+    @property
+    def label(self):
+        """``worker 3@host`` / ``server 0@host`` / ``scheduler@host``, the output prefix."""
+        who = self.role if self.role == "scheduler" else f"{self.role} {self.index}"
+        return f"{who}@{self.host}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    scheduler: str      # tcp://host:port
+    specs: tuple
+    hosts: tuple
+
+    def by_role(self, role):
+        return [s for s in self.specs if s.role == role]
+
+
+def place_workers(hosts, num_workers):
+    """Host index of each worker rank: fill each host's slots in order.
+
+    Raises:
+        ConfigError: fewer slots than workers.
+    """
+    total = sum(h.slots for h in hosts)
+    if total < num_workers:
+        raise ConfigError(f"-n {num_workers} needs {num_workers} slots but the hosts give {total} "
+                          f"({', '.join(f'{h.name} slots={h.slots}' for h in hosts)}); add "
+                          f"'slots=N' to the hostfile or lower -n")
+    placement = []
+    for index, host in enumerate(hosts):
+        take = min(host.slots, num_workers - len(placement))
+        placement.extend([index] * take)
+    return placement
+
+
+def _local_ranks(host_indexes):
+    counts, ranks = {}, []
+    for h in host_indexes:
+        ranks.append(counts.get(h, 0))
+        counts[h] = counts.get(h, 0) + 1
+    return ranks, counts
+
+
+def make_plan(config, hosts, scheduler_port):
+    """Place every process of the job. Pure: no I/O, no clock, no randomness.
+
+    Raises:
+        ConfigError: slots do not suffice, or ``--env`` tries to set a launcher-owned variable.
+    """
+    hosts = tuple(hosts)
+    for key, _ in config.env:
+        if key in RESERVED:
+            raise ConfigError(f"--env {key}=...: {key} is set by psframe-launch from the placement "
+                              f"and cannot be overridden")
+    num_servers = config.num_servers or len(hosts)
+    scheduler = tcp(hosts[0].name, scheduler_port)
+    common = dict(config.env)
+    common.update({
+        envc.SCHEDULER: scheduler,
+        envc.NUM_WORKERS: str(config.num_workers),
+        envc.NUM_SERVERS: str(num_servers),
+        envc.KVSTORE: config.kvstore,
+        envc.START_TIMEOUT: repr(float(config.start_timeout)),
+        "PYTHONUNBUFFERED": "1",   # so every line reaches the launcher as it is printed
+    })
+    if config.optimizer_modules:
+        common[envc.USER_MODULES] = os.pathsep.join(config.optimizer_modules)
+    python = config.python
+    specs = []
+
+    def add(role, index, host_index, local_rank, local_size, command, extra):
+        host = hosts[host_index].name
+        env = dict(common)
+        env.update({envc.ROLE: role, envc.HOST: host, envc.LOCAL_RANK: str(local_rank),
+                    envc.LOCAL_SIZE: str(local_size)})
+        env.update(extra)
+        specs.append(ProcessSpec(role, index, host, local_rank, local_size, tuple(command), env,
+                                 config.cwd))
+
+    add("scheduler", 0, 0, 0, 1, (python, "-m", config.scheduler_module), {})
+    server_hosts = [i % len(hosts) for i in range(num_servers)]
+    server_local, server_counts = _local_ranks(server_hosts)
+    for rank, h in enumerate(server_hosts):
+        add("server", rank, h, server_local[rank], server_counts[h],
+            (python, "-m", config.server_module), {envc.SERVER_RANK: str(rank)})
+    worker_hosts = place_workers(hosts, config.num_workers)
+    worker_local, worker_counts = _local_ranks(worker_hosts)
+    for rank, h in enumerate(worker_hosts):
+        add("worker", rank, h, worker_local[rank], worker_counts[h],
+            (python, config.script, *config.script_args), {envc.RANK: str(rank)})
+    return Plan(scheduler, tuple(specs), hosts)
+
+
+def child_env(spec, base):
+    """The complete environment of ``spec``'s process (see ``merge_env``)."""
+    return merge_env(spec.env, base)
+
+
+def merge_env(job_env, base):
+    """``base`` (the environment the process would inherit on its host) without any
+    ``PSFRAME_*`` (a stale value from an outer job must never leak in), plus ``job_env``.
+    Remote agents call this too, so the rule lives in one place."""
+    env = {k: v for k, v in base.items() if not k.startswith("PSFRAME_")}
+    env.update(job_env)
+    return env

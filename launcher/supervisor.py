@@ -1,0 +1,189 @@
+"""Supervising a job: start the plan, watch every process, stop the whole job within seconds of
+the first failure (or a signal to the launcher), choose the exit status, and write the failure
+report (every dead process; the first is labelled the root cause, with its last log lines)."""
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+
+from psframe.transport.addresses import free_port
+
+from .backends.base import ExitStatus, LaunchError, get_backend
+from .output import LineSink
+from .plan import make_plan
+
+logger = logging.getLogger(__name__)
+
+PORT_ATTEMPTS = 3
+_ADDRESS_IN_USE = ("address already in use", "eaddrinuse")
+
+
+@dataclasses.dataclass
+class JobResult:
+    exit_code: int
+    failures: list            # handles that failed on their own, in the order they ended
+    stopped_by: str = None    # "signal SIGTERM" when the launcher itself was told to stop
+    retry_port: bool = False  # the scheduler could not bind its port: try another one
+
+
+def choose_backend(config, env=os.environ):
+    """The backend name: the flag, else ssh with a hostfile, slurm inside an allocation
+    (``SLURM_JOB_ID`` set), else local."""
+    if config.backend:
+        return config.backend
+    if config.hostfile:
+        return "ssh"
+    if env.get("SLURM_JOB_ID"):
+        return "slurm"
+    return "local"
+
+
+class Job:
+    """One attempt at running a plan to its end."""
+
+    def __init__(self, plan, backend, config, out=None, err=None):
+        self.plan, self.backend, self.config = plan, backend, config
+        self.out, self.err = out or sys.stdout, err or sys.stderr
+        self.events = queue.Queue()
+        self.handles = []
+        self.stop_signal = None
+
+    def request_stop(self, signum):
+        """Called from a signal handler: stop the job and exit 128+signum."""
+        if self.stop_signal is None:
+            self.stop_signal = signum
+        self.events.put((time.monotonic(), None))
+
+    def run(self):
+        sinks = [LineSink(s.label, self.config.log_dir, self.out) for s in self.plan.specs]
+        try:
+            return self._run(sinks)
+        finally:
+            for sink in sinks:
+                sink.close()
+            self.backend.close()
+
+    def _run(self, sinks):
+        try:
+            self.handles = self.backend.start(self.plan, self.events, sinks)
+        except LaunchError as exc:
+            self.err.write(f"psframe-launch: could not start the job: {exc}\n")
+            return JobResult(1, [])
+        workers = [h for h in self.handles if h.spec.role == "worker"]
+        failures, done_at = [], None
+        while True:
+            if self.stop_signal is not None:
+                break
+            timeout = 0.5
+            if done_at is not None:
+                timeout = done_at + self.config.shutdown_grace - time.monotonic()
+                if timeout <= 0:
+                    logger.warning("scheduler/servers still running %.0f s after every worker "
+                                   "ended; stopping them", self.config.shutdown_grace)
+                    break
+            try:
+                _, handle = self.events.get(timeout=min(timeout, 0.5))
+            except queue.Empty:
+                continue
+            if handle is None:
+                continue
+            if not handle.status.ok:
+                failures.append(handle)
+                break
+            if done_at is None and all(w.status is not None for w in workers):
+                done_at = time.monotonic()
+            if all(h.status is not None for h in self.handles):
+                break
+        stop_started = time.monotonic()
+        self.backend.stop(self.handles, self.config.kill_grace)
+        logger.debug("job stopped in %.2f s", time.monotonic() - stop_started)
+        # processes that failed on their own before our stop reached them (detected afterwards)
+        cutoff = stop_started
+        for h in sorted((h for h in self.handles if h.status is not None and h not in failures
+                         and not h.status.ok and h.exited_at <= cutoff), key=lambda h: h.exited_at):
+            failures.append(h)
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+            return JobResult(128 + self.stop_signal, failures, stopped_by=f"signal {name}")
+        if failures:
+            root = failures[0]
+            retry = root.spec.role == "scheduler" and any(
+                m in line.lower() for line in root.sink.tail for m in _ADDRESS_IN_USE)
+            return JobResult(root.status.exit_code, failures, retry_port=retry)
+        return JobResult(0, [])
+
+    def report(self, result):
+        """Write the failure report (nothing when the job succeeded)."""
+        if result.exit_code == 0:
+            return
+        w = self.err.write
+        w("\n" + "=" * 72 + "\n")
+        if result.stopped_by:
+            w(f"psframe-launch: stopped by {result.stopped_by}; every process was terminated\n")
+        for n, h in enumerate(result.failures):
+            title = "ROOT CAUSE" if n == 0 and not result.stopped_by else "also failed"
+            w(f"psframe-launch: {title}: {h.spec.label} (role {h.spec.role}"
+              f"{'' if h.spec.role == 'scheduler' else f', rank {h.spec.index}'}, host {h.spec.host}, "
+              f"pid {h.pid if h.pid is not None else '?'}) {h.status.describe()}\n")
+            if n == 0 and h.sink.tail:
+                w(f"  last {len(h.sink.tail)} lines of {h.spec.label}:\n")
+                for line in h.sink.tail:
+                    w(f"    | {line}\n")
+        others = [h for h in self.handles if h not in result.failures]
+        if others:
+            w("psframe-launch: stopped by the launcher: "
+              + ", ".join(h.spec.label for h in others) + "\n")
+        w(f"psframe-launch: job failed, exit code {result.exit_code}\n")
+        w("=" * 72 + "\n")
+        self.err.flush()
+
+
+def _scheduler_port(backend, host):
+    try:
+        return free_port(host)
+    except OSError:
+        # the scheduler's host is not this machine: a port free here is very likely free there,
+        # and a clash is detected ('address in use') and retried with another port
+        return free_port("0.0.0.0")
+
+
+def launch(config, out=None, err=None):
+    """Run the job of ``config`` to its end and return the launcher's exit code.
+
+    Raises:
+        ConfigError: the configuration or the hosts cannot make a job.
+    """
+    name = choose_backend(config)
+    backend = get_backend(name, config)
+    hosts = backend.hosts()
+    previous = {}
+    job = None
+
+    def on_signal(signum, frame):
+        if job is not None:
+            job.request_stop(signum)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            plan = make_plan(config, hosts, _scheduler_port(backend, hosts[0].name))
+            logger.info("launching %d workers, %d servers via %s; scheduler at %s",
+                        config.num_workers, len(plan.by_role("server")), name, plan.scheduler)
+            job = Job(plan, backend if attempt == 1 else get_backend(name, config), config, out, err)
+            result = job.run()
+            if result.retry_port and attempt < PORT_ATTEMPTS and result.stopped_by is None:
+                logger.warning("scheduler port of %s was taken; retrying with another port",
+                               plan.scheduler)
+                continue
+            job.report(result)
+            return result.exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
