@@ -1,0 +1,314 @@
+"""The worker-side client of the dist kinds: shard requests over servers, send, wait, fill ``out``.
+
+All sockets belong to the calling thread; a wait on one request makes progress on every reply
+that arrives meanwhile (ps-lite's ticket idea), so pushes and pulls to different servers are in
+flight at once and a pull waits only for its own key. Pulled bytes are received straight into
+the caller's ``out`` when it is a contiguous host array (``recv_into``), else into one host
+buffer that is then copied to each output (cupy, torch, device lists).
+"""
+import atexit
+import itertools
+import logging
+import sys
+import time
+
+import numpy as np
+
+from .. import arrays, sharding
+from ..errors import PSTimeoutError, ProtocolError, from_wire
+from ..protocol import ArrayDesc, Command, codec
+from ..transport import peers, sockets
+from .base import KVStore
+
+logger = logging.getLogger(__name__)
+
+
+class _Request:
+    """One message to one server, and what to do with its reply."""
+    __slots__ = ("server", "cmd", "acks", "targets", "done", "error", "tracker")
+
+    def __init__(self, server, cmd, acks=(), targets=None):
+        self.server, self.cmd = server, cmd
+        self.acks = acks            # KeyInfos whose pushes this reply acknowledges
+        self.targets = targets or {}   # (key, part) -> flat host array the reply fills
+        self.done, self.error, self.tracker = False, None, None
+
+
+class DistKVStore(KVStore):
+    """``dist_sync`` / ``dist_async`` / ``dist_device_sync`` worker."""
+
+    def __init__(self, kind, config):
+        super().__init__(config.rank, config.num_workers, config.local_rank, config.local_size)
+        self.type, self.config = kind, config
+        self.sync = kind != "dist_async"
+        self.name = f"worker:{config.rank}"
+        self._ctx = sockets.new_context()
+        self._sched = sockets.dealer(self._ctx, config.scheduler)
+        self._heartbeat = None
+        try:
+            book = peers.register(self._sched, config, "worker", config.rank)
+            self._servers = [sockets.dealer(self._ctx, a) for a in book["servers"]]
+        except BaseException:
+            self._sched.close(0)
+            self._ctx.term()
+            raise
+        self._server_of = {s: i for i, s in enumerate(self._servers)}
+        self._ids = itertools.count(1)
+        self._requests = {}          # id -> _Request (in flight)
+        self._errors = []            # errors of requests nobody waits for (pushes)
+        self._heartbeat = peers.HeartbeatThread(self._ctx, config, self.name)
+        self._heartbeat.start()
+        self._prev_hook = sys.excepthook
+        sys.excepthook = self._report_crash
+        atexit.register(self.close)
+        logger.info("worker %d of %d connected to %d servers", self.rank, self.num_workers, len(self._servers))
+
+    # -- the kind's operations ----------------------------------------------------------
+    def _init(self, keys, values):
+        metas = [[k, int(v.size), int(v.nbytes)] for k, v in zip(keys, values)]
+        placed = self._ask_scheduler(Command.PLACE, {"keys": metas}, "placing keys")["servers"]
+        per_server = {}
+        for k, v, server in zip(keys, values, placed):
+            info = self._keys[k]
+            info.parts = sharding.parts_of(server, info.size, len(self._servers))
+            flat = v.reshape(-1)
+            for p in info.parts:
+                desc = ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p))
+                msg = per_server.setdefault(p.server, ([], [], []))
+                if self.rank == 0:
+                    msg[0].append(desc)
+                    msg[1].append(flat[p.start:p.stop])
+                else:
+                    msg[2].append(desc.to_wire())
+        reqs = [self._send(s, Command.INIT, descs, bufs, {"meta": meta, "sync": self.sync}, track=True)
+                for s, (descs, bufs, meta) in per_server.items()]
+        self._wait(reqs, "init of keys %s" % keys[:5])
+
+    def _push(self, keys, values, priority):
+        self._wait_sent(self._send_pushes(Command.PUSH, keys, values, {}))
+        self._raise_deferred()
+
+    def _pull(self, keys, outs, priority):
+        per_server, finish = {}, []
+        for k, out in zip(keys, outs):
+            info = self._keys[k]
+            flat, copy_back = self._landing(info, out)
+            finish.append(copy_back)
+            for p in info.parts:
+                desc = ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p), info.pushes)
+                meta, targets = per_server.setdefault(p.server, ([], {}))
+                meta.append(desc.to_wire())
+                targets[(k, p.part)] = flat[p.start:p.stop]
+        reqs = [self._send(s, Command.PULL, (), (), {"meta": meta}, targets=targets)
+                for s, (meta, targets) in per_server.items()]
+        self._wait(reqs, f"pull of {_keys_text(keys)}")
+        for f in finish:
+            f()
+
+    def _pushpull(self, keys, values, outs, priority):
+        finish, targets = [], {}
+        for k, out in zip(keys, outs):
+            info = self._keys[k]
+            flat, copy_back = self._landing(info, out)
+            finish.append(copy_back)
+            for p in info.parts:
+                targets[(k, p.part)] = flat[p.start:p.stop]
+        reqs = self._send_pushes(Command.PUSHPULL, keys, values, targets)
+        self._wait(reqs, f"pushpull of {_keys_text(keys)}")
+        self._wait_sent(reqs)
+        for f in finish:
+            f()
+
+    def _set_optimizer(self, spec):
+        # Every earlier push must be merged under the old rule before the new one applies.
+        self._flush()
+        self._barrier(None)
+        if self.rank == 0:
+            reqs = [self._send(s, Command.SET_OPTIMIZER, (), (), {"optimizer": spec})
+                    for s in range(len(self._servers))]
+            self._wait(reqs, f"set_optimizer {spec.get('name')!r}")
+        self._barrier(None)
+
+    def _barrier(self, timeout):
+        self._flush(timeout)
+        self._ask_scheduler(Command.BARRIER, None, "barrier", timeout)
+
+    def _close(self):
+        try:
+            if self._heartbeat.reason is None:
+                self._flush()
+                self._ask_scheduler(Command.DONE, None, "finishing")
+        finally:
+            sys.excepthook = self._prev_hook
+            self._heartbeat.stop()
+            self._heartbeat.join(timeout=5)
+            for s in [*self._servers, self._sched]:
+                s.close(0)
+            self._ctx.term()
+            try:
+                atexit.unregister(self.close)
+            except Exception:
+                pass
+
+    def server_stats(self, timeout=None):
+        """Counters of every server (pushes per worker, bytes, updates): for tests and benches."""
+        reqs = [self._send(s, Command.STATS, (), ()) for s in range(len(self._servers))]
+        self._wait(reqs, "stats", timeout)
+        return [r.targets for r in reqs]
+
+    # -- building requests --------------------------------------------------------------
+    def _part_shape(self, info, part):
+        return info.shape if len(info.parts) == 1 else (part.size,)
+
+    def _send_pushes(self, cmd, keys, values, targets):
+        per_server, owned = {}, True
+        for k, v in zip(keys, values):
+            info = self._keys[k]
+            self._backpressure(info)
+            host = arrays.to_host(v)
+            owned = owned and host is not v     # our copy: no need to wait for the wire
+            info.pushes += 1
+            flat = host.reshape(-1)
+            for p in info.parts:
+                descs, bufs, acks, tg = per_server.setdefault(p.server, ([], [], [], {}))
+                descs.append(ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p), info.pushes))
+                bufs.append(flat[p.start:p.stop])
+                acks.append(info)
+                if (k, p.part) in targets:
+                    tg[(k, p.part)] = targets[(k, p.part)]
+        return [self._send(s, cmd, descs, bufs, acks=acks, targets=tg, track=not owned)
+                for s, (descs, bufs, acks, tg) in per_server.items()]
+
+    def _landing(self, info, outs):
+        """Where pulled bytes land: the first output itself when it is a contiguous host
+        array, else a host buffer copied to every output afterwards."""
+        first = arrays.host_view(outs[0])
+        if first is None:
+            first = np.empty(info.shape, dtype=info.dtype)
+            rest = outs
+        else:
+            rest = outs[1:]
+
+        def copy_back():
+            for o in rest:
+                arrays.copy_into(o, first)
+        return first.reshape(-1), copy_back
+
+    def _backpressure(self, info):
+        """Bound unmerged pushes per key (server memory stays bounded)."""
+        if info.pushes - info.acked >= self.config.max_steps_ahead:
+            self._progress_until(lambda: info.pushes - info.acked < self.config.max_steps_ahead,
+                                 f"backpressure: {info.pushes - info.acked} unmerged pushes")
+
+    def _send(self, server, cmd, descs, bufs, body=None, acks=(), targets=None, track=False):
+        self._heartbeat.check()
+        msg_id = next(self._ids)
+        req = _Request(server, cmd, acks, targets)
+        frames = codec.encode(cmd, msg_id, self.name, descs, [b.view(np.uint8) for b in bufs], body)
+        req.tracker = sockets.send_frames(self._servers[server], frames, track=track)
+        self._requests[msg_id] = req
+        return req
+
+    def _wait_sent(self, reqs):
+        """Return once zmq no longer references the caller's buffers (zero-copy sends)."""
+        for r in reqs:
+            if r.tracker is not None:
+                self._progress_until(lambda: r.tracker.done, "sending a push")
+                r.tracker = None
+
+    # -- waiting and receiving ----------------------------------------------------------
+    def _wait(self, reqs, what, timeout=None):
+        self._progress_until(lambda: all(r.done for r in reqs), what, timeout)
+        for r in reqs:
+            if r.error is not None:
+                raise r.error
+
+    def _flush(self, timeout=None):
+        self._progress_until(lambda: not self._requests, "finishing outstanding requests", timeout)
+        self._raise_deferred()
+
+    def _raise_deferred(self):
+        if self._errors:
+            err, self._errors = self._errors[0], []
+            raise err
+
+    def _progress_until(self, cond, what, timeout=None):
+        timeout = self.config.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while not cond():
+            self._heartbeat.check()
+            self._raise_deferred()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waiting = sorted({r.server for r in self._requests.values() if not r.done})
+                raise PSTimeoutError(
+                    f"{what}: not done within {timeout:g}s (PSFRAME_TIMEOUT); waiting on servers "
+                    f"{waiting}. In dist_sync every worker must push each key the same number of "
+                    f"times; a worker that stopped pushing stalls the step")
+            self._progress(min(left, 0.1))
+
+    def _progress(self, timeout):
+        if timeout > 0.002 and any(r.tracker is not None for r in self._requests.values()):
+            timeout = 0.002    # tracker completion is not a socket event: poll it briskly
+        for sock in sockets.poll(self._servers, timeout):
+            while sockets.poll([sock], 0):
+                self._receive(sock)
+
+    def _receive(self, sock):
+        head = sock.recv(copy=False)
+        try:
+            msg = codec.decode_header(head.buffer)
+        except ProtocolError:
+            sockets.drain_rest(sock)
+            raise
+        req = self._requests.pop(msg.id, None)
+        if req is None:
+            sockets.drain_rest(sock)
+            logger.warning("ignored a reply to unknown request %d", msg.id)
+            return
+        try:
+            self._read_arrays(sock, msg, req)
+        except ProtocolError as exc:
+            req.error = exc
+        sockets.drain_rest(sock)
+        req.done = True
+        if msg.cmd is Command.ERROR:
+            req.error = from_wire(msg.body.get("name", ""), msg.body.get("message", ""))
+            if req.cmd is Command.PUSH:
+                self._errors.append(req.error)
+            return
+        if req.cmd is Command.STATS:
+            req.targets = msg.body
+        for info in req.acks:
+            info.acked += 1
+
+    def _read_arrays(self, sock, msg, req):
+        for i, desc in enumerate(msg.arrays):
+            if not sock.getsockopt(sockets.zmq.RCVMORE):
+                raise ProtocolError(f"reply {msg.id} declares {len(msg.arrays)} arrays, has {i}")
+            target = req.targets.get((desc.key, desc.part))
+            if target is None or target.nbytes != desc.nbytes or target.dtype.name != desc.dtype:
+                frame = sock.recv(copy=False)
+                raise ProtocolError(f"reply for key {desc.key!r} part {desc.part}: {desc.dtype}"
+                                    f"{list(desc.shape)} does not fit the pull's output")
+            n = sock.recv_into(memoryview(target).cast("B"))
+            if n != desc.nbytes:
+                raise ProtocolError(f"reply for key {desc.key!r}: frame has {n} bytes, header "
+                                    f"declares {desc.nbytes}")
+
+    def _ask_scheduler(self, cmd, body, what, timeout=None):
+        self._heartbeat.check()
+        return peers.request(self._sched, cmd, self.name, self.config.timeout if timeout is None else timeout,
+                             what, body, msg_id=next(self._ids))
+
+    def _report_crash(self, exc_type, exc, tb):
+        """An uncaught exception stops the job at once instead of after a heartbeat timeout."""
+        try:
+            reason = f"uncaught {exc_type.__name__}: {exc}"
+            sockets.send_frames(self._sched, codec.encode(Command.ABORT, 0, self.name, body={"reason": reason}))
+        finally:
+            self._prev_hook(exc_type, exc, tb)
+
+
+def _keys_text(keys):
+    return repr(keys[0]) if len(keys) == 1 else f"{len(keys)} keys ({keys[0]!r}, ...)"

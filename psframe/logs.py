@@ -1,0 +1,18 @@
+"""Process-wide logging set-up: one prefix naming the role and rank, configured at start."""
+import logging
+import os
+import sys
+
+
+def setup(role, rank=None, host=""):
+    """Configure the root logger once for a psframe process (``[server 1@host]`` prefix)."""
+    who = role if rank is None else f"{role} {rank}"
+    if host:
+        who += f"@{host}"
+    level = os.environ.get("PSFRAME_LOG_LEVEL", "INFO").upper()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [{who}] %(levelname)s %(name)s: %(message)s",
+                                           "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

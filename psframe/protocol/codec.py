@@ -1,0 +1,143 @@
+"""Pure encode/decode of psframe messages. No sockets, no state, never pickle.
+
+A message is a list of frames::
+
+    frame 0      msgpack map  {"v": PROTOCOL_VERSION, "cmd": "push", "id": 17, "sender": "worker:2",
+                               "arrays": [[key, part, dtype, shape, step], ...],   # one per frame
+                               "body": {...}}                                      # small extras
+    frame 1..n   raw bytes of array i (C order), exactly prod(shape) * itemsize bytes
+
+``key`` is an int or str, ``part`` the slice index of a key cut over servers (0 otherwise),
+``step`` the push count the array belongs to. Sizes are Python ints, i.e. 64-bit on the wire.
+"""
+import dataclasses
+
+import msgpack
+import numpy as np
+
+from ..arrays import DTYPES
+from ..errors import ProtocolError
+from .commands import COMMANDS, PROTOCOL_VERSION, Command
+
+MAX_NDIM = 32
+
+
+@dataclasses.dataclass
+class ArrayDesc:
+    """What one array frame holds."""
+    key: object
+    part: int
+    dtype: str
+    shape: tuple
+    step: int = 0
+
+    @property
+    def nbytes(self):
+        n = np.dtype(self.dtype).itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+    def to_wire(self):
+        return [self.key, self.part, self.dtype, list(self.shape), self.step]
+
+
+@dataclasses.dataclass
+class Message:
+    cmd: Command
+    id: int = 0
+    sender: str = ""
+    arrays: list = dataclasses.field(default_factory=list)   # list[ArrayDesc]
+    body: dict = dataclasses.field(default_factory=dict)
+    buffers: list = dataclasses.field(default_factory=list)  # one per array (frames/memoryviews)
+
+
+def encode_header(cmd, id=0, sender="", arrays=(), body=None):
+    """The msgpack header frame of a message (see module docstring)."""
+    header = {"v": PROTOCOL_VERSION, "cmd": Command(cmd).value, "id": id, "sender": sender,
+              "arrays": [a.to_wire() for a in arrays]}
+    if body:
+        header["body"] = body
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def encode(cmd, id=0, sender="", arrays=(), buffers=(), body=None):
+    """Frames of a message: the header, then ``buffers`` as they are (no copy here)."""
+    if len(arrays) != len(buffers):
+        raise ProtocolError(f"{len(arrays)} array descriptors but {len(buffers)} buffers")
+    return [encode_header(cmd, id, sender, arrays, body), *buffers]
+
+
+def _fail(field, why):
+    raise ProtocolError(f"malformed message: {field} {why}")
+
+
+def decode_header(frame):
+    """Parse and validate a header frame; returns a Message without buffers.
+
+    Raises:
+        ProtocolError: naming the field that breaks the wire rules.
+    """
+    try:
+        header = msgpack.unpackb(bytes(frame), raw=False, strict_map_key=False,
+                                 max_bin_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"malformed message: header frame is not msgpack ({exc})") from None
+    if not isinstance(header, dict):
+        _fail("header", "is not a map")
+    if header.get("v") != PROTOCOL_VERSION:
+        _fail("version", f"{header.get('v')!r} is not {PROTOCOL_VERSION}: peers run different "
+                          f"psframe versions; install the same version everywhere")
+    cmd = COMMANDS.get(header.get("cmd"))
+    if cmd is None:
+        _fail("cmd", f"{header.get('cmd')!r} is not a known command")
+    mid, sender, body = header.get("id", 0), header.get("sender", ""), header.get("body", {})
+    if not isinstance(mid, int) or not isinstance(sender, str) or not isinstance(body, dict):
+        _fail("id/sender/body", "have wrong types")
+    raw_arrays = header.get("arrays", [])
+    if not isinstance(raw_arrays, list):
+        _fail("arrays", "is not a list")
+    arrays = [decode_desc(i, a) for i, a in enumerate(raw_arrays)]
+    return Message(cmd=cmd, id=mid, sender=sender, arrays=arrays, body=body)
+
+
+def decode_desc(i, raw):
+    if not isinstance(raw, list) or len(raw) != 5:
+        _fail(f"arrays[{i}]", "is not [key, part, dtype, shape, step]")
+    key, part, dtype, shape, step = raw
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        _fail(f"arrays[{i}].key", f"{key!r} is not an int or str")
+    if not isinstance(part, int) or part < 0 or not isinstance(step, int) or step < 0:
+        _fail(f"arrays[{i}].part/step", "must be non-negative ints")
+    if dtype not in DTYPES:
+        _fail(f"arrays[{i}].dtype", f"{dtype!r} is not one of {DTYPES}")
+    if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        _fail(f"arrays[{i}].shape", f"{shape!r} is not a list of non-negative ints")
+    return ArrayDesc(key, part, dtype, tuple(shape), step)
+
+
+def check_frame_sizes(msg, sizes):
+    """Every declared array size must equal the size of the frame that carries it."""
+    if len(sizes) != len(msg.arrays):
+        _fail("frames", f"{len(sizes)} array frames follow but the header declares {len(msg.arrays)}")
+    for i, (desc, size) in enumerate(zip(msg.arrays, sizes)):
+        if desc.nbytes != size:
+            _fail(f"arrays[{i}]", f"(key {desc.key!r}) declares {desc.nbytes} bytes "
+                                  f"({desc.dtype}{list(desc.shape)}) but its frame has {size}")
+
+
+def decode(frames):
+    """Frames -> validated Message whose ``buffers`` are memoryviews of the array frames."""
+    if not frames:
+        _fail("message", "has no frames")
+    msg = decode_header(frames[0])
+    buffers = [f.buffer if hasattr(f, "buffer") else memoryview(f) for f in frames[1:]]
+    check_frame_sizes(msg, [b.nbytes for b in buffers])
+    msg.buffers = buffers
+    return msg
+
+
+def as_array(desc, buffer):
+    """A numpy view of ``buffer`` as described by ``desc`` (read-only if the buffer is)."""
+    return np.frombuffer(buffer, dtype=desc.dtype).reshape(desc.shape)

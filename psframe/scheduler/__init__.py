@@ -1,0 +1,1 @@
+"""The scheduler role: rendezvous, rank checks, key placement, barriers, liveness, shutdown."""

@@ -1,0 +1,161 @@
+"""Pure state of the scheduler: who registered, who is alive, barriers, placements, shutdown.
+
+Every method takes the event (and the time, passed in) and returns a list of ``Send`` to make.
+``peer`` is the routing id of the socket a message came from; a node's *name* is
+``"worker:3"`` / ``"server:1"``. Broadcasts go to the peer a node heartbeats from.
+"""
+import dataclasses
+
+from ..sharding import PlacementState
+
+
+@dataclasses.dataclass
+class Send:
+    peer: bytes
+    cmd: str                      # a Command value
+    id: int = 0
+    body: dict = None
+
+
+@dataclasses.dataclass
+class _Node:
+    name: str
+    role: str
+    rank: int
+    host: str
+    address: str = ""
+    peer: bytes = b""             # where broadcasts go (last heartbeat's peer)
+    last_seen: float = 0.0
+    done: bool = False
+
+
+class MembershipState:
+    """Registration -> address book -> barriers/placements -> done/shutdown, with deadlines."""
+
+    def __init__(self, num_workers, num_servers, bigarray_bound, start_timeout, heartbeat_timeout, now):
+        self.num_workers, self.num_servers = num_workers, num_servers
+        self.start_timeout, self.heartbeat_timeout = start_timeout, heartbeat_timeout
+        self.started_at = now
+        self.nodes = {}                   # name -> _Node
+        self.waiting_register = []        # (peer, id) until everyone is in
+        self.ready = False
+        self.barrier = []                 # (peer, id)
+        self.placements = PlacementState(num_servers, bigarray_bound)
+        self.parked_places = []           # (peer, id, keys) of non-zero ranks
+        self.finished = False             # every worker done: shut down
+        self.failure = None               # reason the job was aborted
+
+    # -- registration -------------------------------------------------------------------
+    def register(self, peer, msg_id, role, rank, host, address, now):
+        name = f"{role}:{rank}"
+        limit = self.num_workers if role == "worker" else self.num_servers
+        if role not in ("worker", "server") or not 0 <= rank < limit:
+            return [Send(peer, "error", msg_id, {"name": "ConfigError", "message":
+                    f"{role} rank {rank} is outside 0..{limit - 1} of this job"})]
+        if name in self.nodes:
+            return [Send(peer, "error", msg_id, {"name": "ConfigError", "message":
+                    f"{name} registered twice (second from {host}): every process needs its own "
+                    f"PSFRAME_RANK/PSFRAME_SERVER_RANK"})]
+        self.nodes[name] = _Node(name, role, rank, host, address, peer, now)
+        self.waiting_register.append((peer, msg_id))
+        if len(self.nodes) < self.num_workers + self.num_servers:
+            return []
+        self.ready = True
+        book = self.address_book()
+        sends = [Send(p, "ok", i, book) for p, i in self.waiting_register]
+        self.waiting_register = []
+        return sends
+
+    def address_book(self):
+        servers = [self.nodes[f"server:{s}"].address for s in range(self.num_servers)]
+        return {"servers": servers, "num_workers": self.num_workers, "num_servers": self.num_servers}
+
+    def missing(self):
+        workers = [r for r in range(self.num_workers) if f"worker:{r}" not in self.nodes]
+        servers = [r for r in range(self.num_servers) if f"server:{r}" not in self.nodes]
+        return workers, servers
+
+    # -- liveness -----------------------------------------------------------------------
+    def heartbeat(self, peer, name, now):
+        node = self.nodes.get(name)
+        if node is None:
+            return []
+        node.peer, node.last_seen = peer, now
+        return [Send(peer, "heartbeat")]
+
+    def tick(self, now):
+        """Deadlines: start-up and heartbeats. Returns the abort broadcast, if any."""
+        if self.failure or self.finished:
+            return []
+        if not self.ready and now - self.started_at > self.start_timeout:
+            workers, servers = self.missing()
+            return self.abort(
+                f"start-up timed out after {self.start_timeout:g}s: {len(workers)} of "
+                f"{self.num_workers} workers (ranks {workers}) and {len(servers)} of "
+                f"{self.num_servers} servers (ranks {servers}) never registered; check that they "
+                f"were started and can reach the scheduler, or raise PSFRAME_START_TIMEOUT")
+        if self.ready:
+            for node in self.nodes.values():
+                if not node.done and now - node.last_seen > self.heartbeat_timeout:
+                    return self.abort(
+                        f"{node.role} {node.rank}@{node.host} stopped responding: no heartbeat "
+                        f"for {now - node.last_seen:.1f}s (PSFRAME_HEARTBEAT_TIMEOUT="
+                        f"{self.heartbeat_timeout:g}); it died or hung")
+        return []
+
+    def abort(self, reason):
+        """Fail the job: everyone still attached is told why."""
+        self.failure = reason
+        sends = [Send(p, "abort", i, {"reason": reason}) for p, i in self.waiting_register]
+        sends += [Send(p, "abort", i, {"reason": reason}) for p, i in self.barrier]
+        sends += [Send(p, "abort", i, {"reason": reason}) for p, i, _ in self.parked_places]
+        sends += [Send(n.peer, "abort", 0, {"reason": reason}) for n in self.nodes.values()
+                  if not n.done]
+        self.waiting_register, self.barrier, self.parked_places = [], [], []
+        return sends
+
+    def fail(self, name, reason):
+        """A node reports its own failure (e.g. an uncaught exception in a worker)."""
+        node = self.nodes.get(name)
+        where = f"{name.replace(':', ' ')}@{node.host}" if node else name
+        return self.abort(f"{where} failed: {reason}")
+
+    # -- collectives --------------------------------------------------------------------
+    def enter_barrier(self, peer, msg_id):
+        self.barrier.append((peer, msg_id))
+        if len(self.barrier) < self.num_workers:
+            return []
+        sends = [Send(p, "ok", i) for p, i in self.barrier]
+        self.barrier = []
+        return sends
+
+    def place(self, peer, msg_id, rank, keys):
+        """``keys``: [[key, size, nbytes], ...]. Rank 0 decides placements (deterministic: its
+        init order); other ranks wait until rank 0 placed every key they ask about."""
+        if rank == 0:
+            servers = [self.placements.place(k, size, nbytes) for k, size, nbytes in keys]
+            sends = [Send(peer, "ok", msg_id, {"servers": servers})]
+            still = []
+            for p, i, ks in self.parked_places:
+                if all(k[0] in self.placements.placement for k in ks):
+                    sends.append(Send(p, "ok", i, {"servers": [self.placements.placement[k[0]] for k in ks]}))
+                else:
+                    still.append((p, i, ks))
+            self.parked_places = still
+            return sends
+        if all(k[0] in self.placements.placement for k in keys):
+            return [Send(peer, "ok", msg_id, {"servers": [self.placements.placement[k[0]] for k in keys]})]
+        self.parked_places.append((peer, msg_id, keys))
+        return []
+
+    # -- shutdown -----------------------------------------------------------------------
+    def done(self, peer, msg_id, name):
+        node = self.nodes.get(name)
+        if node is not None:
+            node.done = True
+        sends = [Send(peer, "ok", msg_id)]
+        workers = [n for n in self.nodes.values() if n.role == "worker"]
+        if len(workers) == self.num_workers and all(n.done for n in workers):
+            self.finished = True
+            sends += [Send(n.peer, "shutdown") for n in self.nodes.values() if n.role == "server"]
+        return sends

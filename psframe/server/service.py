@@ -1,0 +1,201 @@
+"""The server loop: validate every message, hand it to the shard, send the replies.
+
+A request may name many key-parts; its one reply goes out when every part is answered (a sync
+pull waits for its step). A malformed message gets an error reply and the loop goes on.
+"""
+import importlib
+import importlib.util
+import logging
+import time
+
+from ..errors import OptimizerError, ProtocolError, PSError, to_wire
+from ..protocol import Command, codec
+from ..transport import addresses, peers, sockets
+from .shard import ShardState
+
+logger = logging.getLogger(__name__)
+
+
+class _Pending:
+    __slots__ = ("cmd", "remaining", "arrays", "error")
+
+    def __init__(self, cmd, remaining):
+        self.cmd, self.remaining, self.arrays, self.error = cmd, remaining, [], None
+
+
+def import_user_modules(paths):
+    """Import the job owner's modules (``--optimizer-module``) so their optimizers register.
+    This is the only code a server runs beyond psframe: names from the wire never import."""
+    for i, path in enumerate(paths):
+        if path.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(f"psframe_user_module_{i}", path)
+            if spec is None:
+                raise OptimizerError(f"cannot import optimizer module {path!r}: not a Python file")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(path)
+        logger.info("imported user module %s", path)
+
+
+class ServerService:
+    def __init__(self, config, ctx=None):
+        self.config = config
+        self.ctx = ctx or sockets.new_context()
+        self.guard = sockets.SendGuard(timeout=config.timeout)
+        self.shard = ShardState(config.num_workers, guard=self.guard)
+        host = config.bind_host or config.host
+        self.sock, port = sockets.router_bind_random(self.ctx, peers.bind_ip(host))
+        self.address = addresses.tcp(config.host, port)
+        self.name = f"server:{config.server_rank}"
+        self.pending = {}
+
+    def run(self):
+        """Register, then serve until the scheduler says shutdown (0) or abort (1)."""
+        import_user_modules(self.config.user_modules)
+        sched = sockets.dealer(self.ctx, self.config.scheduler)
+        try:
+            peers.register(sched, self.config, "server", self.config.server_rank, self.address)
+            logger.info("serving at %s", self.address)
+            return self._loop(sched)
+        finally:
+            sched.close(0)
+            self.sock.close(sockets.LINGER_MS)
+
+    def _loop(self, sched):
+        cfg = self.config
+        last_answer = next_beat = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_beat:
+                sockets.send_frames(sched, codec.encode(Command.HEARTBEAT, 0, self.name))
+                next_beat = now + cfg.heartbeat_interval
+            ready = sockets.poll([self.sock, sched], min(cfg.heartbeat_interval, 0.2))
+            if self.sock in ready:
+                self._drain()
+            if sched in ready:
+                msg = codec.decode(sockets.recv_frames(sched))
+                last_answer = time.monotonic()
+                if msg.cmd is Command.SHUTDOWN:
+                    logger.info("shutdown: %s", self.shard.stats()["pushes"])
+                    return 0
+                if msg.cmd is Command.ABORT:
+                    logger.error("job aborted by the scheduler: %s", msg.body.get("reason"))
+                    return 1
+            elif time.monotonic() - last_answer > cfg.heartbeat_timeout:
+                logger.error("lost the scheduler at %s: no answer for %gs", cfg.scheduler,
+                             cfg.heartbeat_timeout)
+                return 1
+            self.guard.prune()
+
+    def _drain(self):
+        # Bounded so heartbeats still go out under a flood of requests.
+        for _ in range(1000):
+            if not sockets.poll([self.sock], 0):
+                return
+            frames = sockets.recv_frames(self.sock)
+            peer = frames[0].bytes
+            msg_id = 0
+            try:
+                msg = codec.decode(frames[1:])
+                msg_id = msg.id
+                self.handle(peer, msg)
+            except PSError as exc:
+                logger.warning("error reply to a request: %s", exc)
+                self._reply_error(peer, msg_id, exc)
+
+    # -- dispatch -----------------------------------------------------------------------
+    def handle(self, peer, msg):
+        handler = getattr(self, f"handle_{msg.cmd.value}", None)
+        if handler is None:
+            raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
+        rank = _worker_rank(msg.sender, self.config.num_workers)
+        handler(peer, msg, rank)
+
+    def handle_init(self, peer, msg, rank):
+        descs = list(msg.arrays) + [codec.decode_desc(i, d) for i, d in enumerate(msg.body.get("meta", []))]
+        arrays = [codec.as_array(d, b) for d, b in zip(msg.arrays, msg.buffers)]
+        arrays += [None] * (len(descs) - len(arrays))
+        token = self._expect(peer, msg, len(descs))
+        sync = bool(msg.body.get("sync", True))
+        for desc, array in zip(descs, arrays):
+            self._deliver(self.shard.init(rank, desc, array, token, sync))
+
+    def handle_push(self, peer, msg, rank):
+        token = self._expect(peer, msg, len(msg.arrays))
+        for desc, buf in zip(msg.arrays, msg.buffers):
+            self._deliver(self.shard.push(rank, desc, codec.as_array(desc, buf), token))
+
+    def handle_pull(self, peer, msg, rank):
+        token = self._expect(peer, msg, len(msg.body.get("meta", [])))
+        for i, raw in enumerate(msg.body.get("meta", [])):
+            self._deliver(self.shard.pull(rank, codec.decode_desc(i, raw), token))
+
+    def handle_pushpull(self, peer, msg, rank):
+        token = self._expect(peer, msg, 2 * len(msg.arrays))
+        for desc, buf in zip(msg.arrays, msg.buffers):
+            self._deliver(self.shard.push(rank, desc, codec.as_array(desc, buf), token))
+            self._deliver(self.shard.pull(rank, desc, token))
+
+    def handle_set_optimizer(self, peer, msg, rank):
+        from .. import optim   # the registry is the only way a wire name becomes code
+        self.shard.set_optimizer(optim.from_spec(msg.body.get("optimizer")))
+        logger.info("optimizer set: %s", msg.body.get("optimizer", {}).get("name"))
+        self._send(peer, codec.encode(Command.OK, msg.id, self.name))
+
+    def handle_stats(self, peer, msg, rank):
+        self._send(peer, codec.encode(Command.OK, msg.id, self.name, body=self.shard.stats()))
+
+    # -- replies ------------------------------------------------------------------------
+    def _expect(self, peer, msg, n):
+        token = (peer, msg.id)
+        if token in self.pending:
+            raise ProtocolError(f"request id {msg.id} is already in flight from this peer")
+        if n == 0:
+            self._send(peer, codec.encode(Command.OK, msg.id, self.name))
+            return token
+        self.pending[token] = _Pending(msg.cmd, n)
+        return token
+
+    def _deliver(self, replies):
+        for r in replies:
+            p = self.pending.get(r.token)
+            if p is None:
+                continue
+            p.remaining -= 1
+            if r.error is not None and p.error is None:
+                p.error = r.error
+            p.arrays.extend(r.arrays)
+            if p.remaining == 0:
+                del self.pending[r.token]
+                peer, msg_id = r.token
+                if p.error is not None:
+                    self._reply_error(peer, msg_id, p.error)
+                else:
+                    self._reply_arrays(peer, msg_id, p.arrays)
+
+    def _reply_arrays(self, peer, msg_id, arrays):
+        descs = [d for d, _ in arrays]
+        frames = codec.encode(Command.OK, msg_id, self.name, descs, [a.reshape(-1).view("u1") for _, a in arrays])
+        tracker = self._send(peer, frames, track=bool(arrays))
+        for _, a in arrays:
+            self.guard.add(a, tracker)
+
+    def _reply_error(self, peer, msg_id, exc):
+        name, message = to_wire(exc)
+        self._send(peer, codec.encode(Command.ERROR, msg_id, self.name,
+                                      body={"name": name, "message": message}))
+
+    def _send(self, peer, frames, track=False):
+        try:
+            return sockets.send_frames(self.sock, [peer, *frames], track=track)
+        except Exception as exc:  # the worker went away; liveness reports it
+            logger.warning("could not reply to a worker: %s", exc)
+            return None
+
+
+def _worker_rank(sender, num_workers):
+    role, _, rank = sender.partition(":")
+    if role != "worker" or not rank.isdigit() or int(rank) >= num_workers:
+        raise ProtocolError(f"sender {sender!r} is not a worker of this job (0..{num_workers - 1})")
+    return int(rank)

@@ -1,0 +1,64 @@
+"""Key -> server placement and slicing of big arrays (ps-lite's slicer). Pure and deterministic.
+
+A key of at most ``bigarray_bound`` elements lives whole on one server, chosen to balance bytes
+(greedy: the server holding the fewest bytes so far, lowest index on ties). A bigger key is cut
+into ``num_servers`` near-equal contiguous slices of its flattened elements, slice ``j`` on
+server ``j``, so its pushes and pulls move over every server at once.
+"""
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One piece of a key: which server holds flat elements ``[start, stop)`` as part ``part``."""
+    server: int
+    part: int
+    start: int
+    stop: int
+
+    @property
+    def size(self):
+        return self.stop - self.start
+
+
+def slice_bounds(size, num_slices):
+    """``num_slices`` near-equal ``(start, stop)`` ranges covering ``range(size)``; the first
+    ``size % num_slices`` ranges are one element longer."""
+    base, extra = divmod(size, num_slices)
+    bounds, start = [], 0
+    for j in range(num_slices):
+        stop = start + base + (1 if j < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def parts_of(server, size, num_servers):
+    """The parts of a key placed on ``server`` (``-1`` means sliced over all servers)."""
+    if server >= 0:
+        return (Part(server, 0, 0, size),)
+    return tuple(Part(j, j, a, b) for j, (a, b) in enumerate(slice_bounds(size, num_servers)))
+
+
+class PlacementState:
+    """The scheduler's table of key placements; the first placement of a key is final."""
+
+    def __init__(self, num_servers, bigarray_bound):
+        self.num_servers = num_servers
+        self.bigarray_bound = bigarray_bound
+        self.placement = {}                  # key -> server index, or -1 when sliced
+        self.load = [0] * num_servers        # bytes per server
+
+    def place(self, key, size, nbytes):
+        """Return the server of ``key`` (``-1``: sliced), placing it on first sight."""
+        if key in self.placement:
+            return self.placement[key]
+        if size > self.bigarray_bound and self.num_servers > 1:
+            server = -1
+            for part in parts_of(-1, size, self.num_servers):
+                self.load[part.server] += nbytes * part.size // max(size, 1)
+        else:
+            server = min(range(self.num_servers), key=lambda s: (self.load[s], s))
+            self.load[server] += nbytes
+        self.placement[key] = server
+        return server

@@ -1,0 +1,143 @@
+"""ZeroMQ socket lifecycle and zero-copy sends. Moves lists of buffers; knows nothing of arrays.
+
+Frames of at least ``COPY_THRESHOLD`` bytes are sent without a copy: zmq keeps a reference to
+the caller's buffer until the bytes are on the wire. ``SendGuard`` remembers which buffers are
+still in flight so their owner waits before writing to them (below the threshold a copy is
+cheaper than the bookkeeping: pyzmq's own measurements put the cross-over near 64 KiB).
+"""
+import errno
+import logging
+import time
+
+import zmq
+
+from ..errors import ConfigError, PSTimeoutError
+
+logger = logging.getLogger(__name__)
+
+COPY_THRESHOLD = 65536
+LINGER_MS = 2000      # how long close() may spend flushing queued messages
+
+
+def new_context():
+    return zmq.Context()
+
+
+def dealer(ctx, address, identity=None):
+    """A DEALER connected to ``address`` (connect never blocks; unreachable peers show up as
+    timeouts of the requests sent to them)."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+    sock.connect(address)
+    return sock
+
+
+def router_bind(ctx, address):
+    """A ROUTER bound to ``address``.
+
+    Raises:
+        ConfigError: the address is in use or not local, naming it and the fix.
+    """
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable reply is an error, not a drop
+    try:
+        sock.bind(address)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        hint = ("another process holds the port: pick a free one (psframe-launch does)"
+                if exc.errno == errno.EADDRINUSE else "the host must name an interface of this machine")
+        raise ConfigError(f"cannot bind {address}: {exc.strerror}; {hint}") from None
+    return sock
+
+
+def router_bind_random(ctx, host):
+    """A ROUTER bound to a port the OS picks on ``host``; returns ``(socket, port)``."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    try:
+        port = sock.bind_to_random_port(f"tcp://{host}", min_port=1024, max_port=65535, max_tries=200)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise ConfigError(f"cannot bind a port on {host!r}: {exc.strerror}; set PSFRAME_BIND_HOST "
+                          f"to an address of this machine") from None
+    return sock, port
+
+
+def send_frames(sock, frames, track=False):
+    """Send a multipart message; big frames go without a copy. Returns a MessageTracker when
+    ``track`` and some frame went zero-copy, else None."""
+    last = len(frames) - 1
+    tracker = None
+    for i, frame in enumerate(frames):
+        flags = zmq.SNDMORE if i < last else 0
+        big = memoryview(frame).nbytes >= COPY_THRESHOLD
+        if big:
+            t = sock.send(frame, flags, copy=False, track=track)
+            if track:
+                tracker = t
+        else:
+            sock.send(frame, flags, copy=True)
+    return tracker
+
+
+def recv_frames(sock):
+    """Receive a whole multipart message as zmq Frames (no copy of big frames)."""
+    return sock.recv_multipart(copy=False)
+
+
+def drain_rest(sock):
+    """Discard the remaining frames of a partly read message."""
+    while sock.getsockopt(zmq.RCVMORE):
+        sock.recv(copy=False)
+
+
+def poll(sockets, timeout):
+    """Wait up to ``timeout`` seconds; returns the sockets with a message ready."""
+    poller = zmq.Poller()
+    for s in sockets:
+        poller.register(s, zmq.POLLIN)
+    return [s for s, _ in poller.poll(max(0, int(timeout * 1000)))]
+
+
+class SendGuard:
+    """Tracks zero-copy sends of arrays so their owner never overwrites bytes still in flight."""
+
+    def __init__(self, timeout=60.0):
+        self.timeout = timeout
+        self._inflight = {}    # id(array) -> (array, [trackers])
+
+    def add(self, array, tracker):
+        if tracker is None:
+            return
+        entry = self._inflight.setdefault(id(array), (array, []))
+        entry[1].append(tracker)
+
+    def busy(self, array):
+        entry = self._inflight.get(id(array))
+        if entry is None:
+            return False
+        entry[1][:] = [t for t in entry[1] if not t.done]
+        if not entry[1]:
+            del self._inflight[id(array)]
+            return False
+        return True
+
+    def wait(self, array):
+        entry = self._inflight.pop(id(array), None)
+        if entry is None:
+            return
+        deadline = time.monotonic() + self.timeout
+        for t in entry[1]:
+            try:
+                t.wait(max(0.0, deadline - time.monotonic()))
+            except zmq.NotDone:
+                raise PSTimeoutError(f"a reply of {entry[0].nbytes} bytes was not sent within "
+                                     f"{self.timeout}s: the receiving peer stopped reading") from None
+
+    def prune(self):
+        for key in list(self._inflight):
+            self.busy(self._inflight[key][0])

@@ -1,0 +1,89 @@
+"""Start a real job (scheduler, S servers, N workers as processes on 127.0.0.1) without the
+launcher, so the core is tested on its own. Every process is bounded by a deadline and reaped."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from psframe import config as C
+from psframe.transport.addresses import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass
+class JobResult:
+    codes: dict        # "worker:0" -> exit code
+    outputs: dict      # name -> combined stdout+stderr text
+    elapsed: float
+
+    def results(self):
+        """The JSON line each worker printed last as ``RESULT {...}``, by rank."""
+        out = {}
+        for name, text in self.outputs.items():
+            if name.startswith("worker:"):
+                lines = [l for l in text.splitlines() if l.startswith("RESULT ")]
+                out[int(name.split(":")[1])] = json.loads(lines[-1][7:]) if lines else None
+        return out
+
+    def check(self):
+        bad = {n: c for n, c in self.codes.items() if c != 0}
+        assert not bad, f"processes failed {bad}:\n" + "\n".join(
+            f"--- {n} ---\n{self.outputs[n][-3000:]}" for n in bad)
+        return self
+
+
+def base_env(num_workers, num_servers, extra=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSFRAME_")}
+    env.update({C.SCHEDULER: f"tcp://127.0.0.1:{free_port()}", C.NUM_WORKERS: str(num_workers),
+                C.NUM_SERVERS: str(num_servers), C.HOST: "127.0.0.1",
+                C.HEARTBEAT_INTERVAL: "0.2", C.HEARTBEAT_TIMEOUT: "5", C.START_TIMEOUT: "30",
+                C.TIMEOUT: "60", "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+def run_job(script, num_workers=2, num_servers=2, args=(), env=None, timeout=120, start=None):
+    """Run ``script`` as N workers of a fresh job; returns JobResult. ``start`` limits which
+    roles are started (e.g. to leave a worker out on purpose)."""
+    env = base_env(num_workers, num_servers, env)
+    specs = [("scheduler", [sys.executable, "-m", "psframe.scheduler"], {C.ROLE: "scheduler"})]
+    specs += [(f"server:{s}", [sys.executable, "-m", "psframe.server"],
+               {C.ROLE: "server", C.SERVER_RANK: str(s)}) for s in range(num_servers)]
+    specs += [(f"worker:{r}", [sys.executable, os.path.abspath(script), *map(str, args)],
+               {C.ROLE: "worker", C.RANK: str(r), C.LOCAL_RANK: str(r), C.LOCAL_SIZE: str(num_workers)})
+              for r in range(num_workers)]
+    if start is not None:
+        specs = [s for s in specs if s[0] in start]
+    procs, files = {}, {}
+    t0 = time.monotonic()
+    try:
+        for name, cmd, extra in specs:
+            f = files[name] = open(os.devnull if False else _tmp(name), "w+")
+            procs[name] = subprocess.Popen(cmd, env={**env, **extra}, stdout=f, stderr=subprocess.STDOUT,
+                                           cwd=ROOT, start_new_session=True)
+        deadline = t0 + timeout
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs.values()):
+            time.sleep(0.05)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    outputs = {}
+    for name, f in files.items():
+        f.seek(0)
+        outputs[name] = f.read()
+        f.close()
+        os.unlink(f.name)
+    return JobResult({n: p.returncode for n, p in procs.items()}, outputs, time.monotonic() - t0)
+
+
+def _tmp(name):
+    import tempfile
+    fd, path = tempfile.mkstemp(prefix=f"psf-{name.replace(':', '-')}-", suffix=".log")
+    os.close(fd)
+    return path

@@ -1,0 +1,71 @@
+"""The core job end to end: real scheduler, servers and workers as processes on 127.0.0.1."""
+import os
+
+import pytest
+
+from cluster import run_job
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+N = 3
+
+
+@pytest.fixture(scope="module")
+def semantics_runs():
+    """The same job twice (3 workers, 2 servers), for semantics and reproducibility."""
+    return [run_job(os.path.join(HERE, "bin", "core_semantics.py"), N, 2, timeout=120).check()
+            for _ in range(2)]
+
+
+def test_sync_semantics(semantics_runs):
+    res = semantics_runs[0].results()
+    tri = N * (N + 1) // 2
+    for r in range(N):
+        x = res[r]
+        assert x["init"] == 10.0                       # rank 0's init wins
+        assert x["rounds"] == [s * tri for s in range(1, 6)] and x["rounds_exact"]
+        for key, vals in x["dtypes"].items():
+            if key != "i64":
+                assert vals == [tri] * 5, key
+        assert x["int64_exact"]                        # exact beyond 2**40
+        assert x["device_list"] == [3.0 * N] * 4    # list of arrays = their sum
+        assert x["big_exact"]                          # 3,000,003 elements over 2 servers
+        assert x["pushpull"] == [tri] * 6
+        assert x["ahead"] == [sum(9 + q for q in range(N))] * 2  # ran 10 steps ahead
+    stats = res[0]["stats"]
+    assert len(stats) == N and len(set(stats)) == 1 and stats[0] > 0   # every worker pushed
+
+
+def test_errors_name_key_and_shapes(semantics_runs):
+    errs = semantics_runs[0].results()[1]["errors"]
+    assert "'w'" in errs["shape"] and "(4, 3)" in errs["shape"] and "(3, 4)" in errs["shape"]
+    assert "'nope'" in errs["uninit"] and "kv.init" in errs["uninit"]
+    assert "'w'" in errs["double"]
+
+
+def test_bitwise_identical_runs(semantics_runs):
+    a, b = (r.results() for r in semantics_runs)
+    assert all(a[r]["checksum"] == b[r]["checksum"] for r in range(N))
+
+
+def test_big_key_is_sliced_over_both_servers(semantics_runs):
+    out = semantics_runs[0].outputs
+    # each server logs its per-worker push counts at shutdown; both hold part of "big"
+    assert "shutdown" in out["server:0"] and "shutdown" in out["server:1"]
+
+
+def test_async_no_push_lost_or_doubled():
+    k = 25
+    res = run_job(os.path.join(HERE, "bin", "async_pushes.py"), N, 2, args=[k], timeout=120).check().results()
+    expected = k * sum(10 ** r for r in range(N))
+    for r in range(N):
+        assert res[r] == {"value": expected, "uniform": True}
+
+
+def test_missing_worker_fails_within_start_timeout():
+    names = ["scheduler", "server:0", "worker:0"]   # worker 1 never starts
+    job = run_job(os.path.join(HERE, "bin", "async_pushes.py"), 2, 1, args=[1], timeout=30,
+                  env={"PSFRAME_START_TIMEOUT": "2"}, start=names)
+    assert job.elapsed < 20
+    assert job.codes["scheduler"] != 0 and job.codes["worker:0"] != 0
+    assert "1 of 2 workers (ranks [1])" in job.outputs["scheduler"]
+    assert "ranks [1]" in job.outputs["worker:0"]
