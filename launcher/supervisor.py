@@ -19,6 +19,7 @@ from .plan import make_plan
 logger = logging.getLogger(__name__)
 
 PORT_ATTEMPTS = 3
+SCHEDULER_LINES = 5
 _ADDRESS_IN_USE = ("address already in use", "eaddrinuse")
 
 
@@ -133,6 +134,15 @@ class Job:
                 w(f"  last {len(h.sink.tail)} lines of {h.spec.label}:\n")
                 for line in h.sink.tail:
                     w(f"    | {line}\n")
+        root = result.failures[0] if result.failures else None
+        scheduler = self.handles[0] if self.handles else None
+        if root is not None and scheduler is not None and scheduler is not root and scheduler.sink.tail:
+            # the scheduler sees the whole job (heartbeats, registrations): its words often say
+            # why the root cause died, or which process never came up
+            lines = list(scheduler.sink.tail)[-SCHEDULER_LINES:]
+            w(f"  last {len(lines)} lines of {scheduler.spec.label}:\n")
+            for line in lines:
+                w(f"    | {line}\n")
         others = [h for h in self.handles if h not in result.failures]
         if others:
             w("psframe-launch: stopped by the launcher: "

@@ -6,9 +6,10 @@ sum N(N+1)/2 each step, then close. Options make one rank misbehave at a step:
   --never-start-rank R                        rank R never creates its KVStore (sleeps)
   --steps N, --sleep S (per step)
 
-Prints "STEP <k> OK" per step and "DONE rank=<r>" at the end (the tests read these).
+Prints "secret_sha=<sha256[:12]>" when PSF_SECRET is set, "STEP <k> OK" per step and "DONE rank=<r>" at the end (the tests read these).
 """
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -37,6 +38,8 @@ kv = psframe.create()
 n = kv.num_workers
 print(f"worker rank={kv.rank} pid={os.getpid()} local_rank={kv.local_rank}/{kv.local_size} "
       f"host={os.environ['PSFRAME_HOST']} n={n}", flush=True)
+if os.environ.get("PSF_SECRET"):
+    print("secret_sha=" + hashlib.sha256(os.environ["PSF_SECRET"].encode()).hexdigest()[:12], flush=True)
 kv.init("w", np.zeros(4))
 out = np.zeros(4)
 for step in range(1, args.steps + 1):

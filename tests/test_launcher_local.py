@@ -1,0 +1,136 @@
+"""psframe-launch with the local backend running REAL jobs (scheduler, servers, workers of
+psframe's core): success, and every failure case of issue 3, each ending fast with the right exit
+code and report and nothing left running."""
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from launcher_fixtures import WORKER, Launch, assert_none_left, new_tag, pids_with_env
+
+pytestmark = pytest.mark.integration
+
+
+def _launch(*args, timeout=60, **kw):
+    tag = new_tag()
+    return Launch(["-n", "3", "-s", "2", *args], tag, timeout=timeout, **kw)
+
+
+def _report(job):
+    return "\n".join(job.err_lines)
+
+
+def test_real_job_runs_and_exits_zero(tmp_path):
+    job = _launch("--log-dir", str(tmp_path / "logs"), WORKER)
+    try:
+        rc, elapsed = job.wait(60)
+        assert rc == 0, job.text()
+        for rank in range(3):
+            assert f"[worker {rank}@127.0.0.1] DONE rank={rank}" in job.lines
+            assert sum(f"[worker {rank}@127.0.0.1] STEP" in l for l in job.lines) == 5
+        assert any(l.startswith("[scheduler@127.0.0.1]") for l in job.lines)
+        assert any(l.startswith("[server 1@127.0.0.1]") for l in job.lines)
+        # local ranks from the placement
+        assert any("[worker 2@127.0.0.1] worker rank=2" in l and "local_rank=2/3" in l for l in job.lines)
+        logs = sorted(os.listdir(tmp_path / "logs"))
+        assert "worker-1-at-127.0.0.1.log" in logs and "scheduler-at-127.0.0.1.log" in logs
+        assert "DONE rank=1" in (tmp_path / "logs" / "worker-1-at-127.0.0.1.log").read_text()
+        assert_none_left(job.tag)
+    finally:
+        job.stop()
+
+
+def test_worker_exit_code_stops_job_fast():
+    job = _launch(WORKER, "--fail-rank", "1", "--fail-step", "3", "--fail-code", "7")
+    try:
+        job.wait_for_line(r"\[worker 1@127.0.0.1\] rank 1 failing on purpose", 30)
+        failed_at = time.monotonic()
+        rc, _ = job.wait(30)
+        took = time.monotonic() - failed_at
+        assert rc == 7, job.text()
+        assert took < 10, f"launcher took {took:.1f}s after the worker's exit"
+        report = _report(job)
+        assert re.search(r"ROOT CAUSE: worker 1@127.0.0.1 \(role worker, rank 1, host 127.0.0.1, "
+                         r"pid \d+\) exited with code 7", report), report
+        assert "| rank 1 failing on purpose at step 3 with code 7" in report
+        assert "worker 0@127.0.0.1" in report.split("stopped by the launcher:")[1]
+        assert_none_left(job.tag)
+    finally:
+        job.stop()
+
+
+@pytest.mark.parametrize("role, index", [("worker", 1), ("server", 1)])
+def test_kill_9_stops_job_fast(role, index):
+    job = _launch(WORKER, "--steps", "100", "--sleep", "0.05")
+    try:
+        job.wait_for_line(r"\[worker 1@127.0.0.1\] STEP 2 OK", 30)
+        extra = {"PSFRAME_RANK": index} if role == "worker" else {"PSFRAME_SERVER_RANK": index}
+        pids = pids_with_env(job.tag, PSFRAME_ROLE=role, **extra)
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        rc, _ = job.wait(30)
+        took = time.monotonic() - killed_at
+        assert rc == 128 + 9, job.text()
+        assert took < 10, f"launcher took {took:.1f}s after kill -9"
+        report = _report(job)
+        assert re.search(rf"ROOT CAUSE: {role} {index}@127.0.0.1 .*pid {pids[0]}\) killed by SIGKILL",
+                         report), report
+        assert_none_left(job.tag)
+    finally:
+        job.stop()
+
+
+def test_worker_that_never_starts_fails_within_start_timeout():
+    job = _launch("--start-timeout", "3", WORKER, "--never-start-rank", "2")
+    try:
+        rc, elapsed = job.wait(40)
+        assert rc != 0, job.text()
+        assert elapsed < 20, f"took {elapsed:.1f}s with --start-timeout 3"
+        report = _report(job)
+        assert "ROOT CAUSE" in report
+        # whoever noticed first, the report names the missing worker (the scheduler's words)
+        assert re.search(r"ranks? \[2\]|worker 2\b", report), report
+        assert_none_left(job.tag)
+    finally:
+        job.stop()
+
+
+def test_missing_script_fails_fast():
+    job = _launch("/nonexistent/train.py")
+    try:
+        rc, elapsed = job.wait(30)
+        assert rc == 2, job.text()          # python: "can't open file"
+        assert elapsed < 10
+        assert "ROOT CAUSE: worker" in _report(job) and "can't open file" in _report(job)
+        assert_none_left(job.tag)
+    finally:
+        job.stop()
+
+
+def test_launcher_sigterm_stops_everything():
+    job = _launch(WORKER, "--steps", "1000", "--sleep", "0.05")
+    try:
+        job.wait_for_line(r"\[worker 0@127.0.0.1\] STEP 2 OK", 30)
+        assert len(pids_with_env(job.tag, PSFRAME_ROLE="worker")) == 3
+        job.proc.send_signal(signal.SIGTERM)   # to `timeout`, which forwards it to the launcher
+        sent = time.monotonic()
+        rc, _ = job.wait(30)
+        assert rc == 128 + signal.SIGTERM, job.text()
+        assert time.monotonic() - sent < 10
+        assert "stopped by signal SIGTERM" in _report(job)
+        assert_none_left(job.tag)
+    finally:
+        job.stop()
+
+
+def test_bad_flag_exits_2_with_message():
+    job = Launch(["-n", "2", "--env", "PSFRAME_RANK=3", WORKER], new_tag())
+    try:
+        rc, _ = job.wait(30)
+        assert rc == 2
+        assert "PSFRAME_RANK is set by psframe-launch" in _report(job)
+    finally:
+        job.stop()
