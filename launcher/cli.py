@@ -27,8 +27,9 @@ def build_parser():
                         "allocation, else local)")
     p.add_argument("-H", dest="hostfile", metavar="HOSTFILE",
                    help="hosts, one per line: 'host' or 'host slots=N' (# comments)")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment variable for every process (repeatable)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="extra environment variable for every process (repeatable); a bare KEY "
+                        "passes the launcher's own value, keeping secrets out of every argv")
     p.add_argument("--kvstore", default="dist_sync", metavar="KIND",
                    help="dist_sync (default), dist_async or dist_device_sync")
     p.add_argument("--start-timeout", type=float, default=envc.DEFAULTS[envc.START_TIMEOUT],

@@ -57,17 +57,25 @@ class LaunchConfig:
             raise ConfigError("no script given: psframe-launch -n N script.py [args...]")
 
 
-def parse_env_pairs(items):
-    """Turn ``["A=1", "B=x=y"]`` into ``(("A", "1"), ("B", "x=y"))``.
+def parse_env_pairs(items, environ=None):
+    """Turn ``["A=1", "B=x=y", "C"]`` into ``(("A", "1"), ("B", "x=y"), ("C", <C here>))``.
+    A bare ``KEY`` takes its value from the launcher's environment, so a secret never has to
+    appear in any argv (not even the launcher's).
 
     Raises:
-        ConfigError: an item has no ``=`` or an invalid name.
+        ConfigError: an invalid name, or a bare ``KEY`` that is not set here.
     """
+    environ = os.environ if environ is None else environ
     pairs = []
     for item in items or ():
         key, eq, value = item.partition("=")
-        if not eq or not _ENV_NAME.match(key):
-            raise ConfigError(f"--env {item!r}: expected KEY=VALUE with KEY a variable name")
+        if not _ENV_NAME.match(key):
+            raise ConfigError(f"--env {item!r}: expected KEY=VALUE or KEY with KEY a variable name")
+        if not eq:
+            if key not in environ:
+                raise ConfigError(f"--env {key}: {key} is not set in the launcher's environment; "
+                                  f"export it, or pass --env {key}=VALUE")
+            value = environ[key]
         pairs.append((key, value))
     return tuple(pairs)
 

@@ -143,7 +143,7 @@ def test_child_env_drops_stale_psframe_vars():
     (["-n", "0", "x.py"], "at least 1 worker"),
     (["-n", "2", "-s", "0", "x.py"], "at least 1 server"),
     (["-n", "2", "--kvstore", "local", "x.py"], "--kvstore 'local'"),
-    (["-n", "2", "--env", "NOEQUALS", "x.py"], "KEY=VALUE"),
+    (["-n", "2", "--env", "PSF_SURELY_UNSET_VAR", "x.py"], "not set in the launcher's environment"),
     (["-n", "2", "--env", "1BAD=x", "x.py"], "KEY=VALUE"),
     (["-n", "2", "--start-timeout", "0", "x.py"], "must be > 0"),
     (["-n", "2", "--optimizer-module", "nope/missing.py", "x.py"], "no such file"),
@@ -166,6 +166,7 @@ def test_cli_builds_config(tmp_path, monkeypatch):
     assert cfg.optimizer_modules == (str(tmp_path / "opt.py"), "pkg.mod")
     assert cfg.script == "train.py" and cfg.script_args == ("--epochs", "3")
     assert parse_env_pairs(["X="]) == (("X", ""),)
+    assert parse_env_pairs(["TOKEN"], {"TOKEN": "s3cr3t"}) == (("TOKEN", "s3cr3t"),)
     assert resolve_modules([], "/") == ()
 
 

@@ -11,6 +11,7 @@ Prints "secret_sha=<sha256[:12]>" when PSF_SECRET is set, "STEP <k> OK" per step
 import argparse
 import hashlib
 import os
+import socket
 import sys
 import time
 
@@ -38,6 +39,7 @@ kv = psframe.create()
 n = kv.num_workers
 print(f"worker rank={kv.rank} pid={os.getpid()} local_rank={kv.local_rank}/{kv.local_size} "
       f"host={os.environ['PSFRAME_HOST']} n={n}", flush=True)
+print(f"hostname={socket.gethostname()}", flush=True)
 if os.environ.get("PSF_SECRET"):
     print("secret_sha=" + hashlib.sha256(os.environ["PSF_SECRET"].encode()).hexdigest()[:12], flush=True)
 kv.init("w", np.zeros(4))
