@@ -1,14 +1,18 @@
 """psframe-launch with the local backend running REAL jobs (scheduler, servers, workers of
 psframe's core): success, and every failure case of issue 3, each ending fast with the right exit
 code and report and nothing left running."""
+import io
+import logging
 import os
 import re
 import signal
+import socket
 import time
 
 import pytest
 
-from launcher_fixtures import WORKER, Launch, assert_none_left, new_tag, pids_with_env
+from launcher_fixtures import (WORKER, Launch, assert_none_left, cmdline_pids, new_tag,
+                               pids_with_env, tagged_pids)
 
 pytestmark = pytest.mark.integration
 
@@ -132,5 +136,42 @@ def test_bad_flag_exits_2_with_message():
         rc, _ = job.wait(30)
         assert rc == 2
         assert "PSFRAME_RANK is set by psframe-launch" in _report(job)
+    finally:
+        job.stop()
+
+
+def test_busy_scheduler_port_is_retried(monkeypatch, caplog):
+    from psframe_launcher import supervisor
+    from psframe_launcher.config import LaunchConfig
+    from launcher_fixtures import TAG_VAR
+    tag = new_tag()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ports = [busy.getsockname()[1]]
+        real = supervisor.free_port
+        monkeypatch.setattr(supervisor, "free_port", lambda host: ports.pop() if ports else real(host))
+        cfg = LaunchConfig(num_workers=2, num_servers=1, script=WORKER, env=((TAG_VAR, tag),),
+                           start_timeout=20)
+        out, err = io.StringIO(), io.StringIO()
+        with caplog.at_level(logging.WARNING, logger="psframe_launcher.supervisor"):
+            rc = supervisor.launch(cfg, out=out, err=err)
+    assert rc == 0, out.getvalue() + err.getvalue()
+    assert "Address already in use" in out.getvalue()          # attempt 1's scheduler said so
+    assert any("retrying with another port" in r.getMessage() for r in caplog.records)
+    assert "[worker 1@127.0.0.1] DONE rank=1" in out.getvalue()
+    assert_none_left(tag)
+
+
+def test_launcher_kill_9_leaves_nothing():
+    job = _launch(WORKER, "--steps", "1000", "--sleep", "0.05")
+    try:
+        job.wait_for_line(r"\[worker 2@127.0.0.1\] STEP 2 OK", 30)
+        launcher = [p for p in cmdline_pids(r"^\S*python\S* \S*/psframe-launch ") if p in tagged_pids(job.tag)]
+        assert len(launcher) == 1
+        os.kill(launcher[0], signal.SIGKILL)   # no handler runs: the kernel's PDEATHSIG must act
+        rc, _ = job.wait(30)
+        assert rc in (-9, 128 + 9)             # `timeout` re-raises its child's signal
+        assert_none_left(job.tag, within=10)
     finally:
         job.stop()
