@@ -104,6 +104,7 @@ SERVER_CASES = [
 ]
 WORKER_CASES = [optim.SGD(lr=0.1, momentum=0.9), optim.Adam(lr=0.01, rescale_grad=0.5)]
 MP_CASE = optim.SGD(lr=0.1, momentum=0.9, multi_precision=True)
+PHASES = [optim.SGD(lr=0.1, momentum=0.9), optim.Adam(lr=0.01, beta1=0.5)]
 
 MATCH_SCRIPT = '''
 import json, sys
@@ -130,7 +131,7 @@ def run(kv, case, spec, dtype, worker_side):
                 kv.pull(key, out=w)
     return dict(zip(keys, ws))
 
-def main(cases_file, out_prefix):
+def main(cases_file, phases_file, out_prefix):
     cases = json.load(open(cases_file))
     results = {}
     with psframe.create("dist_sync") as kv:
@@ -138,6 +139,18 @@ def main(cases_file, out_prefix):
         # worker-side cases first: set_optimizer cannot be undone on the servers
         for c in sorted(cases, key=lambda c: not c["worker_side"]):
             results.update(run(kv, c["case"], c["spec"], c["dtype"], c["worker_side"]))
+        # fine-tuning phases: a second set_optimizer keeps the weights, starts fresh state
+        ws = [initial(300, k, shape) for k, shape in enumerate(SHAPES)]
+        for k, w in enumerate(ws):
+            kv.init(f"phase{k}", w)
+        for phase, spec in enumerate(json.load(open(phases_file))):
+            kv.set_optimizer(optim.from_spec(spec))
+            for step in range(3):
+                for k, w in enumerate(ws):
+                    kv.push(f"phase{k}", gradient(300, k, 3 * phase + step, kv.rank, SHAPES[k]))
+                for k, w in enumerate(ws):
+                    kv.pull(f"phase{k}", out=w)
+        results.update({f"phase{k}": w for k, w in enumerate(ws)})
         kv.barrier()
     import numpy as np
     np.savez(f"{out_prefix}{kv.rank}.npz", **results)
@@ -156,8 +169,10 @@ def test_builtins_match_torch_on_two_workers_two_servers(tmp_path):
         cases.append(dict(case=i, spec=optim.to_spec(opt), dtype="float64", worker_side=True))
     cases.append(dict(case=200, spec=optim.to_spec(MP_CASE), dtype="float16", worker_side=False))
     (tmp_path / "cases.json").write_text(json.dumps(cases))
+    (tmp_path / "phases.json").write_text(json.dumps([optim.to_spec(o) for o in PHASES]))
     script = f"SHAPES = {SHAPES!r}\nSTEPS = {STEPS}\n" + MATCH_SCRIPT
-    out = launch(tmp_path, script, tmp_path / "cases.json", tmp_path / "result")
+    out = launch(tmp_path, script, tmp_path / "cases.json", tmp_path / "phases.json",
+                 tmp_path / "result")
     assert out.count("MATCH-DONE") == N
     got = [dict(np.load(tmp_path / f"result{r}.npz", allow_pickle=False)) for r in range(N)]
 
@@ -178,6 +193,15 @@ def test_builtins_match_torch_on_two_workers_two_servers(tmp_path):
                 assert np.abs(got[r][key] - w0).max() > 1e-3
             if c["worker_side"]:      # replicas stay bitwise identical
                 np.testing.assert_array_equal(got[0][key], got[1][key])
+    # two phases: torch SGD for 3 steps, then a fresh torch Adam on the same weights
+    for k, shape in enumerate(SHAPES):
+        w = initial(300, k, shape)
+        for phase, opt in enumerate(PHASES):
+            w = torch_run(opt, w, [summed(300, k, 3 * phase + step, shape) for step in range(3)])
+        for r in range(N):
+            err = float(np.abs(got[r][f"phase{k}"] - w).max())
+            errors[f"phases/{shape[0]}"] = err
+            assert err < 1e-9, f"re-set_optimizer phases, key phase{k}: max abs err {err}"
     print("max abs err vs torch:", max(errors.values()), errors)
 
     # multi_precision: float16 weights, float32 master on the servers, vs a float32 reference
