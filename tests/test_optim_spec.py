@@ -199,3 +199,11 @@ def test_slices_are_independent():
         opt.update("big", parts[0], g[:4], states[0])
         opt.update("big", parts[1], g[4:], states[1])
     np.testing.assert_array_equal(np.concatenate(parts), w)
+
+
+def test_integer_weights_and_foreign_state_are_explained():
+    with pytest.raises(psframe.OptimizerError, match="floating-point"):
+        optim.SGD().create_state("ids", np.zeros(3, dtype=np.int64))
+    w = np.zeros(3)
+    with pytest.raises(psframe.OptimizerError, match="super"):
+        optim.SGD().update(0, w, np.ones(3), {})

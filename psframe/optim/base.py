@@ -126,6 +126,10 @@ class Optimizer:
             dict[str, array]: includes ``"t"`` (0-d int64 update count) and, under
             multi_precision with a float16 weight, ``"weight32"``.
         """
+        if weight.dtype.kind != "f":
+            raise OptimizerError(f"key {key!r}: {type(self).__name__} updates floating-point "
+                                 f"weights, got dtype {weight.dtype}; initialise the key as "
+                                 f"float16/32/64 or do not set an optimizer for it")
         state = {STEP_KEY: np.zeros((), dtype=np.int64)}
         target = weight
         if self.multi_precision and weight.dtype == np.float16:
@@ -167,6 +171,10 @@ class Optimizer:
         if grad.shape != weight.shape:
             raise OptimizerError(f"key {key!r}: gradient shape {grad.shape} does not match "
                                  f"weight shape {weight.shape}")
+        if STEP_KEY not in state:
+            raise OptimizerError(f"key {key!r}: the state of {type(self).__name__} has no update "
+                                 f"count {STEP_KEY!r}; an overriding create_state() must start "
+                                 f"from super().create_state(key, weight)")
         master = state.get(MASTER_KEY)
         target = weight if master is None else master
         t = int(state[STEP_KEY])
