@@ -378,3 +378,15 @@ def test_serial_equivalence_one_worker_big_batch_vs_two_workers(tmp_path):
     assert np.abs(one["w"]).max() > 0.1                # it trained
     for name in ("w", "b"):
         np.testing.assert_allclose(many[name], one[name], rtol=1e-6, atol=1e-12)
+
+
+def test_custom_optimizer_example_runs_under_the_launcher(tmp_path):
+    example = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "custom_optimizer.py")
+    example = os.path.abspath(example)
+    cmd = [LAUNCH, "-n", str(N), "-s", str(S), "--optimizer-module", example, example]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60 * TIME_FACTOR)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    line = next(l for l in out.splitlines() if "max |w - w*|" in l)
+    assert float(line.split("=")[1].split()[0]) < 0.01, line
