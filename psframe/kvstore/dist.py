@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .. import arrays, sharding
-from ..errors import PSTimeoutError, ProtocolError, from_wire
+from ..errors import PSError, PSTimeoutError, ProtocolError, from_wire, to_wire
 from ..protocol import ArrayDesc, Command, codec
 from ..transport import peers, sockets
 from .base import KVStore
@@ -121,17 +121,27 @@ class DistKVStore(KVStore):
 
     def _set_optimizer(self, spec):
         # Every earlier push must be merged under the old rule before the new one applies.
+        # Rank 0 installs it; the barrier carries its outcome so every worker raises alike.
         self._flush()
         self._barrier(None)
+        error = None
         if self.rank == 0:
             reqs = [self._send(s, Command.SET_OPTIMIZER, (), (), {"optimizer": spec})
                     for s in range(len(self._servers))]
-            self._wait(reqs, f"set_optimizer {spec.get('name')!r}")
-        self._barrier(None)
+            try:
+                self._wait(reqs, f"set_optimizer {spec.get('name')!r}")
+            except PSError as exc:
+                error = to_wire(exc)
+        notes = self._barrier(None, note=error)
+        if notes.get("0"):
+            raise from_wire(*notes["0"])
 
-    def _barrier(self, timeout):
+    def _barrier(self, timeout, note=None):
+        """Wait for every worker; returns the notes workers attached, by rank (as str)."""
         self._flush(timeout)
-        self._ask_scheduler(Command.BARRIER, None, "barrier", timeout)
+        body = {"rank": self.rank, "note": note} if note is not None else None
+        reply = self._ask_scheduler(Command.BARRIER, body, "barrier", timeout)
+        return (reply or {}).get("notes", {})
 
     def _close(self):
         try:

@@ -40,6 +40,7 @@ class MembershipState:
         self.waiting_register = []        # (peer, id) until everyone is in
         self.ready = False
         self.barrier = []                 # (peer, id)
+        self.barrier_notes = {}           # str(rank) -> note for everyone at release
         self.placements = PlacementState(num_servers, bigarray_bound)
         self.parked_places = []           # (peer, id, keys) of non-zero ranks
         self.finished = False             # every worker done: shut down
@@ -121,12 +122,17 @@ class MembershipState:
         return self.abort(f"{where} failed: {reason}")
 
     # -- collectives --------------------------------------------------------------------
-    def enter_barrier(self, peer, msg_id):
+    def enter_barrier(self, peer, msg_id, rank=None, note=None):
+        """Release every worker once all arrived; notes attached by ranks go to everyone
+        (e.g. rank 0's set_optimizer outcome)."""
         self.barrier.append((peer, msg_id))
+        if note is not None:
+            self.barrier_notes[str(rank)] = note
         if len(self.barrier) < self.num_workers:
             return []
-        sends = [Send(p, "ok", i) for p, i in self.barrier]
-        self.barrier = []
+        body = {"notes": self.barrier_notes} if self.barrier_notes else None
+        sends = [Send(p, "ok", i, body) for p, i in self.barrier]
+        self.barrier, self.barrier_notes = [], {}
         return sends
 
     def place(self, peer, msg_id, rank, keys):

@@ -58,7 +58,7 @@ class SchedulerService:
             return st.register(peer, msg.id, b.get("role"), b.get("rank", -1), b.get("host", "?"),
                                b.get("address", ""), now)
         if msg.cmd is Command.BARRIER:
-            return st.enter_barrier(peer, msg.id)
+            return st.enter_barrier(peer, msg.id, b.get("rank"), b.get("note"))
         if msg.cmd is Command.PLACE:
             return st.place(peer, msg.id, _rank_of(msg.sender), b.get("keys", []))
         if msg.cmd is Command.DONE:
