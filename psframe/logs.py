@@ -5,13 +5,18 @@ import sys
 
 
 def setup(role, rank=None, host=""):
-    """Configure the root logger once for a psframe process (``[server 1@host]`` prefix)."""
+    """Configure the root logger once for a psframe process.
+
+    On a terminal each line names the process (``[server 1@host]``); under psframe-launch
+    (output piped) the launcher's own prefix already does, so the line starts with the time.
+    """
     who = role if rank is None else f"{role} {rank}"
     if host:
         who += f"@{host}"
+    prefix = f"[{who}] " if sys.stderr.isatty() else ""
     level = os.environ.get("PSFRAME_LOG_LEVEL", "INFO").upper()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s [{who}] %(levelname)s %(name)s: %(message)s",
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
                                            "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
