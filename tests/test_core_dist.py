@@ -69,3 +69,11 @@ def test_missing_worker_fails_within_start_timeout():
     assert job.codes["scheduler"] != 0 and job.codes["worker:0"] != 0
     assert "1 of 2 workers (ranks [1])" in job.outputs["scheduler"]
     assert "ranks [1]" in job.outputs["worker:0"]
+
+
+def test_uncaught_exception_stops_the_job_without_a_launcher():
+    job = run_job(os.path.join(HERE, "bin", "crash_at_start.py"), 2, 1, timeout=60)
+    assert job.elapsed < 15
+    assert all(code != 0 for code in job.codes.values()), job.codes
+    assert "worker 1@127.0.0.1 failed: uncaught RuntimeError: boom" in job.outputs["worker:0"]
+    assert "JobAbortedError" in job.outputs["worker:0"]

@@ -56,6 +56,7 @@ class DistKVStore(KVStore):
         self._ids = itertools.count(1)
         self._requests = {}          # id -> _Request (in flight)
         self._errors = []            # errors of requests nobody waits for (pushes)
+        self._crashed = False
         self._heartbeat = peers.HeartbeatThread(self._ctx, config, self.name)
         self._heartbeat.start()
         self._prev_hook = sys.excepthook
@@ -145,7 +146,7 @@ class DistKVStore(KVStore):
 
     def _close(self):
         try:
-            if self._heartbeat.reason is None:
+            if self._heartbeat.reason is None and not self._crashed:
                 self._flush()
                 self._ask_scheduler(Command.DONE, None, "finishing")
         finally:
@@ -313,6 +314,7 @@ class DistKVStore(KVStore):
 
     def _report_crash(self, exc_type, exc, tb):
         """An uncaught exception stops the job at once instead of after a heartbeat timeout."""
+        self._crashed = True     # close() at exit must not wait on a job we just failed
         try:
             reason = f"uncaught {exc_type.__name__}: {exc}"
             sockets.send_frames(self._sched, codec.encode(Command.ABORT, 0, self.name, body={"reason": reason}))

@@ -66,6 +66,7 @@ class HeartbeatThread(threading.Thread):
         self.ctx, self.config, self.node = ctx, config, name
         self.on_abort, self.grace = on_abort, grace
         self.reason = None
+        self.error_cls = PeerLostError
         self._stop_evt = threading.Event()
 
     def stop(self):
@@ -95,14 +96,17 @@ class HeartbeatThread(threading.Thread):
                     continue
                 last_answer = time.monotonic()
                 if msg.cmd is Command.ABORT:
-                    return self._abort(f"job aborted by the scheduler: {msg.body.get('reason')}")
+                    return self._abort(f"job aborted by the scheduler: {msg.body.get('reason')}",
+                                       JobAbortedError)
                 if msg.cmd is Command.SHUTDOWN:
                     return
             elif time.monotonic() - last_answer > cfg.heartbeat_timeout:
                 return self._abort(f"lost the scheduler at {cfg.scheduler}: no answer for "
-                                   f"{cfg.heartbeat_timeout:g}s (it died, or the network is down)")
+                                   f"{cfg.heartbeat_timeout:g}s (it died, or the network is down)",
+                                   PeerLostError)
 
-    def _abort(self, reason):
+    def _abort(self, reason, error_cls):
+        self.error_cls = error_cls
         self.reason = reason
         logger.error("%s", reason)
         if self.on_abort:
@@ -115,4 +119,4 @@ class HeartbeatThread(threading.Thread):
     def check(self):
         """Raise if the job was aborted (called from every blocking wait)."""
         if self.reason is not None:
-            raise JobAbortedError(self.reason) if "aborted" in self.reason else PeerLostError(self.reason)
+            raise self.error_cls(self.reason)
