@@ -74,6 +74,7 @@ class Agent:
         for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 0)):
             try:
                 os.killpg(self.proc.pid, sig)
+                os.killpg(self.proc.pid, signal.SIGCONT)   # a stopped process must see the TERM
             except (ProcessLookupError, PermissionError):
                 return
             deadline = time.monotonic() + wait

@@ -87,6 +87,25 @@ def test_kill_9_stops_job_fast(role, index):
         job.stop()
 
 
+def test_hung_worker_is_noticed_through_heartbeats():
+    job = _launch("--env", "PSFRAME_HEARTBEAT_TIMEOUT=2", "--env", "PSFRAME_HEARTBEAT_INTERVAL=0.2",
+                  WORKER, "--steps", "1000", "--sleep", "0.02")
+    try:
+        job.wait_for_line(r"\[worker 1@127.0.0.1\] STEP 3 OK", 30)
+        pid, = pids_with_env(job.tag, PSFRAME_ROLE="worker", PSFRAME_RANK=1)
+        os.kill(pid, signal.SIGSTOP)          # hung: alive, silent, never exits by itself
+        hung_at = time.monotonic()
+        rc, _ = job.wait(30)
+        took = time.monotonic() - hung_at
+        assert rc != 0, job.text()
+        assert took < 8, f"{took:.1f}s with a 2 s heartbeat timeout"
+        report = _report(job)
+        assert "ROOT CAUSE" in report and re.search(r"worker 1\b.*(heartbeat|hung|respond)", report), report
+        assert_none_left(job.tag)
+    finally:
+        job.stop()
+
+
 def test_worker_that_never_starts_fails_within_start_timeout():
     job = _launch("--start-timeout", "3", WORKER, "--never-start-rank", "2")
     try:

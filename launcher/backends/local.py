@@ -72,6 +72,7 @@ def stop_groups(handles, grace):
     live = [h for h in handles if h.proc.returncode is None]
     for h in handles:
         h.signal_group(signal.SIGTERM)
+        h.signal_group(signal.SIGCONT)   # a stopped (hung) process acts on SIGTERM only once resumed
     deadline = time.monotonic() + grace
     for h in live:
         try:
