@@ -13,6 +13,7 @@ import json
 import logging
 import posixpath
 import re
+import urllib.parse
 
 import fsspec
 
@@ -88,13 +89,25 @@ def _list(fs, url, path, policy):
     if found:
         return found
     root = _root(path)
-    exists = retry.call(lambda: fs.exists(root), url, "listing", policy) if root else True
-    if not exists:
-        raise DataError(f"dataset {url}: {fs.unstrip_protocol(root)} does not exist (no such bucket "
-                        f"or prefix); check the URL, endpoint_url and the credentials' access",
-                        url=url)
-    raise DataError(f"dataset {url} matched no shards under {fs.unstrip_protocol(root)}; check the "
-                    f"glob and the extension (supported: {', '.join(EXTENSIONS)})", url=url)
+    where = _display(fs, root, url)
+    try:   # not fs.exists(): it answers False for an unreachable store too
+        retry.call(lambda: fs.info(root), url, "listing", policy)
+    except DataError as exc:
+        if not isinstance(exc.__cause__, FileNotFoundError):
+            raise
+        raise DataError(f"dataset {url}: {where} does not exist (no such bucket or prefix); check "
+                        f"the URL, endpoint_url and the credentials' access", url=url) from None
+    raise DataError(f"dataset {url} matched no shards under {where}; check the glob and the "
+                    f"extension (supported: {', '.join(EXTENSIONS)})", url=url)
+
+
+def _display(fs, path, url):
+    """``path`` as a URL for messages, keeping the host of URLs like webhdfs://host:port/..."""
+    shown = fs.unstrip_protocol(path)
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc and parts.netloc not in shown:
+        shown = f"{parts.scheme}://{parts.netloc}/{path.lstrip('/')}"
+    return shown
 
 
 def _manifest(fs, directory, policy):

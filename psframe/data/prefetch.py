@@ -75,7 +75,7 @@ class Prefetcher:
                 break
             except queue.Empty:
                 if time.monotonic() >= deadline:
-                    self.close()
+                    self.close(join_timeout=0.5)   # the thread is stuck; do not wait for it
                     raise PSTimeoutError(
                         f"{self._name}: the background reader produced nothing for "
                         f"{self._timeout:g}s; the store is stalled (check the endpoint and the "
