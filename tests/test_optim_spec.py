@@ -207,3 +207,13 @@ def test_integer_weights_and_foreign_state_are_explained():
     w = np.zeros(3)
     with pytest.raises(psframe.OptimizerError, match="super"):
         optim.SGD().update(0, w, np.ones(3), {})
+
+
+def test_failing_step_names_optimizer_key_and_update():
+    class Boom(optim.Optimizer):
+        def step(self, key, weight, grad, state, lr, t):
+            raise RuntimeError("boom")
+
+    w = np.zeros(2)
+    with pytest.raises(psframe.OptimizerError, match=r"Boom.step failed on key 'w' at update 0.*boom"):
+        Boom().update("w", w, np.ones(2), Boom().create_state("w", w))

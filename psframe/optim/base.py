@@ -166,7 +166,8 @@ class Optimizer:
             state: the dict from ``create_state``, modified in place.
 
         Raises:
-            OptimizerError: ``grad`` and ``weight`` differ in shape.
+            OptimizerError: ``grad`` and ``weight`` differ in shape, or ``step`` failed (the
+                cause is chained).
         """
         if grad.shape != weight.shape:
             raise OptimizerError(f"key {key!r}: gradient shape {grad.shape} does not match "
@@ -179,7 +180,15 @@ class Optimizer:
         target = weight if master is None else master
         t = int(state[STEP_KEY])
         g = self.prepare_grad(grad, target.dtype)
-        self.step(key, target, g, state, self.learning_rate(t), t)
+        try:
+            self.step(key, target, g, state, self.learning_rate(t), t)
+        except OptimizerError:
+            raise
+        except Exception as exc:   # name the optimizer, key and update in what the job reports
+            raise OptimizerError(
+                f"{type(self).__name__}.step failed on key {key!r} at update {t}: "
+                f"{type(exc).__name__}: {exc}; that weight may be partly updated, so fix the "
+                f"optimizer and restart from a checkpoint") from exc
         state[STEP_KEY][...] = t + 1
         if master is not None:
             weight[...] = master
