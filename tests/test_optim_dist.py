@@ -4,8 +4,10 @@ Each test writes its worker script into ``tmp_path``; rank 0 (or every rank) sav
 weights as ``.npz`` (no pickle) and the test checks them against ``torch.optim`` run here on the
 summed gradients. ``PSFRAME_BIGARRAY_BOUND=1000`` makes the 1500-element key sliced cheaply.
 """
+import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,20 +28,22 @@ BOUND = 1000
 SHAPES = [(7,), (1500,)]          # a small key and a key above the slicing bound
 STEPS = 6
 LAUNCH = os.path.join(os.path.dirname(sys.executable), "psframe-launch")
+if not os.path.exists(LAUNCH):       # pytest run from outside the venv that has psframe
+    LAUNCH = shutil.which("psframe-launch") or LAUNCH
 TIME_FACTOR = float(os.environ.get("PSFRAME_TEST_TIME_FACTOR", "1"))
 
-# Shared by the worker scripts (pasted in) and the references here: deterministic data per
-# (case, key, step, rank), so the test can recompute every worker's gradient.
-DATA_CODE = '''
-import numpy as np
 
+# Deterministic data per (case, key, step, rank), so the test can recompute every worker's
+# gradient; the worker scripts get these two functions pasted in (DATA_CODE).
 def initial(case, k, shape, dtype="float64"):
     return np.random.default_rng([case, k, 999]).standard_normal(shape).astype(dtype)
 
+
 def gradient(case, k, step, rank, shape, dtype="float64"):
     return np.random.default_rng([case, k, step, rank]).standard_normal(shape).astype(dtype)
-'''
-exec(DATA_CODE)
+
+
+DATA_CODE = "import numpy as np\n\n" + inspect.getsource(initial) + "\n" + inspect.getsource(gradient)
 
 
 def launch(tmp_path, script, *args, n=N, s=S, extra=(), timeout=45):
