@@ -20,20 +20,26 @@ from ..errors import ProtocolError
 from .commands import COMMANDS, PROTOCOL_VERSION, Command
 
 MAX_NDIM = 32
+ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
 
 
-@dataclasses.dataclass
 class ArrayDesc:
-    """What one array frame holds."""
-    key: object
-    part: int
-    dtype: str
-    shape: tuple
-    step: int = 0
+    """What one array frame holds. A plain slotted class: thousands are built per call when a
+    model's small keys travel together, so construction must be cheap."""
+    __slots__ = ("key", "part", "dtype", "shape", "step")
+
+    def __init__(self, key, part, dtype, shape, step=0):
+        self.key, self.part, self.dtype, self.shape, self.step = key, part, dtype, tuple(shape), step
+
+    def __eq__(self, other):
+        return isinstance(other, ArrayDesc) and self.to_wire() == other.to_wire()
+
+    def __repr__(self):
+        return f"ArrayDesc({self.key!r}, {self.part}, {self.dtype!r}, {self.shape}, {self.step})"
 
     @property
     def nbytes(self):
-        n = np.dtype(self.dtype).itemsize
+        n = ITEMSIZE[self.dtype]
         for d in self.shape:
             n *= d
         return n
@@ -102,19 +108,22 @@ def decode_header(frame):
 
 
 def decode_desc(i, raw):
-    if not isinstance(raw, list) or len(raw) != 5:
+    """Validate one ``[key, part, dtype, shape, step]`` entry of a header -> ArrayDesc."""
+    if type(raw) is not list or len(raw) != 5:
         _fail(f"arrays[{i}]", "is not [key, part, dtype, shape, step]")
     key, part, dtype, shape, step = raw
-    if isinstance(key, bool) or not isinstance(key, (int, str)):
+    if type(key) is not str and (type(key) is not int):
         _fail(f"arrays[{i}].key", f"{key!r} is not an int or str")
-    if not isinstance(part, int) or part < 0 or not isinstance(step, int) or step < 0:
+    if type(part) is not int or part < 0 or type(step) is not int or step < 0:
         _fail(f"arrays[{i}].part/step", "must be non-negative ints")
-    if dtype not in DTYPES:
+    if dtype not in ITEMSIZE:
         _fail(f"arrays[{i}].dtype", f"{dtype!r} is not one of {DTYPES}")
-    if (not isinstance(shape, list) or len(shape) > MAX_NDIM
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+    if type(shape) is not list or len(shape) > MAX_NDIM:
         _fail(f"arrays[{i}].shape", f"{shape!r} is not a list of non-negative ints")
-    return ArrayDesc(key, part, dtype, tuple(shape), step)
+    for d in shape:
+        if type(d) is not int or d < 0:
+            _fail(f"arrays[{i}].shape", f"{shape!r} is not a list of non-negative ints")
+    return ArrayDesc(key, part, dtype, shape, step)
 
 
 def check_frame_sizes(msg, sizes):
@@ -122,9 +131,14 @@ def check_frame_sizes(msg, sizes):
     if len(sizes) != len(msg.arrays):
         _fail("frames", f"{len(sizes)} array frames follow but the header declares {len(msg.arrays)}")
     for i, (desc, size) in enumerate(zip(msg.arrays, sizes)):
-        if desc.nbytes != size:
-            _fail(f"arrays[{i}]", f"(key {desc.key!r}) declares {desc.nbytes} bytes "
-                                  f"({desc.dtype}{list(desc.shape)}) but its frame has {size}")
+        check_frame_size(i, desc, size)
+
+
+def check_frame_size(i, desc, size):
+    """The frame of array ``i`` must have exactly the bytes ``desc`` declares."""
+    if desc.nbytes != size:
+        _fail(f"arrays[{i}]", f"(key {desc.key!r}) declares {desc.nbytes} bytes "
+                              f"({desc.dtype}{list(desc.shape)}) but its frame has {size}")
 
 
 def decode(frames):

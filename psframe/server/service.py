@@ -8,6 +8,9 @@ import importlib.util
 import logging
 import time
 
+import numpy as np
+import zmq
+
 from ..errors import OptimizerError, ProtocolError, PSError, to_wire
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
@@ -49,6 +52,7 @@ class ServerService:
         self.address = addresses.tcp(config.host, port)
         self.name = f"server:{config.server_rank}"
         self.pending = {}
+        self._owned = ()
 
     def run(self):
         """Register, then serve until the scheduler says shutdown (0) or abort (1)."""
@@ -93,24 +97,62 @@ class ServerService:
         for _ in range(1000):
             if not sockets.poll([self.sock], 0):
                 return
-            frames = sockets.recv_frames(self.sock)
-            peer = frames[0].bytes
-            msg_id = 0
-            try:
-                msg = codec.decode(frames[1:])
-                msg_id = msg.id
-                self.handle(peer, msg)
-            except PSError as exc:
-                logger.warning("error reply to a request: %s", exc)
-                self._reply_error(peer, msg_id, exc)
+            self._serve_one()
+
+    def _serve_one(self):
+        """Receive one request frame by frame (pushed arrays land in the shard's spare buffers:
+        no fresh allocation, no page faults), validate all of it, then handle it."""
+        peer = self.sock.recv(copy=False).bytes
+        msg_id, landed = 0, []
+        try:
+            if not self.sock.getsockopt(zmq.RCVMORE):
+                raise ProtocolError("malformed message: has no frames")
+            msg = codec.decode_header(self.sock.recv(copy=False).buffer)
+            msg_id = msg.id
+            take = msg.cmd in (Command.PUSH, Command.PUSHPULL)
+            buffers = []
+            for i, desc in enumerate(msg.arrays):
+                if not self.sock.getsockopt(zmq.RCVMORE):
+                    raise ProtocolError(f"malformed message: {i} array frames follow but the "
+                                        f"header declares {len(msg.arrays)}")
+                target = self.shard.landing(desc) if take else None
+                if target is None:
+                    buf = self.sock.recv(copy=False).buffer
+                    size = buf.nbytes
+                else:
+                    landed.append((desc, target))
+                    buf = target
+                    size = self.sock.recv_into(target.reshape(-1).view(np.uint8))
+                codec.check_frame_size(i, desc, size)
+                buffers.append(buf)
+            if self.sock.getsockopt(zmq.RCVMORE):
+                sockets.drain_rest(self.sock)
+                raise ProtocolError(f"malformed message: more frames follow than the "
+                                    f"{len(msg.arrays)} arrays the header declares")
+            msg.buffers = buffers
+            owned = {id(a) for _, a in landed}
+            landed = []
+            self.handle(peer, msg, owned)
+        except PSError as exc:
+            sockets.drain_rest(self.sock)
+            for desc, buf in landed:
+                self.shard.release(desc, buf)
+            logger.warning("error reply to a request: %s", exc)
+            self._reply_error(peer, msg_id, exc)
 
     # -- dispatch -----------------------------------------------------------------------
-    def handle(self, peer, msg):
+    def handle(self, peer, msg, owned=()):
+        """Dispatch a validated message. ``owned``: ids of buffers that came from the shard's
+        ``landing`` (the shard keeps them)."""
         handler = getattr(self, f"handle_{msg.cmd.value}", None)
         if handler is None:
             raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
         rank = _worker_rank(msg.sender, self.config.num_workers)
-        handler(peer, msg, rank)
+        self._owned = owned
+        try:
+            handler(peer, msg, rank)
+        finally:
+            self._owned = ()
 
     def handle_init(self, peer, msg, rank):
         descs = list(msg.arrays) + [codec.decode_desc(i, d) for i, d in enumerate(msg.body.get("meta", []))]
@@ -121,10 +163,17 @@ class ServerService:
         for desc, array in zip(descs, arrays):
             self._deliver(self.shard.init(rank, desc, array, token, sync))
 
+    def _array(self, desc, buf):
+        """(array, owned) of a received buffer."""
+        if id(buf) in self._owned:
+            return buf, True
+        return codec.as_array(desc, buf), False
+
     def handle_push(self, peer, msg, rank):
         token = self._expect(peer, msg, len(msg.arrays))
         for desc, buf in zip(msg.arrays, msg.buffers):
-            self._deliver(self.shard.push(rank, desc, codec.as_array(desc, buf), token))
+            array, owned = self._array(desc, buf)
+            self._deliver(self.shard.push(rank, desc, array, token, owned))
 
     def handle_pull(self, peer, msg, rank):
         token = self._expect(peer, msg, len(msg.body.get("meta", [])))
@@ -134,7 +183,8 @@ class ServerService:
     def handle_pushpull(self, peer, msg, rank):
         token = self._expect(peer, msg, 2 * len(msg.arrays))
         for desc, buf in zip(msg.arrays, msg.buffers):
-            self._deliver(self.shard.push(rank, desc, codec.as_array(desc, buf), token))
+            array, owned = self._array(desc, buf)
+            self._deliver(self.shard.push(rank, desc, array, token, owned))
             self._deliver(self.shard.pull(rank, desc, token))
 
     def handle_set_optimizer(self, peer, msg, rank):
@@ -144,7 +194,8 @@ class ServerService:
         self._send(peer, codec.encode(Command.OK, msg.id, self.name))
 
     def handle_stats(self, peer, msg, rank):
-        self._send(peer, codec.encode(Command.OK, msg.id, self.name, body=self.shard.stats()))
+        body = dict(self.shard.stats(), **process_memory())
+        self._send(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
 
     # -- replies ------------------------------------------------------------------------
     def _expect(self, peer, msg, n):
@@ -192,6 +243,20 @@ class ServerService:
         except Exception as exc:  # the worker went away; liveness reports it
             logger.warning("could not reply to a worker: %s", exc)
             return None
+
+
+def process_memory():
+    """``rss_bytes`` and ``peak_rss_bytes`` of this process (Linux /proc; empty elsewhere)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    name = "rss_bytes" if line.startswith("VmRSS") else "peak_rss_bytes"
+                    out[name] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
 
 
 def _worker_rank(sender, num_workers):
