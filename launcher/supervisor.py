@@ -152,7 +152,7 @@ class Job:
         self.err.flush()
 
 
-def _scheduler_port(backend, host):
+def _scheduler_port(host):
     try:
         return free_port(host)
     except OSError:
@@ -183,7 +183,7 @@ def launch(config, out=None, err=None):
             previous[sig] = signal.signal(sig, on_signal)
     try:
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            plan = make_plan(config, hosts, _scheduler_port(backend, hosts[0].name))
+            plan = make_plan(config, hosts, _scheduler_port(hosts[0].name))
             logger.info("launching %d workers, %d servers via %s; scheduler at %s",
                         config.num_workers, len(plan.by_role("server")), name, plan.scheduler)
             job = Job(plan, backend if attempt == 1 else get_backend(name, config), config, out, err)

@@ -171,3 +171,31 @@ def test_remote_server_kill_9(netns_hosts):
     assert re.search(rf"ROOT CAUSE: server 2@10\.200\.0\.13 .*pid {pids[0]}\) killed by SIGKILL", report), report
     assert_none_left(job.tag)
     assert cmdline_pids(r"psframe_launcher\.agent") == []
+
+
+def test_mpirun_across_the_ssh_hosts(netns_hosts):
+    """--launcher mpi -H: mpirun's --host list puts every rank on its planned host."""
+    require_exe("mpirun")
+    d = netns_hosts["dir"]
+    env = dict(os.environ,
+               OMPI_MCA_plm_rsh_agent=f"ssh -p {SSH_PORT} -i {d}/id_ed25519 -o BatchMode=yes "
+                                      "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                                      "-o LogLevel=ERROR",
+               OMPI_MCA_oob_tcp_if_include="10.200.0.0/24", OMPI_MCA_btl_tcp_if_include="10.200.0.0/24")
+    job = Launch(["--launcher", "mpi", "-H", netns_hosts["hostfile"], "-n", "6", "-s", "3", WORKER],
+                 new_tag(), timeout=90, env=env, cwd=str(d),
+                 prefix=("ip", "netns", "exec", netns_hosts["names"][0]))
+    try:
+        rc, _ = job.wait(90)
+    finally:
+        job.stop()
+    assert rc == 0, job.text()
+    names = netns_hosts["names"]
+    for rank in range(6):
+        assert f"[worker {rank}@{ADDRS[rank // 2]}] DONE rank={rank}" in job.lines, job.text()
+    # ranks on hosts 2 and 3 came through orted over ssh (their own hostnames); host 1 is
+    # mpirun's own namespace, which has no UTS namespace of its own
+    for rank in range(2, 6):
+        assert f"[worker {rank}@{ADDRS[rank // 2]}] hostname={names[rank // 2]}" in job.lines, job.text()
+    assert_none_left(job.tag)
+    assert cmdline_pids(r"psframe_launcher\.agent|orted") == []
