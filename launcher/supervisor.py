@@ -12,7 +12,7 @@ import time
 
 from psframe.transport.addresses import free_port
 
-from .backends.base import ExitStatus, LaunchError, get_backend
+from .backends.base import LaunchError, get_backend
 from .output import LineSink
 from .plan import make_plan
 
@@ -75,7 +75,7 @@ class Job:
             self.err.write(f"psframe-launch: could not start the job: {exc}\n")
             return JobResult(1, [])
         workers = [h for h in self.handles if h.spec.role == "worker"]
-        failures, done_at = [], None
+        done_at = None
         while True:
             if self.stop_signal is not None:
                 break
@@ -93,7 +93,6 @@ class Job:
             if handle is None:
                 continue
             if not handle.status.ok:
-                failures.append(handle)
                 break
             if done_at is None and all(w.status is not None for w in workers):
                 done_at = time.monotonic()
@@ -102,11 +101,10 @@ class Job:
         stop_started = time.monotonic()
         self.backend.stop(self.handles, self.config.kill_grace)
         logger.debug("job stopped in %.2f s", time.monotonic() - stop_started)
-        # processes that failed on their own before our stop reached them (detected afterwards)
-        cutoff = stop_started
-        for h in sorted((h for h in self.handles if h.status is not None and h not in failures
-                         and not h.status.ok and h.exited_at <= cutoff), key=lambda h: h.exited_at):
-            failures.append(h)
+        # every process that failed on its own before our stop reached it, in the order they
+        # ended (an exit can be posted a little after it happened, once its output drained)
+        failures = sorted((h for h in self.handles if h.status is not None and not h.status.ok
+                           and h.exited_at <= stop_started), key=lambda h: h.exited_at)
         if self.stop_signal is not None:
             name = signal.Signals(self.stop_signal).name
             return JobResult(128 + self.stop_signal, failures, stopped_by=f"signal {name}")
@@ -173,7 +171,10 @@ def launch(config, out=None, err=None):
     previous = {}
     job = None
 
+    pending = []
+
     def on_signal(signum, frame):
+        pending.append(signum)
         if job is not None:
             job.request_stop(signum)
 
@@ -187,6 +188,8 @@ def launch(config, out=None, err=None):
             logger.info("launching %d workers, %d servers via %s; scheduler at %s",
                         config.num_workers, len(plan.by_role("server")), name, plan.scheduler)
             job = Job(plan, backend if attempt == 1 else get_backend(name, config), config, out, err)
+            if pending:   # a signal that came before this job existed still stops it
+                job.request_stop(pending[0])
             result = job.run()
             if result.retry_port and attempt < PORT_ATTEMPTS and result.stopped_by is None:
                 logger.warning("scheduler port of %s was taken; retrying with another port",

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import require, require_exe
+from conftest import require
 from launcher_fixtures import WORKER, Launch, assert_none_left, cmdline_pids, new_tag
 from psframe.transport.addresses import free_port
 

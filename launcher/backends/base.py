@@ -56,10 +56,11 @@ class ProcessHandle:
         self.status = None            # ExitStatus once ended
         self.exited_at = None
 
-    def post_exit(self, status):
-        """Record the first report of this process's end and wake the supervisor."""
+    def post_exit(self, status, at=None):
+        """Record the first report of this process's end (``at``: when it ended, monotonic, if
+        known earlier than now) and wake the supervisor."""
         if self.status is None:
-            self.status, self.exited_at = status, time.monotonic()
+            self.status, self.exited_at = status, at if at is not None else time.monotonic()
             self.events.put((self.exited_at, self))
 
 

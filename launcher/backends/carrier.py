@@ -55,9 +55,9 @@ class CarrierBackend(Backend):
         proc = popen(command, env=self.carrier_env(), cwd=self.config.cwd)
         self.carrier = PopenHandle(None, events, own, proc)
 
-        def carrier_ended(returncode):
+        def carrier_ended(returncode, at):
             for h in handles:   # whoever never reported its end was lost with the carrier
-                h.post_exit(ExitStatus(code=returncode, lost=True))
+                h.post_exit(ExitStatus(code=returncode, lost=True), at)
         self.carrier.watch(frame_router(dict(enumerate(handles)), own.write), carrier_ended,
                            name=self.name)
         self.own_sink = own

@@ -33,9 +33,10 @@ class PopenHandle(ProcessHandle):
 
         def wait():
             returncode = self.proc.wait()
+            ended = time.monotonic()
             # let the last lines in (bounded): a report without the final words is useless
             self.reader.join(timeout=2.0)
-            on_exit(returncode)
+            on_exit(returncode, ended)
         self.waiter = threading.Thread(target=wait, name=f"wait-{name}", daemon=True)
         self.waiter.start()
 
@@ -104,7 +105,7 @@ class LocalBackend(Backend):
             for spec, sink in zip(plan.specs, sinks):
                 proc = popen(list(spec.command), child_env(spec, os.environ), spec.cwd)
                 handle = PopenHandle(spec, events, sink, proc)
-                handle.watch(sink.write, lambda rc, h=handle: h.post_exit(ExitStatus.from_returncode(rc)))
+                handle.watch(sink.write, lambda rc, at, h=handle: h.post_exit(ExitStatus.from_returncode(rc), at))
                 handles.append(handle)
         except LaunchError as exc:
             self.stop(handles, self.config.kill_grace)

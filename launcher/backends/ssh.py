@@ -60,7 +60,8 @@ class SshBackend(Backend):
                 pass   # ssh already failed; its exit code and words tell why
             handle.client = PopenHandle(spec, events, sink, client)
             router = frame_router({index: handle}, lambda line, s=sink: s.write(f"(ssh) {line}"))
-            handle.client.watch(router, lambda rc, h=handle: h.post_exit(ExitStatus(code=rc, lost=True)))
+            handle.client.watch(router,
+                                lambda rc, at, h=handle: h.post_exit(ExitStatus(code=rc, lost=True), at))
             handles.append(handle)
         return handles
 
