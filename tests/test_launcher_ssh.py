@@ -199,3 +199,19 @@ def test_mpirun_across_the_ssh_hosts(netns_hosts):
         assert f"[worker {rank}@{ADDRS[rank // 2]}] hostname={names[rank // 2]}" in job.lines, job.text()
     assert_none_left(job.tag)
     assert cmdline_pids(r"psframe_launcher\.agent|orted") == []
+
+
+def test_unreachable_host_fails_fast_with_ssh_words(netns_hosts):
+    args = [a if a != str(SSH_PORT) else "2223" for a in netns_hosts["ssh_args"]]   # nobody there
+    job = Launch(["-H", netns_hosts["hostfile"], *args, "-n", "6", WORKER], new_tag(), timeout=60,
+                 prefix=("ip", "netns", "exec", netns_hosts["names"][0]))
+    try:
+        rc, elapsed = job.wait(60)
+    finally:
+        job.stop()
+    assert rc == 255, job.text()             # ssh's own code: the process never started
+    assert elapsed < 15
+    report = "\n".join(job.err_lines)
+    assert re.search(r"ROOT CAUSE: \S+@.*exited with code 255 \(its host connection", report), report
+    assert re.search(r"\| \(ssh\) .*port 2223: Connection refused", report), report
+    assert_none_left(job.tag)
