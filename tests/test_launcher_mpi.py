@@ -3,6 +3,7 @@ scheduler, the servers and the workers through the launch agent; roles from
 OMPI_COMM_WORLD_RANK. The same real job as the other backends, plus a failure."""
 import os
 import re
+import signal
 import stat
 import time
 import uuid
@@ -12,7 +13,7 @@ import pytest
 
 from conftest import require_exe
 from launcher_fixtures import (WORKER, ArgvWatcher, Launch, assert_none_left, cmdline_pids,
-                               new_tag)
+                               new_tag, pids_with_env)
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +71,23 @@ def test_worker_failure_under_mpirun(mpirun, tmp_path):
     assert_none_left(job.tag)
     assert cmdline_pids(r"psframe_launcher\.agent") == []
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".psframe-launch-")]
+
+
+def test_worker_kill_9_under_mpirun(mpirun, tmp_path):
+    job = Launch(["--launcher", "mpi", "-n", "3", "-s", "2", WORKER, "--steps", "500", "--sleep", "0.02"],
+                 new_tag(), cwd=str(tmp_path))
+    try:
+        job.wait_for_line(r"\[worker 1@127.0.0.1\] STEP 3 OK", 60)
+        pid, = pids_with_env(job.tag, PSFRAME_ROLE="worker", PSFRAME_RANK=1)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        rc, _ = job.wait(60)
+        took = time.monotonic() - killed_at
+    finally:
+        job.stop()
+    assert rc == 137, job.text()
+    assert took < 10, took
+    report = "\n".join(job.err_lines)
+    assert re.search(rf"ROOT CAUSE: worker 1@127.0.0.1 .*pid {pid}\) killed by SIGKILL", report), report
+    assert_none_left(job.tag)
+    assert cmdline_pids(r"psframe_launcher\.agent") == []

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from conftest import require
-from launcher_fixtures import WORKER, Launch, assert_none_left, cmdline_pids, new_tag
+from launcher_fixtures import (WORKER, Launch, assert_none_left, cmdline_pids, new_tag,
+                               pids_with_env)
 from psframe.transport.addresses import free_port
 
 pytestmark = pytest.mark.integration
@@ -152,5 +153,25 @@ def test_worker_failure_inside_allocation(slurm, tmp_path):
     report = "\n".join(job.err_lines)
     assert re.search(r"ROOT CAUSE: worker 1@localhost \(role worker, rank 1, host localhost, "
                      r"pid \d+\) exited with code 7", report), report
+    assert_none_left(job.tag)
+    assert cmdline_pids(r"psframe_launcher\.agent") == []
+
+
+def test_worker_kill_9_inside_allocation(slurm, tmp_path):
+    job = _salloc(slurm, ["-n", "3", "-s", "2", WORKER, "--steps", "500", "--sleep", "0.02"],
+                  str(tmp_path))
+    try:
+        job.wait_for_line(r"\[worker 1@localhost\] STEP 3 OK", 60)
+        pid, = pids_with_env(job.tag, PSFRAME_ROLE="worker", PSFRAME_RANK=1)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        rc, _ = job.wait(60)
+        took = time.monotonic() - killed_at
+    finally:
+        job.stop()
+    assert rc == 137, job.text()
+    assert took < 10, took
+    report = "\n".join(job.err_lines)
+    assert re.search(rf"ROOT CAUSE: worker 1@localhost .*pid {pid}\) killed by SIGKILL", report), report
     assert_none_left(job.tag)
     assert cmdline_pids(r"psframe_launcher\.agent") == []
