@@ -52,7 +52,7 @@ class PartitionedDataset:
 
     def __init__(self, url, batch_size, *, shuffle=True, seed=0, drop_last=False,
                  storage_options=None, prefetch=2, rank=None, num_workers=None, retries=4,
-                 retry_backoff=0.5, timeout=300.0, read_block_bytes=2 << 20, shuffle_blocks=8):
+                 retry_backoff=0.5, timeout=300.0, read_block_bytes=8 << 20, shuffle_blocks=4):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
         if int(prefetch) < 0 or int(retries) < 1 or int(shuffle_blocks) < 1 or timeout <= 0:

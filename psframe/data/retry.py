@@ -57,9 +57,9 @@ def translate(exc, url, action, missing_hint=None):
         hint = missing_hint or "check the URL (bucket, prefix, file name) and endpoint_url"
         return DataError(f"{action} {url}: not found ({exc}); {hint}", url=url)
     if isinstance(exc, PermissionError):
-        return DataError(f"{action} {url}: access denied ({exc}); give the job read access "
-                         f"(AWS_* environment variables, an AWS profile, an instance role or "
-                         f"storage_options)", url=url)
+        return DataError(f"{action} {url}: access denied ({exc}); check the credentials and "
+                         f"region the job uses (AWS_* environment variables, an AWS profile, an "
+                         f"instance role or storage_options) and their permissions", url=url)
     return DataError(f"{action} {url} failed: {type(exc).__name__}: {exc}; check the URL, the "
                      f"endpoint and the network", url=url)
 
