@@ -22,10 +22,13 @@ from .base import KVStore
 
 logger = logging.getLogger(__name__)
 
-# Big key-parts travel as several arrays of at most this many bytes, each its own frame: zmq
-# then moves ~1 MiB messages, which reuse warm heap memory instead of mapping fresh pages for
-# one 100 MiB message, and the server merges them into buffers it keeps (measured ~3x faster).
+# Big key-parts travel as several arrays of at most CHUNK_BYTES, and one call's arrays to a
+# server as several messages of at most about MESSAGE_BYTES. zmq hands a multipart message over
+# only once all of it has arrived, so small messages let the server merge and answer the first
+# megabytes while later ones are still on the wire, keep its receive queue (memory) small, and
+# let zmq reuse warm heap blocks instead of mapping fresh pages for one huge message.
 CHUNK_BYTES = 1 << 20
+MESSAGE_BYTES = 4 << 20
 
 
 class _Request:
@@ -60,6 +63,7 @@ class DistKVStore(KVStore):
         self._server_of = {s: i for i, s in enumerate(self._servers)}
         self._ids = itertools.count(1)
         self._requests = {}          # id -> _Request (in flight)
+        self._part_acks = {}         # key -> merged pushes per part (keys cut into parts)
         self._errors = []            # errors of requests nobody waits for (pushes)
         self._crashed = False
         self._heartbeat = peers.HeartbeatThread(self._ctx, config, self.name)
@@ -73,22 +77,24 @@ class DistKVStore(KVStore):
     def _init(self, keys, values):
         metas = [[k, int(v.size), int(v.nbytes)] for k, v in zip(keys, values)]
         placed = self._ask_scheduler(Command.PLACE, {"keys": metas}, "placing keys")["servers"]
-        per_server = {}
+        batches = _Batches(lambda: ([], [], []))
         for k, v, server in zip(keys, values, placed):
             info = self._keys[k]
             info.parts = chunked(sharding.parts_of(server, info.size, len(self._servers)),
                                  max(1, CHUNK_BYTES // np.dtype(info.dtype).itemsize))
+            self._part_acks[k] = [0] * len(info.parts)
             flat = v.reshape(-1)
+            itemsize = flat.itemsize
             for p in info.parts:
                 desc = ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p))
-                msg = per_server.setdefault(p.server, ([], [], []))
+                msg = batches.add(p.server, p.size * itemsize if self.rank == 0 else 64)
                 if self.rank == 0:
                     msg[0].append(desc)
                     msg[1].append(flat[p.start:p.stop])
                 else:
                     msg[2].append(desc.to_wire())
         reqs = [self._send(s, Command.INIT, descs, bufs, {"meta": meta, "sync": self.sync}, track=True)
-                for s, (descs, bufs, meta) in per_server.items()]
+                for s, (descs, bufs, meta) in batches]
         self._wait(reqs, "init of keys %s" % keys[:5])
 
     def _push(self, keys, values, priority):
@@ -96,18 +102,19 @@ class DistKVStore(KVStore):
         self._raise_deferred()
 
     def _pull(self, keys, outs, priority):
-        per_server, finish = {}, []
+        batches, finish = _Batches(lambda: ([], {})), []
         for k, out in zip(keys, outs):
             info = self._keys[k]
             flat, copy_back = self._landing(info, out)
             finish.append(copy_back)
             for p in info.parts:
                 desc = ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p), info.pushes)
-                meta, targets = per_server.setdefault(p.server, ([], {}))
+                target = flat[p.start:p.stop]
+                meta, targets = batches.add(p.server, target.nbytes)
                 meta.append(desc.to_wire())
-                targets[(k, p.part)] = flat[p.start:p.stop]
+                targets[(k, p.part)] = target
         reqs = [self._send(s, Command.PULL, (), (), {"meta": meta}, targets=targets)
-                for s, (meta, targets) in per_server.items()]
+                for s, (meta, targets) in batches]
         self._wait(reqs, f"pull of {_keys_text(keys)}")
         for f in finish:
             f()
@@ -173,33 +180,53 @@ class DistKVStore(KVStore):
         self._wait(reqs, "stats", timeout)
         return [r.targets for r in reqs]
 
+    def _checked(self, key, value, op):
+        """``KVStore._checked`` with a fast path for a list of numpy arrays that all match their
+        keys (a model's parameter list: thousands of keys per call). Anything else, and every
+        error message, goes through the base class."""
+        if type(key) is list and type(value) is list and len(key) == len(value) and not self._closed:
+            known, vals = self._keys, []
+            for k, v in zip(key, value):
+                info = known.get(k) if type(k) is str or type(k) is int else None
+                if (info is None or type(v) is not np.ndarray or v.shape != info.shape
+                        or v.dtype != _NP_DTYPES[info.dtype]):
+                    break
+                vals.append([v])
+            else:
+                if len(set(key)) == len(key):
+                    return key, vals
+        return super()._checked(key, value, op)
+
     # -- building requests --------------------------------------------------------------
     def _part_shape(self, info, part):
         return info.shape if len(info.parts) == 1 else (part.size,)
 
     def _send_pushes(self, cmd, keys, values, targets):
-        per_server, owned = {}, True
+        batches, owned = _Batches(lambda: ([], [], [], {})), True
         for k, v in zip(keys, values):
             info = self._keys[k]
             self._backpressure(info)
-            host = arrays.to_host(v)
+            host = v if type(v) is np.ndarray and v.flags.c_contiguous else arrays.to_host(v)
             owned = owned and host is not v     # our copy: no need to wait for the wire
             info.pushes += 1
             flat = host.reshape(-1)
-            for p in info.parts:
-                descs, bufs, acks, tg = per_server.setdefault(p.server, ([], [], [], {}))
+            for i, p in enumerate(info.parts):
+                buf = flat[p.start:p.stop]
+                descs, bufs, acks, tg = batches.add(p.server, buf.nbytes)
                 descs.append(ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p), info.pushes))
-                bufs.append(flat[p.start:p.stop])
-                acks.append(info)
+                bufs.append(buf)
+                acks.append((info, k, i))
                 if (k, p.part) in targets:
                     tg[(k, p.part)] = targets[(k, p.part)]
         return [self._send(s, cmd, descs, bufs, acks=acks, targets=tg, track=not owned)
-                for s, (descs, bufs, acks, tg) in per_server.items()]
+                for s, (descs, bufs, acks, tg) in batches]
 
     def _landing(self, info, outs):
         """Where pulled bytes land: the first output itself when it is a contiguous host
         array, else a host buffer copied to every output afterwards."""
-        first = arrays.host_view(outs[0])
+        first = outs[0]
+        if type(first) is not np.ndarray or not first.flags.c_contiguous or not first.flags.writeable:
+            first = arrays.host_view(first)
         if first is None:
             first = np.empty(info.shape, dtype=info.dtype)
             rest = outs
@@ -296,8 +323,13 @@ class DistKVStore(KVStore):
             return
         if req.cmd is Command.STATS:
             req.targets = msg.body
-        for info in req.acks:
-            info.acked += 1
+        for info, key, i in req.acks:
+            if len(info.parts) == 1:
+                info.acked += 1
+            else:     # a push is merged once every part of it is
+                counts = self._part_acks[key]
+                counts[i] += 1
+                info.acked = min(counts)
 
     def _read_arrays(self, sock, msg, req):
         for i, desc in enumerate(msg.arrays):
@@ -326,6 +358,29 @@ class DistKVStore(KVStore):
             sockets.send_frames(self._sched, codec.encode(Command.ABORT, 0, self.name, body={"reason": reason}))
         finally:
             self._prev_hook(exc_type, exc, tb)
+
+
+class _Batches:
+    """Per-server message contents, a new message whenever the current one would pass
+    ``MESSAGE_BYTES`` (a message always takes at least one array). Iterates ``(server, contents)``
+    in the order the messages were opened."""
+
+    def __init__(self, make):
+        self.make = make
+        self.open = {}        # server -> [contents, bytes]
+        self.all = []         # (server, contents)
+
+    def add(self, server, nbytes):
+        """The contents of the message to ``server`` that the next ``nbytes`` go into."""
+        cur = self.open.get(server)
+        if cur is None or (cur[1] and cur[1] + nbytes > MESSAGE_BYTES):
+            cur = self.open[server] = [self.make(), 0]
+            self.all.append((server, cur[0]))
+        cur[1] += nbytes
+        return cur[0]
+
+    def __iter__(self):
+        return iter(self.all)
 
 
 _NP_DTYPES = {name: np.dtype(name) for name in arrays.DTYPES}

@@ -6,10 +6,10 @@ pull waits for its step). A malformed message gets an error reply and the loop g
 import importlib
 import importlib.util
 import logging
+import os
 import time
 
 import numpy as np
-import zmq
 
 from ..errors import OptimizerError, ProtocolError, PSError, to_wire
 from ..protocol import Command, codec
@@ -52,7 +52,6 @@ class ServerService:
         self.address = addresses.tcp(config.host, port)
         self.name = f"server:{config.server_rank}"
         self.pending = {}
-        self._owned = ()
 
     def run(self):
         """Register, then serve until the scheduler says shutdown (0) or abort (1)."""
@@ -97,62 +96,24 @@ class ServerService:
         for _ in range(1000):
             if not sockets.poll([self.sock], 0):
                 return
-            self._serve_one()
-
-    def _serve_one(self):
-        """Receive one request frame by frame (pushed arrays land in the shard's spare buffers:
-        no fresh allocation, no page faults), validate all of it, then handle it."""
-        peer = self.sock.recv(copy=False).bytes
-        msg_id, landed = 0, []
-        try:
-            if not self.sock.getsockopt(zmq.RCVMORE):
-                raise ProtocolError("malformed message: has no frames")
-            msg = codec.decode_header(self.sock.recv(copy=False).buffer)
-            msg_id = msg.id
-            take = msg.cmd in (Command.PUSH, Command.PUSHPULL)
-            buffers = []
-            for i, desc in enumerate(msg.arrays):
-                if not self.sock.getsockopt(zmq.RCVMORE):
-                    raise ProtocolError(f"malformed message: {i} array frames follow but the "
-                                        f"header declares {len(msg.arrays)}")
-                target = self.shard.landing(desc) if take else None
-                if target is None:
-                    buf = self.sock.recv(copy=False).buffer
-                    size = buf.nbytes
-                else:
-                    landed.append((desc, target))
-                    buf = target
-                    size = self.sock.recv_into(target.reshape(-1).view(np.uint8))
-                codec.check_frame_size(i, desc, size)
-                buffers.append(buf)
-            if self.sock.getsockopt(zmq.RCVMORE):
-                sockets.drain_rest(self.sock)
-                raise ProtocolError(f"malformed message: more frames follow than the "
-                                    f"{len(msg.arrays)} arrays the header declares")
-            msg.buffers = buffers
-            owned = {id(a) for _, a in landed}
-            landed = []
-            self.handle(peer, msg, owned)
-        except PSError as exc:
-            sockets.drain_rest(self.sock)
-            for desc, buf in landed:
-                self.shard.release(desc, buf)
-            logger.warning("error reply to a request: %s", exc)
-            self._reply_error(peer, msg_id, exc)
+            frames = sockets.recv_frames(self.sock)
+            peer = frames[0].bytes
+            msg_id = 0
+            try:
+                msg = codec.decode(frames[1:])
+                msg_id = msg.id
+                self.handle(peer, msg)
+            except PSError as exc:
+                logger.warning("error reply to a request: %s", exc)
+                self._reply_error(peer, msg_id, exc)
 
     # -- dispatch -----------------------------------------------------------------------
-    def handle(self, peer, msg, owned=()):
-        """Dispatch a validated message. ``owned``: ids of buffers that came from the shard's
-        ``landing`` (the shard keeps them)."""
+    def handle(self, peer, msg):
         handler = getattr(self, f"handle_{msg.cmd.value}", None)
         if handler is None:
             raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
         rank = _worker_rank(msg.sender, self.config.num_workers)
-        self._owned = owned
-        try:
-            handler(peer, msg, rank)
-        finally:
-            self._owned = ()
+        handler(peer, msg, rank)
 
     def handle_init(self, peer, msg, rank):
         descs = list(msg.arrays) + [codec.decode_desc(i, d) for i, d in enumerate(msg.body.get("meta", []))]
@@ -163,17 +124,14 @@ class ServerService:
         for desc, array in zip(descs, arrays):
             self._deliver(self.shard.init(rank, desc, array, token, sync))
 
-    def _array(self, desc, buf):
-        """(array, owned) of a received buffer."""
-        if id(buf) in self._owned:
-            return buf, True
-        return codec.as_array(desc, buf), False
-
     def handle_push(self, peer, msg, rank):
         token = self._expect(peer, msg, len(msg.arrays))
+        push, deliver, frombuffer = self.shard.push, self._deliver, np.frombuffer
         for desc, buf in zip(msg.arrays, msg.buffers):
-            array, owned = self._array(desc, buf)
-            self._deliver(self.shard.push(rank, desc, array, token, owned))
+            # a per-array hot path when a model's many small keys come in one message
+            replies = push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
+            if replies:
+                deliver(replies)
 
     def handle_pull(self, peer, msg, rank):
         token = self._expect(peer, msg, len(msg.body.get("meta", [])))
@@ -182,10 +140,14 @@ class ServerService:
 
     def handle_pushpull(self, peer, msg, rank):
         token = self._expect(peer, msg, 2 * len(msg.arrays))
+        push, pull, deliver, frombuffer = self.shard.push, self.shard.pull, self._deliver, np.frombuffer
         for desc, buf in zip(msg.arrays, msg.buffers):
-            array, owned = self._array(desc, buf)
-            self._deliver(self.shard.push(rank, desc, array, token, owned))
-            self._deliver(self.shard.pull(rank, desc, token))
+            replies = push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
+            if replies:
+                deliver(replies)
+            replies = pull(rank, desc, token)
+            if replies:
+                deliver(replies)
 
     def handle_set_optimizer(self, peer, msg, rank):
         from .. import optim   # the registry is the only way a wire name becomes code
@@ -194,7 +156,7 @@ class ServerService:
         self._send(peer, codec.encode(Command.OK, msg.id, self.name))
 
     def handle_stats(self, peer, msg, rank):
-        body = dict(self.shard.stats(), **process_memory())
+        body = dict(self.shard.stats(), **process_usage())
         self._send(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
 
     # -- replies ------------------------------------------------------------------------
@@ -245,9 +207,11 @@ class ServerService:
             return None
 
 
-def process_memory():
-    """``rss_bytes`` and ``peak_rss_bytes`` of this process (Linux /proc; empty elsewhere)."""
-    out = {}
+def process_usage():
+    """``cpu_s`` (user + system seconds), and ``rss_bytes`` and ``peak_rss_bytes`` where Linux
+    /proc tells them, of this process."""
+    t = os.times()
+    out = {"cpu_s": t.user + t.system}
     try:
         with open("/proc/self/status") as f:
             for line in f:

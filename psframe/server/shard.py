@@ -110,34 +110,13 @@ class ShardState:
         return replies
 
     # -- push ---------------------------------------------------------------------------
-    def landing(self, desc):
-        """A spare buffer of ``desc``'s key-part to receive a push into (so big pushes land in
-        memory that is already mapped, and the server's footprint stays flat), or None when
-        the push will be refused anyway (its error is produced by ``push``). Give it back with
-        ``release`` unless ``push(..., owned=True)`` took it."""
-        st = self.keys.get((desc.key, desc.part))
-        if st is None or st.value is None or st.shape != desc.shape or st.dtype != desc.dtype:
-            return None
-        return self._take_buffer(st)
-
-    def release(self, desc, buffer):
-        """Return a buffer from ``landing`` that no push took."""
-        st = self.keys.get((desc.key, desc.part))
-        if st is not None and buffer is not None:
-            st.free.append(buffer)
-
-    def push(self, rank, desc, array, token, owned=False):
-        """Merge (sync) or apply (async) one pushed array. ``token`` None: no ack wanted.
-        ``owned``: ``array`` came from ``landing`` and the shard may keep it."""
+    def push(self, rank, desc, array, token):
+        """Merge (sync) or apply (async) one pushed array. ``token`` None: no ack wanted."""
         st, err = self._checked(desc, "push")
         if err is not None:
-            if owned:
-                self.release(desc, array)
             return [Reply(token, error=err)]
         expected = st.pushes.get(rank, 0) + 1
         if st.sync and desc.step != expected:
-            if owned:
-                st.free.append(array)
             return [Reply(token, error=ProtocolError(
                 f"push of key {desc.key!r} from worker {rank} is step {desc.step}, expected "
                 f"{expected}: a message was lost or a worker restarted"))]
@@ -146,8 +125,6 @@ class ShardState:
         self.counters["bytes_in"] += array.nbytes
         if not st.sync:
             self._apply(st, array, accumulate=True)
-            if owned:
-                st.free.append(array)
             st.completed += 1
             return [] if token is None else [Reply(token)]
         merge = st.merges.get(desc.step)
@@ -155,20 +132,17 @@ class ShardState:
             merge = st.merges[desc.step] = _StepMerge()
         if token is not None:
             merge.tokens.append(token)
-        merge.early[rank] = (array, owned)
+        merge.early[rank] = array
         while merge.next_rank in merge.early:
-            part, mine = merge.early.pop(merge.next_rank)
+            part = merge.early.pop(merge.next_rank)
             if merge.acc is None:
-                if mine:
-                    merge.acc = part          # rank 0's landing buffer becomes the sum: no copy
-                else:
-                    merge.acc = self._take_buffer(st)
-                    np.copyto(merge.acc, part)
+                merge.acc = self._take_buffer(st)
+                np.copyto(merge.acc, part)
             else:
                 np.add(merge.acc, part, out=merge.acc)
-                if mine:
-                    st.free.append(part)
             merge.next_rank += 1
+        if merge.next_rank < self.num_workers:
+            return []          # this step still waits for a worker (no earlier step can finish)
         return self._complete_steps(st)
 
     def _complete_steps(self, st):
