@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .. import arrays, sharding
+from .. import arrays, sharding, timeline
 from ..errors import PSError, PSTimeoutError, ProtocolError, from_wire, to_wire
 from ..protocol import ArrayDesc, Command, codec
 from ..transport import peers, sockets
@@ -33,13 +33,13 @@ MESSAGE_BYTES = 4 << 20
 
 class _Request:
     """One message to one server, and what to do with its reply."""
-    __slots__ = ("server", "cmd", "acks", "targets", "done", "error", "tracker")
+    __slots__ = ("server", "cmd", "acks", "targets", "done", "error", "tracker", "t0")
 
     def __init__(self, server, cmd, acks=(), targets=None):
         self.server, self.cmd = server, cmd
         self.acks = acks            # KeyInfos whose pushes this reply acknowledges
         self.targets = targets or {}   # (key, part) -> flat host array the reply fills
-        self.done, self.error, self.tracker = False, None, None
+        self.done, self.error, self.tracker, self.t0 = False, None, None, 0.0
 
 
 class DistKVStore(KVStore):
@@ -64,6 +64,9 @@ class DistKVStore(KVStore):
         self._ids = itertools.count(1)
         self._requests = {}          # id -> _Request (in flight)
         self._part_acks = {}         # key -> merged pushes per part (keys cut into parts)
+        self._timeline = timeline.for_process(config, "worker", config.rank)
+        for i in range(len(self._servers) if self._timeline is not None else 0):
+            self._timeline.name_thread(i, f"requests to server {i}")
         self._errors = []            # errors of requests nobody waits for (pushes)
         self._crashed = False
         self._heartbeat = peers.HeartbeatThread(self._ctx, config, self.name)
@@ -164,6 +167,8 @@ class DistKVStore(KVStore):
                 self._ask_scheduler(Command.DONE, None, "finishing")
         finally:
             sys.excepthook = self._prev_hook
+            if self._timeline is not None:
+                self._timeline.save()
             self._heartbeat.stop()
             self._heartbeat.join(timeout=5)
             for s in [*self._servers, self._sched]:
@@ -248,6 +253,8 @@ class DistKVStore(KVStore):
         self._heartbeat.check()
         msg_id = next(self._ids)
         req = _Request(server, cmd, acks, targets)
+        if self._timeline is not None:
+            req.t0 = timeline.now_us()
         frames = codec.encode(cmd, msg_id, self.name, descs, [b.view(np.uint8) for b in bufs], body)
         req.tracker = sockets.send_frames(self._servers[server], frames, track=track)
         self._requests[msg_id] = req
@@ -316,6 +323,8 @@ class DistKVStore(KVStore):
             req.error = exc
         sockets.drain_rest(sock)
         req.done = True
+        if self._timeline is not None:
+            self._trace(req)
         if msg.cmd is Command.ERROR:
             req.error = from_wire(msg.body.get("name", ""), msg.body.get("message", ""))
             if req.cmd is Command.PUSH:
@@ -330,6 +339,18 @@ class DistKVStore(KVStore):
                 counts = self._part_acks[key]
                 counts[i] += 1
                 info.acked = min(counts)
+
+    def _trace(self, req):
+        """One timeline span per key of a finished request (send to reply, on the server's row)."""
+        end = timeline.now_us()
+        if req.cmd in (Command.PUSH, Command.PUSHPULL):
+            keys = dict.fromkeys(k for _, k, _ in req.acks)
+        elif req.cmd is Command.PULL:
+            keys = dict.fromkeys(k for k, _ in req.targets)
+        else:
+            keys = {req.cmd.value: None}
+        for k in keys:
+            self._timeline.complete(f"{req.cmd.value} {k}", req.cmd.value, req.t0, end, tid=req.server)
 
     def _read_arrays(self, sock, msg, req):
         for i, desc in enumerate(msg.arrays):

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from .. import timeline
 from ..errors import OptimizerError, ProtocolError, PSError, to_wire
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
@@ -52,6 +53,9 @@ class ServerService:
         self.address = addresses.tcp(config.host, port)
         self.name = f"server:{config.server_rank}"
         self.pending = {}
+        self.timeline = timeline.for_process(config, "server", config.server_rank)
+        self._merge_start = {}       # (key, part, step) -> first push's arrival (timeline only)
+        self._arrived = 0.0          # when the message being handled arrived (timeline only)
 
     def run(self):
         """Register, then serve until the scheduler says shutdown (0) or abort (1)."""
@@ -64,6 +68,8 @@ class ServerService:
         finally:
             sched.close(0)
             self.sock.close(sockets.LINGER_MS)
+            if self.timeline is not None:
+                self.timeline.save()
 
     def _loop(self, sched):
         cfg = self.config
@@ -102,6 +108,8 @@ class ServerService:
             try:
                 msg = codec.decode(frames[1:])
                 msg_id = msg.id
+                if self.timeline is not None:
+                    self._arrived = timeline.now_us()
                 self.handle(peer, msg)
             except PSError as exc:
                 logger.warning("error reply to a request: %s", exc)
@@ -132,6 +140,8 @@ class ServerService:
             replies = push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
             if replies:
                 deliver(replies)
+        if self.timeline is not None:
+            self._trace_merges(msg)
 
     def handle_pull(self, peer, msg, rank):
         token = self._expect(peer, msg, len(msg.body.get("meta", [])))
@@ -148,6 +158,20 @@ class ServerService:
             replies = pull(rank, desc, token)
             if replies:
                 deliver(replies)
+        if self.timeline is not None:
+            self._trace_merges(msg)
+
+    def _trace_merges(self, msg):
+        """Timeline: a step's merge spans from its first push's arrival to its completion."""
+        arrived, end = self._arrived, timeline.now_us()
+        for desc in msg.arrays:
+            ident = (desc.key, desc.part, desc.step)
+            start = self._merge_start.setdefault(ident, arrived or end)
+            st = self.shard.keys.get((desc.key, desc.part))
+            if st is not None and st.completed >= desc.step:
+                del self._merge_start[ident]
+                self.timeline.complete(f"merge {desc.key}", "merge", start, end, tid=desc.part,
+                                       args={"step": desc.step, "part": desc.part})
 
     def handle_set_optimizer(self, peer, msg, rank):
         from .. import optim   # the registry is the only way a wire name becomes code

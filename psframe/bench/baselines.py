@@ -1,0 +1,146 @@
+"""Baselines measured in the same run as psframe: raw pyzmq round trips, numpy copy bandwidth,
+and a torch.distributed gloo allreduce (when torch is installed). All on 127.0.0.1."""
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from ..transport.addresses import free_port
+
+logger = logging.getLogger(__name__)
+
+ECHO_TIMEOUT_MS = 30000
+
+
+def _echo(ctx, address, ready, stop):
+    """ROUTER that sends every message straight back (zero-copy both ways)."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(address)
+    ready.set()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    try:
+        while not stop.is_set():
+            if poller.poll(100):
+                sock.send_multipart(sock.recv_multipart(copy=False), copy=False)
+    finally:
+        sock.close(0)
+
+
+def zmq_roundtrip(nbytes, rounds, warmup=2):
+    """Median seconds for a DEALER to send ``nbytes`` as one frame to a ROUTER that echoes it,
+    received into a preallocated buffer: the best a plain pyzmq request/reply does here."""
+    ctx = zmq.Context()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=_echo, args=(ctx, address, ready, stop), daemon=True)
+    thread.start()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, ECHO_TIMEOUT_MS)
+    try:
+        if not ready.wait(10):
+            raise TimeoutError("echo socket did not start within 10 s")
+        sock.connect(address)
+        payload = np.ones(nbytes, dtype=np.uint8)
+        landing = np.empty_like(payload)
+        samples = []
+        for i in range(warmup + rounds):
+            t0 = time.perf_counter()
+            sock.send(payload, copy=nbytes < 65536)
+            sock.recv_into(landing)
+            samples.append(time.perf_counter() - t0)
+        return statistics.median(samples[warmup:])
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close(0)
+        ctx.term()
+
+
+def numpy_copy(nbytes, rounds):
+    """Median seconds of ``np.copyto`` between two warm buffers of ``nbytes``."""
+    a = np.ones(nbytes, dtype=np.uint8)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    samples = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def torch_available():
+    try:
+        import torch.distributed as dist  # noqa: F401
+        return dist.is_available()
+    except Exception:
+        return False
+
+
+def gloo_allreduce(sizes, num_processes=2, rounds=10, warmup=2, timeout=300):
+    """Median seconds of a gloo allreduce of float32 tensors of each byte size in ``sizes``,
+    with ``num_processes`` processes on 127.0.0.1. Returns {nbytes: seconds} (rank 0's view).
+
+    Raises:
+        RuntimeError: a process failed or did not finish within ``timeout`` seconds.
+    """
+    port = free_port()
+    arg = json.dumps({"sizes": list(sizes), "rounds": rounds, "warmup": warmup})
+    procs = []
+    try:
+        for rank in range(num_processes):
+            env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                       WORLD_SIZE=str(num_processes), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+            procs.append(subprocess.Popen([sys.executable, "-m", "psframe.bench.baselines", arg], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    for p, (out, err) in zip(procs, outs):
+        if p.returncode != 0:
+            raise RuntimeError(f"gloo baseline failed (exit {p.returncode}): {err.decode()[-2000:]}")
+    line = [l for l in outs[0][0].decode().splitlines() if l.startswith("GLOO ")][-1]
+    return {int(k): v for k, v in json.loads(line[5:]).items()}
+
+
+def _gloo_main(arg):
+    """One rank of the gloo baseline (run as ``python -m psframe.bench.baselines SPEC``)."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+    spec = json.loads(arg)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    result = {}
+    try:
+        for nbytes in spec["sizes"]:
+            t = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
+            samples = []
+            for _ in range(spec["warmup"] + spec["rounds"]):
+                dist.barrier()
+                t0 = time.perf_counter()
+                dist.all_reduce(t)
+                samples.append(time.perf_counter() - t0)
+            result[nbytes] = statistics.median(samples[spec["warmup"]:])
+    finally:
+        dist.destroy_process_group()
+    if int(os.environ["RANK"]) == 0:
+        print("GLOO " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    _gloo_main(sys.argv[1])

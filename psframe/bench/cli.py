@@ -1,0 +1,211 @@
+"""``psframe-bench``: run real jobs through ``psframe-launch`` and compare them with baselines
+measured in the same run (raw pyzmq round trip, numpy copy, gloo allreduce)."""
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import zmq
+
+from . import baselines, cases, report
+from .cases import parse_size
+
+logger = logging.getLogger("psframe.bench")
+
+JOB_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job.py")
+OPS = ("push", "pull", "pushpull")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="psframe-bench", description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="4KiB,64KiB,1MiB,16MiB,100MiB",
+                   help="key sizes of the 1-server job (comma list; KiB/MiB suffixes)")
+    p.add_argument("--allreduce-sizes", default="16MiB,100MiB",
+                   help="key sizes of the multi-server job, compared with gloo allreduce")
+    p.add_argument("-n", dest="num_workers", type=int, default=2, help="workers per job")
+    p.add_argument("-s", dest="num_servers", type=int, default=2,
+                   help="servers of the multi-server job (the size sweep uses 1)")
+    p.add_argument("--kinds", default="dist_sync", help="kvstore kinds (dist_sync,dist_async)")
+    p.add_argument("--keys", type=int, default=1000, help="keys in the many-small-keys case (0: skip)")
+    p.add_argument("--key-size", default="4KiB", help="bytes per key in the many-small-keys case")
+    p.add_argument("--model", choices=("resnet50", "none"), default="resnet50",
+                   help="model-shaped parameter list case")
+    p.add_argument("--model-scale", type=float, default=1.0, help="shrink the model (tests)")
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--no-gloo", action="store_true", help="skip the torch gloo baseline")
+    p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="plot bandwidth vs size")
+    p.add_argument("--timeline", metavar="FILE.json",
+                   help="also record a Chrome trace of the jobs (PSFRAME_TIMELINE)")
+    p.add_argument("--job-timeout", type=float, default=600, help="seconds per job")
+    p.add_argument("-v", "--verbose", action="store_true", help="stream the jobs' output")
+    return p
+
+
+def _sizes(text):
+    return [parse_size(s) for s in text.split(",") if s.strip()]
+
+
+def run_job(num_workers, num_servers, kind, spec, ns):
+    """Run the bench worker script under ``psframe-launch``; returns every worker's RESULT.
+
+    Raises:
+        RuntimeError: the job failed or ran past ``--job-timeout``.
+    """
+    cmd = [sys.executable, "-m", "psframe_launcher", "-n", str(num_workers), "-s", str(num_servers),
+           "--kvstore", kind, "--env", "PSFRAME_TIMEOUT=120"]
+    trace = None
+    if ns.timeline:
+        stem, ext = os.path.splitext(os.path.abspath(ns.timeline))
+        trace = f"{stem}.{num_servers}x{num_workers}.{kind}{ext or '.json'}"
+        cmd += ["--env", f"PSFRAME_TIMELINE={trace}"]
+    cmd += [JOB_SCRIPT, json.dumps(spec)]
+    logger.info("job: %d servers x %d workers, %s, %d cases", num_servers, num_workers, kind,
+                len(spec["cases"]))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=ns.job_timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()     # the launcher stops the whole job on SIGTERM
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        raise RuntimeError(f"bench job did not finish within {ns.job_timeout:g}s:\n{out[-3000:]}")
+    if ns.verbose:
+        sys.stderr.write(out)
+    results = [json.loads(l.split("] RESULT ", 1)[1]) for l in out.splitlines() if "] RESULT " in l]
+    if proc.returncode != 0 or len(results) != num_workers:
+        raise RuntimeError(f"bench job failed (exit {proc.returncode}):\n{out[-3000:]}")
+    if trace:
+        from .. import timeline
+        logger.info("timeline %s: %d events", trace, timeline.merge(trace))
+    return sorted(results, key=lambda r: r["rank"])
+
+
+def _rows(job, kind, spec, results):
+    rows = []
+    for case in spec["cases"]:
+        ms = report.round_medians(results, case["label"])
+        row = {"job": job, "kind": kind, "case": case["label"], "nbytes": case["nbytes"], "ms": ms}
+        rows.append(row)
+    return rows
+
+
+def _server_memory(results, label):
+    case = next((c for c in results[0]["cases"] if c["label"] == label), None)
+    if not case or "servers" not in case:
+        return None
+    s = case["servers"][0]
+    idle = results[0]["idle_servers"][0]
+    return {"held": s.get("held_bytes"), "rss": s.get("rss_bytes"), "peak_rss": s.get("peak_rss_bytes"),
+            "idle_rss": idle.get("rss_bytes")}
+
+
+def measure(ns):
+    """Run every job and baseline; returns the report dict."""
+    sizes, big = _sizes(ns.sizes), _sizes(ns.allreduce_sizes)
+    key_bytes = parse_size(ns.key_size)
+    spec1 = {"rounds": ns.rounds, "warmup": ns.warmup, "cases": [
+        cases.size_case(n, OPS, stats=(n == max(sizes))) for n in sizes]}
+    if ns.keys:
+        spec1["cases"] += [cases.keys_case(ns.keys, key_bytes, ["pushpull"]),
+                           cases.one_key_case("onekey-of-keys", ns.keys * key_bytes, ["pushpull"])]
+    if ns.model == "resnet50":
+        model = cases.model_case("resnet50", cases.scaled(cases.resnet50_shapes(), ns.model_scale), ["pushpull"])
+        spec1["cases"] += [model, cases.one_key_case("onekey-of-model", model["nbytes"], ["pushpull"])]
+    rep = {"rows": [], "baselines": {}, "memory": None,
+           "machine": {"python": platform.python_version(), "pyzmq": zmq.__version__,
+                       "cpus": os.cpu_count(), "platform": platform.platform()},
+           "config": vars(ns)}
+    kinds = [k for k in ns.kinds.split(",") if k]
+    job1 = f"1x{ns.num_workers}"
+    for kind in kinds:
+        res = run_job(ns.num_workers, 1, kind, spec1, ns)
+        rep["rows"] += _rows(job1, kind, spec1, res)
+        if kind == kinds[0]:
+            rep["memory"] = _server_memory(res, f"size-{max(sizes)}")
+    if big:
+        spec2 = {"rounds": ns.rounds, "warmup": ns.warmup, "cases": [cases.size_case(n, OPS) for n in big]}
+        for kind in kinds:
+            res = run_job(ns.num_workers, ns.num_servers, kind, spec2, ns)
+            rep["rows"] += _rows(f"{ns.num_servers}x{ns.num_workers}", kind, spec2, res)
+    all_sizes = sorted(set(sizes) | set(big))
+    logger.info("baselines: pyzmq round trips and numpy copies")
+    rep["baselines"]["zmq"] = {n: baselines.zmq_roundtrip(n, ns.rounds, ns.warmup) for n in all_sizes}
+    rep["baselines"]["numpy_copy"] = {n: baselines.numpy_copy(n, ns.rounds) for n in all_sizes}
+    if big and not ns.no_gloo and baselines.torch_available():
+        logger.info("baseline: gloo allreduce")
+        rep["baselines"]["gloo"] = baselines.gloo_allreduce(big, ns.num_workers, ns.rounds, ns.warmup)
+    for row in rep["rows"]:
+        if row["case"].startswith("size-"):
+            row["zmq"] = rep["baselines"]["zmq"].get(row["nbytes"])
+            if row["job"] != job1:
+                row["gloo"] = rep["baselines"].get("gloo", {}).get(row["nbytes"])
+    rep["targets"] = targets(rep, job1, kinds[0])
+    return rep
+
+
+def _pp(rep, job, kind, label):
+    row = next((r for r in rep["rows"] if r["job"] == job and r["kind"] == kind and r["case"] == label), None)
+    return row and row["ms"].get("pushpull")
+
+
+def targets(rep, job1, kind):
+    """The issue's targets as ratios of figures of this run."""
+    out = []
+    for n in (2 ** 20, 16 * 2 ** 20, 100 * 2 ** 20):
+        pp, z = _pp(rep, job1, kind, f"size-{n}"), rep["baselines"]["zmq"].get(n)
+        out.append({"name": f"{job1} pushpull {cases.format_size(n)} / pyzmq round trip",
+                    "ratio": pp / z if pp and z else None, "limit": 3})
+    jobs = sorted({r["job"] for r in rep["rows"]} - {job1})
+    for job in jobs:
+        for n in (16 * 2 ** 20, 100 * 2 ** 20):
+            pp, g = _pp(rep, job, kind, f"size-{n}"), rep["baselines"].get("gloo", {}).get(n)
+            out.append({"name": f"{job} pushpull {cases.format_size(n)} / gloo allreduce",
+                        "ratio": pp / g if pp and g else None, "limit": 2})
+    for case, ref, limit in (("keys-", "onekey-of-keys", 3), ("model-", "onekey-of-model", 1.5)):
+        label = next((r["case"] for r in rep["rows"] if r["case"].startswith(case)), None)
+        a, b = label and _pp(rep, job1, kind, label), _pp(rep, job1, kind, ref)
+        out.append({"name": f"{job1} pushpull {label} / one key of the same bytes",
+                    "ratio": a / b if a and b else None, "limit": limit})
+    mem = rep.get("memory")
+    if mem and mem.get("held") and mem.get("peak_rss"):
+        out.append({"name": "server peak RSS / bytes it holds (after the largest size)",
+                    "ratio": mem["peak_rss"] / mem["held"], "limit": 3,
+                    "note": f"  [peak {mem['peak_rss'] / 2**20:.0f} MiB, idle {mem['idle_rss'] / 2**20:.0f} MiB, "
+                            f"holds {mem['held'] / 2**20:.0f} MiB; growth over idle / held = "
+                            f"{(mem['peak_rss'] - mem['idle_rss']) / mem['held']:.2f}x]"})
+    return out
+
+
+def main(argv=None):
+    ns = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING,
+                        format="psframe-bench: %(message)s")
+    t0 = time.monotonic()
+    try:
+        rep = measure(ns)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"psframe-bench: error: {exc}", file=sys.stderr)
+        return 1
+    rep["elapsed_s"] = time.monotonic() - t0
+    print(report.table(rep["rows"]))
+    print()
+    print("targets (medians of this run):")
+    print(report.targets_text(rep["targets"]))
+    base = rep["baselines"]["numpy_copy"]
+    print("numpy copy GB/s: " + ", ".join(f"{cases.format_size(n)} {report.gbps(n, s):.1f}"
+                                          for n, s in sorted(base.items())))
+    print(f"({rep['elapsed_s']:.0f} s; times are medians over {ns.rounds} rounds of the slowest worker)")
+    if ns.json:
+        report.write_json(ns.json, rep)
+    if ns.plot:
+        report.plot(ns.plot, rep)
+    return 0

@@ -1,0 +1,50 @@
+"""psframe-bench end to end with tiny sizes: it runs real jobs through psframe-launch and writes
+a JSON report, a PNG plot and a Chrome timeline. No timing assertions (speed is the bench's
+output, not a test's)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _bench_command():
+    exe = shutil.which("psframe-bench", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    return [exe] if exe else [sys.executable, "-m", "psframe.bench"]
+
+
+def test_bench_runs_and_writes_json_plot_and_timeline(tmp_path):
+    pytest.importorskip("matplotlib")
+    out_json, out_png, trace = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "trace.json"
+    cmd = _bench_command() + [
+        "--sizes", "4KiB,64KiB", "--allreduce-sizes", "64KiB", "--keys", "8", "--key-size", "1KiB",
+        "--model-scale", "0.005", "--rounds", "2", "--warmup", "1", "--no-gloo",
+        "--json", str(out_json), "--plot", str(out_png), "--timeline", str(trace)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSFRAME_")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pushpull ms" in proc.stdout and "targets" in proc.stdout
+    rep = json.loads(out_json.read_text())
+    cases = {(r["job"], r["case"]) for r in rep["rows"]}
+    assert ("1x2", "size-4096") in cases and ("2x2", "size-65536") in cases
+    assert ("1x2", "keys-8x1024") in cases and ("1x2", "model-resnet50") in cases
+    assert all(v > 0 for r in rep["rows"] for v in r["ms"].values())
+    assert set(rep["baselines"]) >= {"zmq", "numpy_copy"}
+    assert rep["memory"]["held"] > 0 and rep["memory"]["peak_rss"] > 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    merged = tmp_path / "trace.1x2.dist_sync.json"
+    events = json.loads(merged.read_text())["traceEvents"]
+    cats = {e.get("cat") for e in events}
+    assert {"push", "pull", "pushpull", "merge"} <= cats
+    assert {e["pid"] for e in events if e.get("cat") == "merge"} == {1000}    # server 0
+
+
+def test_bench_rejects_a_bad_size(tmp_path):
+    cmd = _bench_command() + ["--sizes", "bogus"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0

@@ -1,0 +1,64 @@
+"""Pure parts of the bench and of the transfer layout it measures: sizes, model shapes, report
+arithmetic, chunking of big keys and batching of a call's arrays into bounded messages."""
+import pytest
+
+from psframe.bench import cases, report
+from psframe.kvstore import dist
+from psframe.sharding import parts_of
+
+
+def test_parse_and_format_sizes():
+    assert cases.parse_size("4KiB") == 4096
+    assert cases.parse_size("100MiB") == 100 * 2 ** 20
+    assert cases.parse_size(" 512 ") == 512
+    assert cases.format_size(16 * 2 ** 20) == "16 MiB"
+    with pytest.raises(ValueError):
+        cases.parse_size("lots")
+
+
+def test_resnet50_shapes_match_torchvision_counts():
+    shapes = cases.resnet50_shapes()
+    assert len(shapes) == 161
+    assert sum(cases.elements(s) for s in shapes) == 25_557_032
+    small = cases.scaled(shapes, 0.01)
+    assert len(small) == 161 and all(s[0] >= 1 for s in small)
+
+
+def test_round_medians_take_the_slowest_worker_per_round():
+    w0 = {"cases": [{"label": "a", "times": {"pushpull": [1.0, 5.0, 1.0]}}]}
+    w1 = {"cases": [{"label": "a", "times": {"pushpull": [2.0, 1.0, 3.0]}}]}
+    assert report.round_medians([w0, w1], "a") == {"pushpull": 3.0}
+
+
+def test_table_and_targets_render():
+    rows = [{"job": "1x2", "kind": "dist_sync", "case": "size-1048576", "nbytes": 2 ** 20,
+             "ms": {"push": 0.002, "pull": 0.001, "pushpull": 0.003}, "zmq": 0.001}]
+    text = report.table(rows)
+    assert "size-1048576" in text and "3.00x" in text
+    out = report.targets_text([{"name": "x", "ratio": 2.0, "limit": 3},
+                               {"name": "y", "ratio": None, "limit": 2}])
+    assert "[holds] x" in out and "[  n/a] y" in out
+
+
+def test_big_parts_are_chunked_in_order_and_cover_the_key():
+    per = dist.CHUNK_BYTES // 4
+    size = 5 * per + 7
+    parts = dist.chunked(parts_of(-1, size, 2), per)
+    assert [p.part for p in parts] == list(range(len(parts)))
+    assert all(p.size <= per for p in parts)
+    assert parts[0].start == 0 and parts[-1].stop == size
+    assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+    assert {p.server for p in parts} == {0, 1}
+    small = parts_of(0, 10, 2)
+    assert dist.chunked(small, per) is small          # small keys keep their one part
+
+
+def test_batches_bound_message_bytes_per_server():
+    b = dist._Batches(list)
+    for i in range(10):
+        b.add(i % 2, dist.MESSAGE_BYTES // 3).append(i)
+    b.add(0, 5 * dist.MESSAGE_BYTES).append("huge")     # an oversized array gets its own message
+    msgs = list(b)
+    assert all(len(m) <= 3 for _, m in msgs)
+    assert sorted(x for _, m in msgs for x in m if x != "huge") == list(range(10))
+    assert ("huge" in msgs[-1][1]) and msgs[-1][1] == ["huge"]
