@@ -2,8 +2,8 @@
 
 The same script runs in one process or as every worker of a job:
 
-    python examples/train_mlp.py --epochs 30                      # kind "local", 1 worker
-    psframe-launch -n 4 -s 2 examples/train_mlp.py --epochs 30    # "dist_sync", 4 workers
+    python examples/train_mlp.py --epochs 10                      # kind "local", 1 worker
+    psframe-launch -n 4 -s 2 examples/train_mlp.py --epochs 10    # "dist_sync", 4 workers
 
 Each worker reads its own share of the shards through ``psframe.data``, computes the mean
 gradient of its batch with a hand-written backward pass, and push-pulls it; the servers average
@@ -128,7 +128,7 @@ def parse_args(argv=None):
     ap.add_argument("--data", default="demo-output/digits",
                     help="dataset URL (local path or s3://...); written there if empty")
     ap.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// data")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=16, help="per worker")
     ap.add_argument("--lr", type=float, default=0.8, help="peak learning rate for a global batch of 256")
     ap.add_argument("--warmup-epochs", type=float, default=2.0)

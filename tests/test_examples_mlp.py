@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import TIME_FACTOR, require
+from s3_fixtures import aws_env, moto, storage_options  # noqa: F401  (moto: fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -20,9 +21,9 @@ GLOBAL_BATCH = 64
 FINAL = re.compile(r"^final test accuracy: (0\.\d{4})$")
 
 
-def run(cmd, cwd, timeout=120):
+def run(cmd, cwd, timeout=120, env=None):
     """Run ``cmd`` in its own session; on a timeout the whole process group is killed."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PSFRAME_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PSFRAME_")}, **(env or {})}
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -104,6 +105,27 @@ def test_mlp_cluster_matches_serial_and_every_worker_trains(digits, serial, tmp_
     assert all(p[0] > 0 for p in pushes), pushes
     per_worker = [sum(server[w] for server in pushes) for w in range(4)]
     assert per_worker == [4 * steps] * 4, pushes
+
+
+def test_mlp_s3_data_written_on_first_use(moto, tmp_path):
+    """--data s3://...: rank 0 writes the shards to an empty prefix, then both workers read them
+    from the endpoint (each its own share: the store saw both ranks' User-Agents)."""
+    import fsspec
+    fsspec.filesystem("s3", **storage_options(moto.endpoint)).mkdir("psframe-examples")
+    url = "s3://psframe-examples/digits"
+    out_dir = str(tmp_path)
+    moto.start_recording()
+    out = run([LAUNCH, "-n", "2", "-s", "1", os.path.join(EXAMPLES, "train_mlp.py"), "--data", url,
+               "--endpoint-url", moto.endpoint, "--out", out_dir, "--epochs", "2"],
+              cwd=out_dir, env=aws_env(moto.endpoint))
+    moto.stop_recording()
+    lines = rank0_lines(out, True)
+    assert f"writing the digits dataset to {url}" in lines
+    check_outputs(out_dir, lines, epochs=2)
+    reads = {r["agent"].split("psframe-data/")[-1].split()[0] for r in moto.requests()
+             if r["method"] == "GET" and r["key"].startswith("digits/train/part-")
+             and "psframe-data/" in r["agent"]}
+    assert {"rank-0", "rank-1"} <= reads, reads
 
 
 def test_mlp_backward_matches_autograd():
