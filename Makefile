@@ -17,7 +17,10 @@ venv: $(BIN)/python
 install: venv
 	$(BIN)/pip install -q -e '.[s3,examples]'
 
+# torch first, on its own: pip then takes the local CPU wheel; resolved inside '.[test]' it may
+# pick the multi-GB CUDA build from the index instead.
 install-test: venv
+	$(BIN)/pip install -q 'torch==2.13.0'
 	$(BIN)/pip install -q -e '.[test]'
 
 # The real test components (sshd, Open MPI, Slurm, munge) come from Debian; installed only when
