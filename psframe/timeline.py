@@ -78,9 +78,10 @@ def merge(path):
     """Merge every per-process file of ``path`` into ``path``; returns the number of events."""
     stem, ext = os.path.splitext(path)
     events = []
-    for part in sorted(glob.glob(f"{glob.escape(stem)}.*-*{ext or '.json'}")):
-        with open(part) as f:
-            events.extend(json.load(f)["traceEvents"])
+    for role in PIDS:
+        for part in sorted(glob.glob(f"{glob.escape(stem)}.{role}-[0-9]*{ext or '.json'}")):
+            with open(part) as f:
+                events.extend(json.load(f)["traceEvents"])
     with open(path, "w") as f:
         json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
     return len(events)

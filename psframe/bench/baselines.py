@@ -35,35 +35,59 @@ def _echo(ctx, address, ready, stop):
         sock.close(0)
 
 
-def zmq_roundtrip(nbytes, rounds, warmup=2):
-    """Median seconds for a DEALER to send ``nbytes`` as one frame to a ROUTER that echoes it,
-    received into a preallocated buffer: the best a plain pyzmq request/reply does here."""
-    ctx = zmq.Context()
-    address = f"tcp://127.0.0.1:{free_port()}"
-    ready, stop = threading.Event(), threading.Event()
-    thread = threading.Thread(target=_echo, args=(ctx, address, ready, stop), daemon=True)
-    thread.start()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, ECHO_TIMEOUT_MS)
-    try:
+class ZmqEcho:
+    """A raw pyzmq DEALER -> ROUTER echo on 127.0.0.1 (the echo runs in a thread: zmq's I/O
+    threads move the bytes, so the GIL is not in the way). Use as a context manager."""
+
+    def __init__(self):
+        self.ctx = zmq.Context()
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        ready, self.stop = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=_echo, args=(self.ctx, self.address, ready, self.stop),
+                                       name="psframe-bench-echo", daemon=True)
+        self.thread.start()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVTIMEO, ECHO_TIMEOUT_MS)
         if not ready.wait(10):
-            raise TimeoutError("echo socket did not start within 10 s")
-        sock.connect(address)
-        payload = np.ones(nbytes, dtype=np.uint8)
-        landing = np.empty_like(payload)
-        samples = []
-        for i in range(warmup + rounds):
-            t0 = time.perf_counter()
-            sock.send(payload, copy=nbytes < 65536)
-            sock.recv_into(landing)
-            samples.append(time.perf_counter() - t0)
-        return statistics.median(samples[warmup:])
-    finally:
-        stop.set()
-        thread.join(5)
-        sock.close(0)
-        ctx.term()
+            self.close()
+            raise TimeoutError("the pyzmq echo socket did not start within 10 s")
+        self.sock.connect(self.address)
+
+    def roundtrip(self, payload, landing, chunk=0):
+        """Seconds to send ``payload`` (uint8) and receive it back into ``landing``: as one
+        frame, or as frames of ``chunk`` bytes. Zero-copy sends, no allocation on receive."""
+        t0 = time.perf_counter()
+        n = payload.nbytes
+        if chunk and n > chunk:
+            self.sock.send_multipart([payload[i:i + chunk] for i in range(0, n, chunk)], copy=False)
+            for i in range(0, n, chunk):
+                self.sock.recv_into(landing[i:i + chunk])
+        else:
+            self.sock.send(payload, copy=n < 65536)
+            self.sock.recv_into(landing)
+        return time.perf_counter() - t0
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close(0)
+        self.ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def zmq_roundtrip(nbytes, rounds, warmup=2, chunk=0):
+    """Median seconds of ``ZmqEcho.roundtrip`` of ``nbytes`` (a stand-alone measurement)."""
+    payload = np.ones(nbytes, dtype=np.uint8)
+    landing = np.zeros_like(payload)
+    with ZmqEcho() as echo:
+        samples = [echo.roundtrip(payload, landing, chunk) for _ in range(warmup + rounds)]
+    return statistics.median(samples[warmup:])
 
 
 def numpy_copy(nbytes, rounds):

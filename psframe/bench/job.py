@@ -1,9 +1,11 @@
 """The worker script ``psframe-bench`` runs under the launcher: times push, pull and pushpull.
 
-Argument 1 is a JSON spec ``{"cases": [{"label", "shapes", "ops"}], "rounds", "warmup"}``. Every
-timed call starts right after a barrier, so all workers begin a round together; each worker
-prints its own times as one ``RESULT {json}`` line and the bench takes the slowest worker of
-each round (a round ends for the job when its last worker is done).
+Argument 1 is a JSON spec ``{"cases": [{"label", "shapes", "ops", "baseline"}], "rounds",
+"warmup", "chunk"}``. Rounds are interleaved over the cases (round 1 of every case, then round
+2, ...), so a burst of load on a shared machine hits every case alike; a case with
+``baseline`` also times, in the same round, a raw pyzmq round trip of its bytes on worker 0.
+Every timed call starts right after a barrier; each worker prints its times as one
+``RESULT {json}`` line, and the bench takes the slowest worker of each round.
 """
 import json
 import logging
@@ -24,46 +26,72 @@ def _timed(kv, fn):
     return time.perf_counter() - t0
 
 
-def run_case(kv, case, rounds, warmup):
-    """Init the case's keys, then time each op over ``warmup + rounds`` rounds."""
-    label = case["label"]
-    keys = [f"{label}/{i}" for i in range(len(case["shapes"]))]
-    values = [np.ones(tuple(s), dtype=np.float32) for s in case["shapes"]]
-    outs = [np.empty_like(v) for v in values]
-    kv.init(keys, values)
+class Case:
+    """One case's keys, arrays and timed operations."""
 
-    def push():
-        kv.push(keys, values)
-        kv._flush()          # a push counts as done once the servers merged it (acked)
+    def __init__(self, kv, spec):
+        self.kv, self.spec, self.label = kv, spec, spec["label"]
+        self.keys = [f"{self.label}/{i}" for i in range(len(spec["shapes"]))]
+        self.values = [np.ones(tuple(s), dtype=np.float32) for s in spec["shapes"]]
+        self.outs = [np.empty_like(v) for v in self.values]
+        self.times = {op: [] for op in spec["ops"]}
+        self.base = {"zmq": [], "zmq_chunked": []} if spec.get("baseline") else None
+        self.payload = self.landing = None
 
-    ops = {"push": push, "pull": lambda: kv.pull(keys, outs),
-           "pushpull": lambda: kv.pushpull(keys, values, outs)}
-    times = {}
-    for op in case["ops"]:
-        if op == "pull":
-            push()           # so a pull never waits for a step: it measures the transfer
-        samples = [_timed(kv, ops[op]) for _ in range(warmup + rounds)]
-        times[op] = samples[warmup:]
-    result = {"label": label, "times": times}
-    if case.get("stats") and kv.rank == 0:
-        result["servers"] = kv.server_stats()
-    return result
+    def push(self):
+        self.kv.push(self.keys, self.values)
+        self.kv._flush()      # a push counts as done once the servers merged it (acked)
+
+    def pull(self):
+        self.kv.pull(self.keys, self.outs)
+
+    def pushpull(self):
+        self.kv.pushpull(self.keys, self.values, self.outs)
+
+    def round(self, echo, chunk):
+        kv = self.kv
+        if self.base is not None:
+            kv.barrier()
+            if echo is not None:
+                if self.payload is None:
+                    self.payload = np.ones(self.spec["nbytes"], dtype=np.uint8)
+                    self.landing = np.zeros_like(self.payload)
+                self.base["zmq"].append(echo.roundtrip(self.payload, self.landing))
+                self.base["zmq_chunked"].append(echo.roundtrip(self.payload, self.landing, chunk))
+        for op in self.spec["ops"]:       # push before pull: a pull never waits for a step
+            self.times[op].append(_timed(kv, getattr(self, op)))
+
+    def result(self, warmup):
+        out = {"label": self.label, "times": {op: t[warmup:] for op, t in self.times.items()}}
+        if self.base and self.base["zmq"]:
+            out["baseline"] = {k: v[warmup:] for k, v in self.base.items()}
+        return out
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
     logging.basicConfig(level=logging.WARNING)
+    echo = None
     with psframe.create() as kv:
-        results = []
-        if kv.rank == 0:
-            idle = kv.server_stats()
-        for case in spec["cases"]:
-            results.append(run_case(kv, case, spec["rounds"], spec["warmup"]))
-        kv.barrier()
-    out = {"rank": kv.rank, "kind": kv.type, "cases": results}
-    if kv.rank == 0:
-        out["idle_servers"] = idle
+        try:
+            if kv.rank == 0 and any(c.get("baseline") for c in spec["cases"]):
+                from psframe.bench.baselines import ZmqEcho
+                echo = ZmqEcho()
+            idle = kv.server_stats() if kv.rank == 0 else None
+            cases = [Case(kv, c) for c in spec["cases"]]
+            for case in cases:
+                kv.init(case.keys, case.values)
+            for _ in range(spec["warmup"] + spec["rounds"]):
+                for case in cases:
+                    case.round(echo, spec.get("chunk", 1 << 20))
+            kv.barrier()
+            out = {"rank": kv.rank, "kind": kv.type, "cases": [c.result(spec["warmup"]) for c in cases]}
+            if kv.rank == 0:
+                out["idle_servers"], out["servers"] = idle, kv.server_stats()
+        finally:
+            if echo is not None:
+                echo.close()
     print("RESULT " + json.dumps(out), flush=True)
     return 0
 

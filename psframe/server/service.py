@@ -134,12 +134,11 @@ class ServerService:
 
     def handle_push(self, peer, msg, rank):
         token = self._expect(peer, msg, len(msg.arrays))
-        push, deliver, frombuffer = self.shard.push, self._deliver, np.frombuffer
+        push, frombuffer, replies = self.shard.push, np.frombuffer, []
         for desc, buf in zip(msg.arrays, msg.buffers):
             # a per-array hot path when a model's many small keys come in one message
-            replies = push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
-            if replies:
-                deliver(replies)
+            replies += push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
+        self._deliver(replies)
         if self.timeline is not None:
             self._trace_merges(msg)
 
@@ -150,14 +149,11 @@ class ServerService:
 
     def handle_pushpull(self, peer, msg, rank):
         token = self._expect(peer, msg, 2 * len(msg.arrays))
-        push, pull, deliver, frombuffer = self.shard.push, self.shard.pull, self._deliver, np.frombuffer
+        push, pull, frombuffer, replies = self.shard.push, self.shard.pull, np.frombuffer, []
         for desc, buf in zip(msg.arrays, msg.buffers):
-            replies = push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
-            if replies:
-                deliver(replies)
-            replies = pull(rank, desc, token)
-            if replies:
-                deliver(replies)
+            replies += push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
+            replies += pull(rank, desc, token)
+        self._deliver(replies)
         if self.timeline is not None:
             self._trace_merges(msg)
 
@@ -195,14 +191,16 @@ class ServerService:
         return token
 
     def _deliver(self, replies):
+        pending = self.pending
         for r in replies:
-            p = self.pending.get(r.token)
+            p = pending.get(r.token)
             if p is None:
                 continue
             p.remaining -= 1
             if r.error is not None and p.error is None:
                 p.error = r.error
-            p.arrays.extend(r.arrays)
+            if r.arrays:
+                p.arrays += r.arrays
             if p.remaining == 0:
                 del self.pending[r.token]
                 peer, msg_id = r.token
@@ -213,7 +211,7 @@ class ServerService:
 
     def _reply_arrays(self, peer, msg_id, arrays):
         descs = [d for d, _ in arrays]
-        frames = codec.encode(Command.OK, msg_id, self.name, descs, [a.reshape(-1).view("u1") for _, a in arrays])
+        frames = codec.encode(Command.OK, msg_id, self.name, descs, [a.reshape(-1).view(np.uint8) for _, a in arrays])
         tracker = self._send(peer, frames, track=bool(arrays))
         for _, a in arrays:
             self.guard.add(a, tracker)

@@ -112,8 +112,9 @@ class ShardState:
     # -- push ---------------------------------------------------------------------------
     def push(self, rank, desc, array, token):
         """Merge (sync) or apply (async) one pushed array. ``token`` None: no ack wanted."""
-        st, err = self._checked(desc, "push")
-        if err is not None:
+        st = self.keys.get((desc.key, desc.part))
+        if st is None or st.value is None or st.shape != desc.shape or st.dtype != desc.dtype:
+            st, err = self._checked(desc, "push")
             return [Reply(token, error=err)]
         expected = st.pushes.get(rank, 0) + 1
         if st.sync and desc.step != expected:
@@ -186,8 +187,9 @@ class ShardState:
     # -- pull ---------------------------------------------------------------------------
     def pull(self, rank, desc, token):
         """Reply with the value of the newest step that includes ``rank``'s ``desc.step`` pushes."""
-        st, err = self._checked(desc, "pull")
-        if err is not None:
+        st = self.keys.get((desc.key, desc.part))
+        if st is None or st.value is None or st.shape != desc.shape or st.dtype != desc.dtype:
+            st, err = self._checked(desc, "pull")
             return [Reply(token, error=err)]
         self.counters["pulls"][rank] += 1
         if st.sync and desc.step > st.completed:
