@@ -49,6 +49,7 @@ class ZmqEcho:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVTIMEO, ECHO_TIMEOUT_MS)
+        self.sock.setsockopt(zmq.SNDTIMEO, ECHO_TIMEOUT_MS)
         if not ready.wait(10):
             self.close()
             raise TimeoutError("the pyzmq echo socket did not start within 10 s")

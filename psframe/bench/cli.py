@@ -148,7 +148,8 @@ def measure(ns):
         rep["baselines"]["gloo"] = {n: min(r[n] for r in runs) for n in big}
     all_sizes = sorted(set(sizes) | set(big))
     rep["baselines"]["numpy_copy"] = {n: baselines.numpy_copy(n, ns.rounds) for n in all_sizes}
-    rep["baselines"]["zmq"] = {r["nbytes"]: r["zmq"] for r in rep["rows"] if r.get("zmq") and r["job"] == job1}
+    rep["baselines"]["zmq"] = {r["nbytes"]: r["zmq"] for r in rep["rows"]
+                               if r.get("zmq") and r["job"] == job1 and r["kind"] == kinds[0]}
     for row in rep["rows"]:
         if row["case"].startswith("size-") and row["job"] != job1:
             row["gloo"] = rep["baselines"].get("gloo", {}).get(row["nbytes"])
@@ -156,16 +157,19 @@ def measure(ns):
     return rep
 
 
+def _row(rep, job, kind, label):
+    return next((r for r in rep["rows"] if r["job"] == job and r["kind"] == kind and r["case"] == label), {})
+
+
 def _pp(rep, job, kind, label):
-    row = next((r for r in rep["rows"] if r["job"] == job and r["kind"] == kind and r["case"] == label), None)
-    return row and row["ms"].get("pushpull")
+    return _row(rep, job, kind, label).get("ms", {}).get("pushpull")
 
 
 def targets(rep, job1, kind):
     """The issue's targets as ratios of figures of this run."""
     out = []
     for n in (2 ** 20, 16 * 2 ** 20, 100 * 2 ** 20):
-        pp, z = _pp(rep, job1, kind, f"size-{n}"), rep["baselines"].get("zmq", {}).get(n)
+        pp, z = _pp(rep, job1, kind, f"size-{n}"), _row(rep, job1, kind, f"size-{n}").get("zmq")
         out.append({"name": f"{job1} pushpull {cases.format_size(n)} / pyzmq round trip",
                     "ratio": pp / z if pp and z else None, "limit": 3})
     jobs = sorted({r["job"] for r in rep["rows"]} - {job1})
