@@ -177,3 +177,42 @@ class ArgvWatcher:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def check_fails_fast(job, trigger_line, expect_rc, root_cause, act=None, within=10.0):
+    """The fail-fast contract, shared by every backend's tests.
+
+    Waits for ``trigger_line`` (a regex of the job's output), runs ``act()`` (e.g. a kill -9;
+    nothing for a worker that exits on purpose), then checks that the launcher exits with
+    ``expect_rc`` within ``within`` seconds, that its report names ``root_cause`` (a regex, or
+    a callable giving one once ``act`` ran) as the root cause, and that no process of the job
+    is left. Returns the seconds it took.
+    """
+    try:
+        job.wait_for_line(trigger_line, 60)
+        if act is not None:
+            act()
+        started = time.monotonic()
+        rc, _ = job.wait(60)
+        took = time.monotonic() - started
+    finally:
+        job.stop()
+    assert rc == expect_rc, job.text()
+    assert took < within, took
+    report = "\n".join(job.err_lines)
+    if callable(root_cause):
+        root_cause = root_cause()
+    assert re.search(r"ROOT CAUSE: " + root_cause, report), report
+    assert_none_left(job.tag)
+    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    return took
+
+
+def kill_9(tag, **env):
+    """An ``act`` for check_fails_fast: SIGKILL the one process of the job with ``env``
+    (its pid is kept in ``act.pid`` for the report check)."""
+    def act():
+        pid, = pids_with_env(tag, **env)
+        act.pid = pid
+        os.kill(pid, signal.SIGKILL)
+    return act

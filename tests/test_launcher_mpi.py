@@ -2,18 +2,15 @@
 scheduler, the servers and the workers through the launch agent; roles from
 OMPI_COMM_WORLD_RANK. The same real job as the other backends, plus a failure."""
 import os
-import re
-import signal
 import stat
-import time
 import uuid
 import hashlib
 
 import pytest
 
 from conftest import require_exe
-from launcher_fixtures import (WORKER, ArgvWatcher, Launch, assert_none_left, cmdline_pids,
-                               new_tag, pids_with_env)
+from launcher_fixtures import (check_fails_fast, kill_9, WORKER, ArgvWatcher, Launch, assert_none_left, cmdline_pids,
+                               new_tag)
 
 pytestmark = pytest.mark.integration
 
@@ -56,38 +53,14 @@ def test_real_job_under_mpirun(mpirun, tmp_path):
 def test_worker_failure_under_mpirun(mpirun, tmp_path):
     job = Launch(["--launcher", "mpi", "-n", "3", "-s", "2", WORKER, "--fail-rank", "1"],
                  new_tag(), cwd=str(tmp_path))
-    try:
-        job.wait_for_line(r"\[worker 1@127.0.0.1\] rank 1 failing on purpose", 60)
-        failed_at = time.monotonic()
-        rc, _ = job.wait(60)
-        took = time.monotonic() - failed_at
-    finally:
-        job.stop()
-    assert rc == 7, job.text()
-    assert took < 10, took
-    report = "\n".join(job.err_lines)
-    assert re.search(r"ROOT CAUSE: worker 1@127.0.0.1 \(role worker, rank 1, host 127.0.0.1, "
-                     r"pid \d+\) exited with code 7", report), report
-    assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    check_fails_fast(job, r"\[worker 1@127.0.0.1\] rank 1 failing on purpose", 7,
+                     r"worker 1@127.0.0.1 \(role worker, rank 1, host 127.0.0.1, pid \d+\) exited with code 7")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".psframe-launch-")]
 
 
 def test_worker_kill_9_under_mpirun(mpirun, tmp_path):
     job = Launch(["--launcher", "mpi", "-n", "3", "-s", "2", WORKER, "--steps", "500", "--sleep", "0.02"],
                  new_tag(), cwd=str(tmp_path))
-    try:
-        job.wait_for_line(r"\[worker 1@127.0.0.1\] STEP 3 OK", 60)
-        pid, = pids_with_env(job.tag, PSFRAME_ROLE="worker", PSFRAME_RANK=1)
-        os.kill(pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        rc, _ = job.wait(60)
-        took = time.monotonic() - killed_at
-    finally:
-        job.stop()
-    assert rc == 137, job.text()
-    assert took < 10, took
-    report = "\n".join(job.err_lines)
-    assert re.search(rf"ROOT CAUSE: worker 1@127.0.0.1 .*pid {pid}\) killed by SIGKILL", report), report
-    assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    kill = kill_9(job.tag, PSFRAME_ROLE="worker", PSFRAME_RANK=1)
+    check_fails_fast(job, r"\[worker 1@127.0.0.1\] STEP 3 OK", 137,
+                     lambda: rf"worker 1@127.0.0.1 .*pid {kill.pid}\) killed by SIGKILL", act=kill)

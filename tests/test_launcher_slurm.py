@@ -2,7 +2,6 @@
 started by the fixture on free ports with a private munge socket, so it never touches a
 system-wide one; ``salloc`` runs psframe-launch, which detects Slurm and starts the job via srun."""
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -12,8 +11,7 @@ import time
 import pytest
 
 from conftest import require
-from launcher_fixtures import (WORKER, Launch, assert_none_left, cmdline_pids, new_tag,
-                               pids_with_env)
+from launcher_fixtures import (check_fails_fast, kill_9, WORKER, Launch, assert_none_left, cmdline_pids, new_tag)
 from psframe.transport.addresses import free_port
 
 pytestmark = pytest.mark.integration
@@ -140,38 +138,14 @@ def test_real_job_inside_allocation_uses_srun(slurm, tmp_path):
 
 def test_worker_failure_inside_allocation(slurm, tmp_path):
     job = _salloc(slurm, ["-n", "3", "-s", "2", WORKER, "--fail-rank", "1"], str(tmp_path))
-    try:
-        job.wait_for_line(r"\[worker 1@localhost\] rank 1 failing on purpose", 60)
-        failed_at = time.monotonic()
-        rc, _ = job.wait(60)
-        took = time.monotonic() - failed_at
-    finally:
-        job.stop()
     # salloc returns the exit code of the command it ran: the launcher's
-    assert rc == 7, job.text()
-    assert took < 10, took
-    report = "\n".join(job.err_lines)
-    assert re.search(r"ROOT CAUSE: worker 1@localhost \(role worker, rank 1, host localhost, "
-                     r"pid \d+\) exited with code 7", report), report
-    assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    check_fails_fast(job, r"\[worker 1@localhost\] rank 1 failing on purpose", 7,
+                     r"worker 1@localhost \(role worker, rank 1, host localhost, pid \d+\) exited with code 7")
 
 
 def test_worker_kill_9_inside_allocation(slurm, tmp_path):
     job = _salloc(slurm, ["-n", "3", "-s", "2", WORKER, "--steps", "500", "--sleep", "0.02"],
                   str(tmp_path))
-    try:
-        job.wait_for_line(r"\[worker 1@localhost\] STEP 3 OK", 60)
-        pid, = pids_with_env(job.tag, PSFRAME_ROLE="worker", PSFRAME_RANK=1)
-        os.kill(pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        rc, _ = job.wait(60)
-        took = time.monotonic() - killed_at
-    finally:
-        job.stop()
-    assert rc == 137, job.text()
-    assert took < 10, took
-    report = "\n".join(job.err_lines)
-    assert re.search(rf"ROOT CAUSE: worker 1@localhost .*pid {pid}\) killed by SIGKILL", report), report
-    assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    kill = kill_9(job.tag, PSFRAME_ROLE="worker", PSFRAME_RANK=1)
+    check_fails_fast(job, r"\[worker 1@localhost\] STEP 3 OK", 137,
+                     lambda: rf"worker 1@localhost .*pid {kill.pid}\) killed by SIGKILL", act=kill)

@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from conftest import require, require_exe
-from launcher_fixtures import (WORKER, ArgvWatcher, Launch, assert_none_left, cmdline_pids,
-                               new_tag, pids_with_env)
+from launcher_fixtures import (check_fails_fast, kill_9, WORKER, ArgvWatcher, Launch, assert_none_left, cmdline_pids,
+                               new_tag)
 
 pytestmark = pytest.mark.integration
 
@@ -137,40 +137,16 @@ def test_real_job_over_three_ssh_hosts(netns_hosts, tmp_path):
 
 def test_remote_worker_failure_stops_every_host(netns_hosts):
     job = _launch(netns_hosts, "-n", "6", "-s", "3", WORKER, "--fail-rank", "3", "--fail-code", "7")
-    try:
-        job.wait_for_line(r"\[worker 3@10\.200\.0\.12\] rank 3 failing on purpose", 60)
-        failed_at = time.monotonic()
-        rc, _ = job.wait(60)
-        took = time.monotonic() - failed_at
-    finally:
-        job.stop()
-    assert rc == 7, job.text()
-    assert took < 10, took
-    report = "\n".join(job.err_lines)
-    assert re.search(r"ROOT CAUSE: worker 3@10\.200\.0\.12 \(role worker, rank 3, host 10\.200\.0\.12, "
-                     r"pid \d+\) exited with code 7", report), report
-    assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    check_fails_fast(job, r"\[worker 3@10\.200\.0\.12\] rank 3 failing on purpose", 7,
+                     r"worker 3@10\.200\.0\.12 \(role worker, rank 3, host 10\.200\.0\.12, "
+                     r"pid \d+\) exited with code 7")
 
 
 def test_remote_server_kill_9(netns_hosts):
     job = _launch(netns_hosts, "-n", "6", "-s", "3", WORKER, "--steps", "200", "--sleep", "0.05")
-    try:
-        job.wait_for_line(r"\[worker 5@10\.200\.0\.13\] STEP 2 OK", 60)
-        pids = pids_with_env(job.tag, PSFRAME_ROLE="server", PSFRAME_SERVER_RANK=2)
-        assert len(pids) == 1
-        os.kill(pids[0], signal.SIGKILL)
-        killed_at = time.monotonic()
-        rc, _ = job.wait(60)
-        took = time.monotonic() - killed_at
-    finally:
-        job.stop()
-    assert rc == 137, job.text()
-    assert took < 10, took
-    report = "\n".join(job.err_lines)
-    assert re.search(rf"ROOT CAUSE: server 2@10\.200\.0\.13 .*pid {pids[0]}\) killed by SIGKILL", report), report
-    assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    kill = kill_9(job.tag, PSFRAME_ROLE="server", PSFRAME_SERVER_RANK=2)
+    check_fails_fast(job, r"\[worker 5@10\.200\.0\.13\] STEP 2 OK", 137,
+                     lambda: rf"server 2@10\.200\.0\.13 .*pid {kill.pid}\) killed by SIGKILL", act=kill)
 
 
 def test_mpirun_across_the_ssh_hosts(netns_hosts):
