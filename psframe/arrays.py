@@ -19,8 +19,15 @@ def backend(value):
     return "numpy"
 
 
+# numpy's dtype.name is computed in Python (~10 us); keys are few, calls are many.
+_NAMES = {np.dtype(n): n for n in DTYPES}
+
+
 def dtype_name(value):
     """The wire name of ``value``'s dtype; raises UnsupportedDTypeError for anything else."""
+    name = _NAMES.get(value.dtype) if backend(value) != "torch" else None
+    if name is not None:
+        return name
     if backend(value) == "torch":
         name = str(value.dtype).replace("torch.", "")
     else:
