@@ -47,15 +47,29 @@ def open_dataset(url, args, options, prefetch):
     return ds
 
 
-def read_epoch(ds, step_s=0.0):
-    """Seconds, bytes and batches of one epoch; ``step_s`` of simulated compute per batch."""
-    t0, nbytes, batches = time.perf_counter(), 0, 0
-    for batch in ds:
-        nbytes += sum(a.nbytes for a in batch.values())
-        batches += 1
-        if step_s:
-            time.sleep(step_s)   # stands in for forward/backward on the batch
-    return time.perf_counter() - t0, nbytes, batches
+def read_epoch(ds, step_s=0.0, epochs=1):
+    """One measured run of ``epochs`` epochs from a cold start (a fresh epoch number, so nothing
+    read ahead earlier counts), with ``step_s`` of simulated compute per batch.
+
+    Returns:
+        ``(seconds, bytes, batches, waited)``; ``waited`` is the time the loop spent waiting for
+        the next batch, i.e. the read time it could not overlap with compute.
+    """
+    ds.set_epoch(ds.epoch + 1)
+    t0, nbytes, batches, waited = time.perf_counter(), 0, 0, 0.0
+    for _ in range(epochs):
+        it = iter(ds)
+        while True:
+            t = time.perf_counter()
+            batch = next(it, None)
+            waited += time.perf_counter() - t
+            if batch is None:
+                break
+            nbytes += sum(a.nbytes for a in batch.values())
+            batches += 1
+            if step_s:
+                time.sleep(step_s)   # stands in for forward/backward on the batch
+    return time.perf_counter() - t0, nbytes, batches, waited
 
 
 def raw_get(url, options):
@@ -67,19 +81,14 @@ def raw_get(url, options):
     return nbytes / 1e6 / (time.perf_counter() - t0)
 
 
-def training_loop(plain, ahead, step_s):
-    """Epoch times of a simulated training loop without and with prefetch."""
-    read_s, _, batches = read_epoch(plain)
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        time.sleep(step_s)
-    compute_s = time.perf_counter() - t0      # measured: sleep overshoots on a busy machine
-    serial, _, _ = read_epoch(plain, step_s)
-    overlapped, _, _ = read_epoch(ahead, step_s)
-    exposed = max(0.0, overlapped - compute_s)   # read time the loop still waits for
-    return {"read alone s": read_s, "compute alone s": compute_s,
-            "loop, prefetch=0 s": serial, "loop, prefetch=2 s": overlapped,
-            "read time hidden by prefetch %": 100 * (1 - min(exposed / read_s, 1.0))}
+def training_loop(plain, ahead, step_s, epochs=2):
+    """A simulated training loop over ``epochs`` epochs, without and with prefetch."""
+    serial, _, _, wait_plain = read_epoch(plain, step_s, epochs)
+    overlapped, _, _, wait_ahead = read_epoch(ahead, step_s, epochs)
+    return {"loop, prefetch=0 s": serial, "loop, prefetch=2 s": overlapped,
+            "waited for data, prefetch=0 s": wait_plain,
+            "waited for data, prefetch=2 s": wait_ahead,
+            "read time hidden by prefetch %": 100 * (1 - wait_ahead / max(wait_plain, 1e-9))}
 
 
 def main():
@@ -114,18 +123,20 @@ def main():
         kv.barrier()
     tag = f"[rank {cfg.rank}/{cfg.num_workers}]"
     sources = [("s3", args.url, options)] + ([("local", local, None)] if args.compare_local else [])
-    datasets = {name: open_dataset(url, args, opts, prefetch=2) for name, url, opts in sources}
-    plain = open_dataset(args.url, args, options, prefetch=0)
+    datasets = {name: open_dataset(url, args, opts, prefetch=0) for name, url, opts in sources}
+    plain, ahead = datasets["s3"], open_dataset(args.url, args, options, prefetch=2)
     rows = []
     for _ in range(args.repeat):   # interleaved, so load changes hit every variant alike
         row = {}
         if cfg.num_workers == 1:
             row["s3 raw GET (baseline)"] = raw_get(args.url, options)
         for name, ds in datasets.items():
-            secs, nbytes, batches = read_epoch(ds)
-            row[f"{name} dataset"] = nbytes / 1e6 / secs
-        row.update(training_loop(plain, datasets["s3"], args.step_ms / 1000))
+            secs, nbytes, _, _ = read_epoch(ds)
+            row[f"{name} dataset read"] = nbytes / 1e6 / secs
+        row.update(training_loop(plain, ahead, args.step_ms / 1000))
         rows.append(row)
+    for ds in [ahead, *datasets.values()]:
+        ds.close()
     for key in rows[0]:
         values = sorted(r[key] for r in rows)
         unit = "%" if key.endswith("%") else ("s" if key.endswith("s") else "MB/s")

@@ -1,5 +1,6 @@
 """PartitionedDataset on memory:// and local paths (the same code path as S3): coverage, balance,
 shuffle, resume, formats, and the error cases."""
+import gc
 import io
 import json
 import os
@@ -213,11 +214,11 @@ def test_transient_errors_retried_then_named(flaky, caplog):
     ds = PartitionedDataset(url, 10, rank=0, num_workers=1, retries=5, retry_backoff=0.01)
     assert sorted(sum(epoch_ids(ds), [])) == list(range(60))
     assert "simulated network blip" in caplog.text and "retry" in caplog.text
+    ds.set_epoch(0)               # drops the read-ahead of epoch 1
     flaky.failures = 10 ** 6
-    ds2 = PartitionedDataset.__new__(PartitionedDataset)   # listing is not a cat_file: reuse ds
-    ds2.__dict__.update(ds.__dict__, _layouts={})
+    ds._reader._layouts.clear()   # force header reads again: they now always fail
     with pytest.raises(DataError, match=r"failed 5 times.*simulated") as info:
-        list(ds2)
+        list(ds)
     assert url.split("://")[1] in info.value.url
 
 
@@ -254,15 +255,42 @@ def test_no_prefetch_thread_outlives_its_iterator(tmp_path):
     write_partitions(records(200), str(tmp_path), num_shards=4)
     ds = PartitionedDataset(str(tmp_path), 8, rank=0, num_workers=1, read_block_bytes=100,
                             shuffle_blocks=1, prefetch=2)
-    for i, _ in enumerate(ds):
+    def threads():
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and [t for t in threading.enumerate()
+                                               if t.name.startswith("psframe-prefetch")]:
+            time.sleep(0.05)
+        return [t for t in threading.enumerate() if t.name.startswith("psframe-prefetch")]
+    it = iter(ds)
+    for i, _ in enumerate(it):
         if i == 3:
             break
-    list(ds)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and [t for t in threading.enumerate()
-                                           if t.name.startswith("psframe-prefetch")]:
-        time.sleep(0.05)
-    assert not [t for t in threading.enumerate() if t.name.startswith("psframe-prefetch")]
+    it.close()
+    assert not threads()
+    list(ds)                  # reads ahead into epoch 1 once epoch 0's last group is in
+    assert ds._ahead and threads()
+    ds.close()
+    assert not threads()
+    with PartitionedDataset(str(tmp_path), 8, rank=0, num_workers=1) as ds2:
+        list(ds2)
+    assert not threads()
+    ds3 = PartitionedDataset(str(tmp_path), 8, rank=0, num_workers=1)
+    list(ds3)
+    del ds3                   # garbage collection stops the read-ahead too
+    gc.collect()
+    assert not threads()
+
+
+def test_read_ahead_into_next_epoch_gives_the_same_batches(tmp_path):
+    write_partitions(records(300), str(tmp_path), num_shards=3)
+    kw = dict(rank=0, num_workers=1, seed=4, read_block_bytes=400, shuffle_blocks=2)
+    with PartitionedDataset(str(tmp_path), 16, prefetch=2, **kw) as ahead, \
+            PartitionedDataset(str(tmp_path), 16, prefetch=0, **kw) as plain:
+        for epoch in range(3):
+            assert epoch_ids(ahead) == epoch_ids(plain)
+        ahead.set_epoch(7)    # the read-ahead of epoch 3 is dropped, epoch 7 is read
+        plain.set_epoch(7)
+        assert epoch_ids(ahead) == epoch_ids(plain)
 
 
 def test_webhdfs_and_hdfs_urls_take_the_same_path():

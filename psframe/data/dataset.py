@@ -1,21 +1,21 @@
 """``PartitionedDataset``: one worker's share of a sharded dataset, in shuffled batches.
 
-Each epoch, the worker's share (``partition.assign``) is cut into read blocks of about
-``read_block_bytes``; the blocks are permuted with a generator seeded by ``(seed, epoch, rank)``,
-read ``shuffle_blocks`` at a time (one group, fetched as concurrent byte ranges), and the records
-of a group are permuted again before being cut into batches. Groups are read in the background
-(``prefetch.Prefetcher``), ``prefetch`` groups ahead. The position (epoch, batches handed out) is
-saved by ``state_dict`` and restored by ``load_state_dict``; resuming skips whole groups without
-reading them.
+Listing and balancing live in ``partition``, the epoch's shuffled record groups in ``epochs``,
+the background thread in ``prefetch``; this module owns the public object: the position (epoch,
+batches handed out) that ``state_dict``/``load_state_dict`` save and restore, batching, and
+read-ahead across epochs: the background reader runs on from one epoch into the next, and
+``__iter__`` picks that stream up when the position matches, so the first batches of an epoch do
+not wait for storage either.
 """
 import logging
-import threading
+import weakref
 
 import numpy as np
 
 from .. import config as psconfig
 from ..errors import ConfigError, DataError
-from . import partition, readers, retry
+from . import partition, retry
+from .epochs import EpochReader, Shuffle
 from .prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
@@ -65,20 +65,17 @@ class PartitionedDataset:
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.rank, self.num_workers = int(rank), int(num_workers)
         self._prefetch, self._timeout = int(prefetch), float(timeout)
-        self._shuffle_blocks = int(shuffle_blocks)
-        self._policy = retry.RetryPolicy(attempts=int(retries), backoff=float(retry_backoff))
-        self._layouts, self._lock = {}, threading.Lock()
-        self._source = partition.open_source(self.url, _with_defaults(self.url, storage_options,
-                                                                      self.rank), self._policy)
-        self._arrays = self._source.arrays
-        if not self._source.counted:
-            self._count_from_headers()
-        counts = [f.records for f in self._source.files]
-        self._share = partition.assign(counts, self.rank, self.num_workers, self.drop_last)
-        row_bytes = sum(np.dtype(d).itemsize * int(np.prod(t, dtype=np.int64))
-                        for d, t in self._arrays.values())
-        self._blocks = partition.split_blocks(self._share.segments,
-                                              max(1, int(read_block_bytes) // max(1, row_bytes)))
+        policy = retry.RetryPolicy(attempts=int(retries), backoff=float(retry_backoff))
+        source = partition.open_source(self.url, _with_defaults(self.url, storage_options,
+                                                                self.rank), policy)
+        self._reader = EpochReader(source, policy)
+        self._share = partition.assign([f.records for f in self._reader.source.files], self.rank,
+                                       self.num_workers, self.drop_last)
+        self._reader.configure(self._share, self.rank,
+                               Shuffle(self.shuffle, self.seed, int(shuffle_blocks)),
+                               read_block_bytes)
+        self._ahead = []    # [(epoch, batch), Prefetcher] read ahead for the next iteration
+        weakref.finalize(self, _close_ahead, self._ahead)
         per = self._share.per_worker
         self._len = per // self.batch_size if self.drop_last else -(-per // self.batch_size)
         if self._len == 0:
@@ -103,13 +100,16 @@ class PartitionedDataset:
     @property
     def files(self):
         """URLs of the shards this worker reads (its share only)."""
-        return [self._source.files[i].url for i in sorted({s[0] for s in self._share.segments})]
+        files = self._reader.source.files
+        return [files[i].url for i in sorted({s[0] for s in self._share.segments})]
 
     def set_epoch(self, epoch):
         """Start the next iteration at the beginning of ``epoch`` (reshuffled by it)."""
         if int(epoch) < 0:
             raise ConfigError(f"epoch={epoch} must be >= 0")
         self._epoch, self._batch = int(epoch), 0
+        if self._ahead and self._ahead[0] != (self._epoch, 0):
+            _close_ahead(self._ahead)
 
     def state_dict(self):
         """The iterator position (JSON/msgpack-able): the next batch to hand out."""
@@ -136,44 +136,40 @@ class PartitionedDataset:
         if self._batch == self._len:
             self._epoch, self._batch = self._epoch + 1, 0
 
+    def close(self):
+        """Stop any read-ahead (also done when the dataset is garbage-collected)."""
+        _close_ahead(self._ahead)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def __iter__(self):
         """Yield this epoch's remaining batches as ``{name: array}``; afterwards the dataset moves
-        on to the next epoch (``set_epoch`` overrides)."""
-        epoch, first = self._epoch, self._batch
-        groups = self._read_groups(epoch, first * self.batch_size)
+        on to the next epoch (``set_epoch`` overrides). One iteration at a time."""
+        key = (self._epoch, self._batch)
+        groups = self._ahead[1] if self._ahead and self._ahead[0] == key else None
+        if groups is None:
+            _close_ahead(self._ahead)
+            groups = self._groups(*key)
+        else:
+            self._ahead.clear()
+        return self._batches(groups, *key)
+
+    def _groups(self, epoch, first):
+        groups = _stream(self._reader, epoch, first * self.batch_size)
         if self._prefetch:
             groups = Prefetcher(groups, self._prefetch, self._timeout, name=self.url)
-        return self._batches(groups, epoch, first)
-
-    # --- epoch plan and reading ------------------------------------------------------------
-    def _plan(self, epoch):
-        """The epoch's groups: lists of blocks, plus the seed of each group's record shuffle."""
-        order = np.arange(len(self._blocks))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch, self.rank]).permutation(order)
-        n = self._shuffle_blocks
-        return [[self._blocks[i] for i in order[g:g + n]] for g in range(0, len(order), n)]
-
-    def _read_groups(self, epoch, skip):
-        for g, blocks in enumerate(self._plan(epoch)):
-            size = sum(stop - start for _, start, stop in blocks)
-            if skip >= size:
-                skip -= size
-                continue
-            parts = readers.read_rows(self._source.fs, [(self._layout(fi), s, e)
-                                                        for fi, s, e in blocks], self._policy)
-            arrays = {k: np.concatenate([p[k] for p in parts]) for k in self._arrays}
-            if self.shuffle:
-                perm = np.random.default_rng([self.seed, epoch, self.rank, g]).permutation(size)
-                arrays = {k: v[perm] for k, v in arrays.items()}
-            if skip:
-                arrays, skip = {k: v[skip:] for k, v in arrays.items()}, 0
-            yield arrays
+        return groups
 
     def _batches(self, groups, epoch, first):
-        bs, carry, index = self.batch_size, None, first
+        bs, carry, index, handed_over = self.batch_size, None, first, False
         try:
-            for arrays in groups:
+            for group_epoch, last, arrays in groups:
+                if group_epoch != epoch:
+                    raise RuntimeError(f"read-ahead of epoch {group_epoch} used for epoch {epoch}")
                 if carry is not None:
                     arrays = {k: np.concatenate([carry[k], arrays[k]]) for k in arrays}
                 n = len(next(iter(arrays.values())))
@@ -184,6 +180,8 @@ class PartitionedDataset:
                     index = self._hand_out(epoch, index)
                     yield {k: v[s:s + bs] for k, v in arrays.items()}
                 carry = {k: v[stop:] for k, v in arrays.items()} if stop < n else None
+                if last:
+                    break
             if carry is not None and index < self._len:
                 index = self._hand_out(epoch, index)
                 yield carry
@@ -193,9 +191,12 @@ class PartitionedDataset:
                                 url=self.url)
             if (self._epoch, self._batch) == (epoch, self._len):
                 self._epoch, self._batch = epoch + 1, 0
+            _close_ahead(self._ahead)   # the reader is already into the next epoch: keep it
+            self._ahead[:] = [(epoch + 1, 0), groups]
+            handed_over = True
         finally:
             close = getattr(groups, "close", None)
-            if close is not None:
+            if close is not None and not handed_over:
                 close()
 
     def _hand_out(self, epoch, index):
@@ -203,46 +204,20 @@ class PartitionedDataset:
             self._batch = index + 1
         return index + 1
 
-    def _layout(self, fi):
-        with self._lock:
-            layout = self._layouts.get(fi)
-        if layout is None:
-            layout = self._read_layout(fi)
-            with self._lock:
-                self._layouts[fi] = layout
-        return layout
 
-    def _read_layout(self, fi):
-        entry = self._source.files[fi]
-        key = next(iter(self._arrays)) if self._arrays else readers.NPY_KEY
-        layout = readers.read_layout(self._source.fs, entry.path, entry.url, entry.size,
-                                     self._policy, npy_key=key)
-        got = {k: (np.dtype(v.dtype).str, tuple(v.tail)) for k, v in layout.arrays.items()}
-        want = self._arrays
-        if entry.records is not None and layout.num_records != entry.records:
-            raise DataError(f"shard {entry.url} has {layout.num_records} records but the manifest "
-                            f"says {entry.records}: the shard or the manifest is stale or corrupt; "
-                            f"rewrite the dataset with write_partitions", url=entry.url)
-        if want is not None and got != {k: (np.dtype(d).str, tuple(t)) for k, (d, t) in
-                                        want.items()}:
-            raise DataError(f"shard {entry.url} holds arrays {got}, expected {dict(want)}; every "
-                            f"shard needs the same array names, dtypes and record shapes",
-                            url=entry.url)
-        return layout
+def _stream(reader, epoch, skip):
+    """``(epoch, is_last, group)`` from ``epoch`` on, running on into the following epochs (the
+    consumer stops at the end of its epoch and keeps the rest for the next iteration)."""
+    while True:
+        for last, arrays in reader.groups(epoch, skip):
+            yield epoch, last, arrays
+        epoch, skip = epoch + 1, 0
 
-    def _count_from_headers(self):
-        """No manifest: read every shard's header (every worker; write_partitions avoids it)."""
-        log.info("dataset %s has no %s; reading the headers of all %d shards to count records",
-                 self.url, partition.MANIFEST, len(self._source.files))
-        files = []
-        for fi, entry in enumerate(self._source.files):
-            layout = self._layouts[fi] = self._read_layout(fi)
-            if self._arrays is None:
-                self._arrays = {k: (v.dtype, v.tail) for k, v in layout.arrays.items()}
-            files.append(partition.FileEntry(entry.path, entry.url, entry.size,
-                                             layout.num_records))
-        self._source = partition.Source(self._source.fs, self._source.url, tuple(files),
-                                        self._arrays)
+
+def _close_ahead(ahead):
+    if ahead:
+        ahead[1].close()
+        ahead.clear()
 
 
 def _with_defaults(url, storage_options, rank):

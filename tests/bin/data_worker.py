@@ -27,6 +27,7 @@ def main():
     for epoch in range(epochs):
         ds.set_epoch(epoch)
         result["epochs"].append([batch["y"].tolist() for batch in ds])
+    ds.close()
     with open(os.path.join(out_dir, f"rank-{cfg.rank}.json"), "w") as f:
         json.dump(result, f)
     if kv is not None:
