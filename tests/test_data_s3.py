@@ -132,6 +132,34 @@ def test_three_files_four_workers_balance(moto, so):
     assert len(only0) >= 2 and len(only1) >= 2, ranges   # its own x and y rows
 
 
+def test_large_shard_is_streamed_as_byte_ranges(moto, so):
+    """Four workers share one 2.6 MB shard: each fetches only ranges, about a quarter of it."""
+    url = f"s3://{BUCKET}/big"
+    n = 40_000
+    psframe.data.write_partitions(records(n, width=14), url, num_shards=1, storage_options=so)
+    size = n * (14 * 4 + 8)
+    moto.start_recording()
+    for rank in range(4):
+        # prefetch=0: no read-ahead into the next epoch, so the bytes add up exactly
+        ds = psframe.data.PartitionedDataset(url, 500, rank=rank, num_workers=4, seed=1,
+                                             storage_options=so, read_block_bytes=256 << 10,
+                                             prefetch=0)
+        assert sorted(i for b in ds for i in b["y"].tolist()) == list(
+            range(rank * n // 4, (rank + 1) * n // 4))
+        ds.close()
+    moto.stop_recording()
+    for rank in range(4):
+        gets = [q for q in moto.requests() if q["method"] == "GET" and q["key"] == "big/part-00000.npz"
+                and f"rank-{rank}" in q["agent"]]
+        assert gets and all(q["range"] for q in gets), gets   # never a whole-object GET
+        fetched = 0
+        for q in gets:
+            start, end = q["range"].split("=")[1].split("-")
+            fetched += int(end) - int(start) + 1
+        # its quarter of the data, plus headers (zip directory, npy headers: < 200 KB)
+        assert size // 4 <= fetched < size // 4 + 200_000, (rank, fetched, size)
+
+
 def expect_fast_error(fn, *needles, limit=15.0):
     t0 = time.monotonic()
     with pytest.raises(DataError) as info:
