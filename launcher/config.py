@@ -31,7 +31,7 @@ class LaunchConfig:
     log_dir: str = None
     python: str = sys.executable
     cwd: str = dataclasses.field(default_factory=os.getcwd)
-    shutdown_grace: float = 10.0        # after the workers end, how long scheduler/servers get
+    shutdown_grace: float = 3.0         # after the workers end, how long scheduler/servers get
     kill_grace: float = 3.0             # SIGTERM -> SIGKILL when stopping the job
     scheduler_module: str = "psframe.scheduler"
     server_module: str = "psframe.server"
