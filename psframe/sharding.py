@@ -3,7 +3,11 @@
 A key of at most ``bigarray_bound`` elements lives whole on one server, chosen to balance bytes
 (greedy: the server holding the fewest bytes so far, lowest index on ties). A bigger key is cut
 into ``num_servers`` near-equal contiguous slices of its flattened elements, slice ``j`` on
-server ``j``, so its pushes and pulls move over every server at once.
+server ``j``, so its pushes and pulls move over every server at once. Every piece longer than
+``CHUNK_BYTES`` is further cut into consecutive chunks, each a part of its own: the server keeps
+value and optimizer state per part, and merges the first chunks while later ones are still on
+the wire. (An elementwise optimizer cannot tell; one that needs a whole tensor's norm, such as
+LAMB, sees one part at a time and belongs on the workers.)
 """
 import dataclasses
 
@@ -33,11 +37,29 @@ def slice_bounds(size, num_slices):
     return bounds
 
 
-def parts_of(server, size, num_servers):
-    """The parts of a key placed on ``server`` (``-1`` means sliced over all servers)."""
+CHUNK_BYTES = 1 << 20
+
+
+def parts_of(server, size, num_servers, itemsize=None):
+    """The parts of a key placed on ``server`` (``-1`` means sliced over all servers); with
+    ``itemsize``, pieces above CHUNK_BYTES are chunked (part ids numbered in order, so every
+    worker derives the same ones)."""
     if server >= 0:
-        return (Part(server, 0, 0, size),)
-    return tuple(Part(j, j, a, b) for j, (a, b) in enumerate(slice_bounds(size, num_servers)))
+        parts = (Part(server, 0, 0, size),)
+    else:
+        parts = tuple(Part(j, j, a, b) for j, (a, b) in enumerate(slice_bounds(size, num_servers)))
+    return parts if itemsize is None else chunked(parts, max(1, CHUNK_BYTES // itemsize))
+
+
+def chunked(parts, per_chunk):
+    """``parts`` with every part longer than ``per_chunk`` elements cut into consecutive chunks."""
+    if all(p.size <= per_chunk for p in parts):
+        return parts
+    out = []
+    for p in parts:
+        for start in range(p.start, max(p.stop, p.start + 1), per_chunk):
+            out.append(Part(p.server, len(out), start, min(start + per_chunk, p.stop)))
+    return tuple(out)
 
 
 class PlacementState:

@@ -1,10 +1,9 @@
 """Pure parts of the bench and of the transfer layout it measures: sizes, model shapes, report
-arithmetic, chunking of big keys and batching of a call's arrays into bounded messages."""
+arithmetic and batching of a call's arrays into bounded messages."""
 import pytest
 
 from psframe.bench import cases, report
 from psframe.kvstore import dist
-from psframe.sharding import parts_of
 
 
 def test_parse_and_format_sizes():
@@ -38,19 +37,6 @@ def test_table_and_targets_render():
     out = report.targets_text([{"name": "x", "ratio": 2.0, "limit": 3},
                                {"name": "y", "ratio": None, "limit": 2}])
     assert "[holds] x" in out and "[  n/a] y" in out
-
-
-def test_big_parts_are_chunked_in_order_and_cover_the_key():
-    per = dist.CHUNK_BYTES // 4
-    size = 5 * per + 7
-    parts = dist.chunked(parts_of(-1, size, 2), per)
-    assert [p.part for p in parts] == list(range(len(parts)))
-    assert all(p.size <= per for p in parts)
-    assert parts[0].start == 0 and parts[-1].stop == size
-    assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
-    assert {p.server for p in parts} == {0, 1}
-    small = parts_of(0, 10, 2)
-    assert dist.chunked(small, per) is small          # small keys keep their one part
 
 
 def test_batches_bound_message_bytes_per_server():

@@ -1,5 +1,5 @@
 """Key placement and slicing: pure, deterministic, byte-balanced."""
-from psframe.sharding import PlacementState, parts_of, slice_bounds
+from psframe.sharding import CHUNK_BYTES, PlacementState, chunked, parts_of, slice_bounds
 
 
 def test_slices_are_near_equal_and_cover_everything():
@@ -21,3 +21,16 @@ def test_placement_balances_bytes_and_slices_big_keys():
     assert p.place("a", 50, 400) == 0       # first placement is final
     assert p.place("big", 1000, 8000) == -1
     assert p.load == [4400, 4160]
+
+
+def test_big_parts_are_chunked_in_order_and_cover_the_key():
+    per = CHUNK_BYTES // 4
+    size = 5 * per + 7
+    parts = parts_of(-1, size, 2, itemsize=4)
+    assert [p.part for p in parts] == list(range(len(parts)))
+    assert all(p.size <= per for p in parts)
+    assert parts[0].start == 0 and parts[-1].stop == size
+    assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+    assert {p.server for p in parts} == {0, 1}
+    small = parts_of(0, 10, 2)
+    assert chunked(small, per) is small          # small keys keep their one part

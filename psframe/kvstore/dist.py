@@ -22,12 +22,11 @@ from .base import KVStore
 
 logger = logging.getLogger(__name__)
 
-# Big key-parts travel as several arrays of at most CHUNK_BYTES, and one call's arrays to a
-# server as several messages of at most about MESSAGE_BYTES. zmq hands a multipart message over
+# Big key-parts travel as several arrays of at most sharding.CHUNK_BYTES, and one call's arrays
+# to a server as several messages of at most about MESSAGE_BYTES. zmq hands a multipart message over
 # only once all of it has arrived, so small messages let the server merge and answer the first
 # megabytes while later ones are still on the wire, keep its receive queue (memory) small, and
 # let zmq reuse warm heap blocks instead of mapping fresh pages for one huge message.
-CHUNK_BYTES = 1 << 20
 MESSAGE_BYTES = 4 << 20
 
 
@@ -83,8 +82,8 @@ class DistKVStore(KVStore):
         batches = _Batches(lambda: ([], [], []))
         for k, v, server in zip(keys, values, placed):
             info = self._keys[k]
-            info.parts = chunked(sharding.parts_of(server, info.size, len(self._servers)),
-                                 max(1, CHUNK_BYTES // np.dtype(info.dtype).itemsize))
+            info.parts = sharding.parts_of(server, info.size, len(self._servers),
+                                           np.dtype(info.dtype).itemsize)
             self._part_acks[k] = [0] * len(info.parts)
             flat = v.reshape(-1)
             itemsize = flat.itemsize
@@ -358,7 +357,7 @@ class DistKVStore(KVStore):
                 raise ProtocolError(f"reply {msg.id} declares {len(msg.arrays)} arrays, has {i}")
             target = req.targets.get((desc.key, desc.part))
             if target is None or target.nbytes != desc.nbytes or target.dtype != _NP_DTYPES[desc.dtype]:
-                frame = sock.recv(copy=False)
+                sock.recv(copy=False)      # consume the frame that does not fit
                 raise ProtocolError(f"reply for key {desc.key!r} part {desc.part}: {desc.dtype}"
                                     f"{list(desc.shape)} does not fit the pull's output")
             n = sock.recv_into(memoryview(target).cast("B"))
@@ -405,18 +404,6 @@ class _Batches:
 
 
 _NP_DTYPES = {name: np.dtype(name) for name in arrays.DTYPES}
-
-
-def chunked(parts, per_chunk):
-    """``parts`` with every part longer than ``per_chunk`` elements cut into consecutive chunks,
-    each a part of its own (ids numbered in order, so every worker derives the same ones)."""
-    if all(p.size <= per_chunk for p in parts):
-        return parts
-    out = []
-    for p in parts:
-        for start in range(p.start, max(p.stop, p.start + 1), per_chunk):
-            out.append(sharding.Part(p.server, len(out), start, min(start + per_chunk, p.stop)))
-    return tuple(out)
 
 
 def _keys_text(keys):
