@@ -81,6 +81,15 @@ def assert_none_left(tag, within=5.0):
         raise AssertionError(f"processes left running: {list(zip(left, desc))}")
 
 
+HELPERS = r"psframe_launcher\.agent|orted"
+
+
+def assert_no_helpers_left(job):
+    """No launcher agent (or Open MPI orted) started during ``job`` is still running."""
+    left = set(cmdline_pids(HELPERS)) - job.foreign
+    assert not left, f"agents left running: {sorted(left)}"
+
+
 class Launch:
     """``psframe-launch ARGS`` running in the background, output collected, with a deadline.
 
@@ -88,6 +97,8 @@ class Launch:
 
     def __init__(self, args, tag, timeout=60, prefix=(), cwd=None, env=None):
         self.tag = tag
+        # agents/orted carry no tag: remember which already ran (another job on the machine)
+        self.foreign = set(cmdline_pids(HELPERS))
         full_env = dict(os.environ if env is None else env)
         full_env[TAG_VAR] = tag
         cmd = [*prefix, "timeout", "-s", "KILL", str(timeout), LAUNCH,
@@ -204,7 +215,7 @@ def check_fails_fast(job, trigger_line, expect_rc, root_cause, act=None, within=
         root_cause = root_cause()
     assert re.search(r"ROOT CAUSE: " + root_cause, report), report
     assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    assert_no_helpers_left(job)
     return took
 
 

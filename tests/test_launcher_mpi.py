@@ -9,8 +9,8 @@ import hashlib
 import pytest
 
 from conftest import require_exe
-from launcher_fixtures import (check_fails_fast, kill_9, WORKER, ArgvWatcher, Launch, assert_none_left, cmdline_pids,
-                               new_tag)
+from launcher_fixtures import (WORKER, ArgvWatcher, Launch, assert_no_helpers_left, assert_none_left,
+                               check_fails_fast, cmdline_pids, kill_9, new_tag)
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def test_real_job_under_mpirun(mpirun, tmp_path):
     assert watcher.seen == []
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".psframe-launch-")]
     assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    assert_no_helpers_left(job)
 
 
 def test_worker_failure_under_mpirun(mpirun, tmp_path):

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import require
-from launcher_fixtures import (check_fails_fast, kill_9, WORKER, Launch, assert_none_left, cmdline_pids, new_tag)
+from launcher_fixtures import (WORKER, Launch, assert_no_helpers_left, assert_none_left, check_fails_fast,
+                               cmdline_pids, kill_9, new_tag)
 from psframe.transport.addresses import free_port
 
 pytestmark = pytest.mark.integration
@@ -132,7 +133,7 @@ def test_real_job_inside_allocation_uses_srun(slurm, tmp_path):
     assert any(l.startswith("[scheduler@localhost]") for l in job.lines)
     assert any(l.startswith("[server 1@localhost]") for l in job.lines)
     assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    assert_no_helpers_left(job)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".psframe-launch-")]
 
 

@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from conftest import require, require_exe
-from launcher_fixtures import (check_fails_fast, kill_9, WORKER, ArgvWatcher, Launch, assert_none_left, cmdline_pids,
-                               new_tag)
+from launcher_fixtures import (WORKER, ArgvWatcher, Launch, assert_no_helpers_left, assert_none_left,
+                               check_fails_fast, kill_9, new_tag)
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +132,7 @@ def test_real_job_over_three_ssh_hosts(netns_hosts, tmp_path):
     assert sum(f"secret_sha={sha}" in l for l in job.lines) == 6, text
     assert watcher.scans > 5 and watcher.seen == [], watcher.seen
     assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent") == []
+    assert_no_helpers_left(job)
 
 
 def test_remote_worker_failure_stops_every_host(netns_hosts):
@@ -174,7 +174,7 @@ def test_mpirun_across_the_ssh_hosts(netns_hosts):
     for rank in range(2, 6):
         assert f"[worker {rank}@{ADDRS[rank // 2]}] hostname={names[rank // 2]}" in job.lines, job.text()
     assert_none_left(job.tag)
-    assert cmdline_pids(r"psframe_launcher\.agent|orted") == []
+    assert_no_helpers_left(job)
 
 
 def test_unreachable_host_fails_fast_with_ssh_words(netns_hosts):
