@@ -31,7 +31,14 @@ MAX_STEPS_AHEAD = "PSFRAME_MAX_STEPS_AHEAD"  # sync pushes a worker may have unm
 USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules servers import
 TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
 
+LOG_LEVEL = "PSFRAME_LOG_LEVEL"          # logging level name (INFO)
+
+# A process that stops because *another* process failed exits with this status, so a launcher
+# can tell the root cause (any other non-zero status) from the processes it took down.
+EXIT_ABORTED_BY_PEER = 75
+
 ROLES = ("scheduler", "server", "worker")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 KINDS = ("local", "dist_sync", "dist_async", "dist_device_sync")
 
 DEFAULTS = {
@@ -66,6 +73,7 @@ class Config:
     max_steps_ahead: int = DEFAULTS[MAX_STEPS_AHEAD]
     user_modules: tuple = ()
     timeline: str = ""
+    log_level: str = "INFO"
 
     @property
     def launched(self):
@@ -120,6 +128,9 @@ def from_env(env=None):
         raise ConfigError(f"a server needs {SERVER_RANK} (0..{num_servers - 1}); psframe-launch sets it")
     host = env.get(HOST) or socket.gethostname()
     modules = tuple(m for m in env.get(USER_MODULES, "").split(os.pathsep) if m)
+    log_level = env.get(LOG_LEVEL, "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"{LOG_LEVEL}={env.get(LOG_LEVEL)!r} is not a level; use one of {', '.join(LOG_LEVELS)}")
     return Config(
         role=role, scheduler=scheduler, num_workers=num_workers, num_servers=num_servers,
         kvstore=kvstore, rank=rank, server_rank=server_rank,
@@ -132,4 +143,4 @@ def from_env(env=None):
         heartbeat_timeout=_get(env, HEARTBEAT_TIMEOUT, float, DEFAULTS[HEARTBEAT_TIMEOUT], minimum=0.1),
         bigarray_bound=_get(env, BIGARRAY_BOUND, int, DEFAULTS[BIGARRAY_BOUND], minimum=1),
         max_steps_ahead=_get(env, MAX_STEPS_AHEAD, int, DEFAULTS[MAX_STEPS_AHEAD], minimum=1),
-        user_modules=modules, timeline=env.get(TIMELINE, ""))
+        user_modules=modules, timeline=env.get(TIMELINE, ""), log_level=log_level)
