@@ -37,28 +37,26 @@ def dtype_name(value):
     return name
 
 
-def check_dtype(name):
-    if name not in DTYPES:
-        raise UnsupportedDTypeError(name, DTYPES)
-    return np.dtype(name)
+def to_host_copied(value):
+    """``(host, copied)``: a C-contiguous numpy array with ``value``'s data and shape (0-d stays
+    0-d), and whether it is a copy (device data, or a non-contiguous layout). When ``copied``
+    is False the host array shares the caller's memory, so a zero-copy send must be waited for
+    before the caller may write to it again."""
+    kind = backend(value)
+    if kind == "cupy":
+        return value.get(), True   # device -> host: the one copy the transfer needs
+    if kind == "torch":
+        value = value.detach()
+        copied = value.device.type != "cpu" or not value.is_contiguous()
+        return value.cpu().contiguous().numpy(), copied
+    host = np.require(value, requirements="C")
+    return host, host is not value
 
 
 def to_host(value):
     """A C-contiguous numpy view of ``value`` (a copy only where the data lives on a device or
     is not contiguous). Scalars and lists become arrays."""
-    kind = backend(value)
-    if kind == "cupy":
-        return value.get()  # device -> host: the one copy the transfer needs
-    if kind == "torch":
-        value = value.detach()
-        if value.device.type != "cpu":
-            value = value.cpu()
-        value = value.numpy()
-    return np.ascontiguousarray(value)
-
-
-def is_writable_host(out):
-    return backend(out) == "numpy" and out.flags.c_contiguous and out.flags.writeable
+    return to_host_copied(value)[0]
 
 
 def host_view(out):

@@ -1,10 +1,9 @@
 """Process-wide logging set-up: one prefix naming the role and rank, configured at start."""
 import logging
-import os
 import sys
 
 
-def setup(role, rank=None, host=""):
+def setup(role, rank=None, host="", level="INFO"):
     """Configure the root logger once for a psframe process.
 
     On a terminal each line names the process (``[server 1@host]``); under psframe-launch
@@ -14,7 +13,6 @@ def setup(role, rank=None, host=""):
     if host:
         who += f"@{host}"
     prefix = f"[{who}] " if sys.stderr.isatty() else ""
-    level = os.environ.get("PSFRAME_LOG_LEVEL", "INFO").upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
                                            "%H:%M:%S"))

@@ -50,8 +50,9 @@ def test_silent_node_aborts_job_naming_it():
 
 def test_barrier_and_done_then_servers_shut_down():
     m = _ready()
-    assert m.enter_barrier(b"w0", 3) == []
-    assert {s.peer for s in m.enter_barrier(b"w1", 4)} == {b"w0", b"w1"}
+    assert m.enter_barrier(b"w0", 3, 0) == []
+    assert m.enter_barrier(b"w0", 9, 0) == []        # a retry counts once
+    assert {(s.peer, s.id) for s in m.enter_barrier(b"w1", 4, 1)} == {(b"w0", 9), (b"w1", 4)}
     m.done(b"w0", 5, "worker:0")
     sends = m.done(b"w1", 6, "worker:1")
     assert m.finished and [s.cmd for s in sends] == ["ok", "shutdown"]

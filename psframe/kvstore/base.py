@@ -129,7 +129,14 @@ class KVStore(abc.ABC):
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            self.close()
+        elif not self._closed:
+            self._abandon(exc)
+
+    def _abandon(self, exc):
+        """Close after ``exc`` ended the ``with`` block (dist kinds also stop the job)."""
         self.close()
 
     # -- checks -------------------------------------------------------------------------

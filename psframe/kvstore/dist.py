@@ -9,13 +9,15 @@ buffer that is then copied to each output (cupy, torch, device lists).
 import atexit
 import itertools
 import logging
+import os
 import sys
 import time
 
 import numpy as np
 
 from .. import arrays, sharding, timeline
-from ..errors import PSError, PSTimeoutError, ProtocolError, from_wire, to_wire
+from ..config import EXIT_ABORTED_BY_PEER
+from ..errors import PeerLostError, PSError, PSTimeoutError, ProtocolError, from_wire, to_wire
 from ..protocol import ArrayDesc, Command, codec
 from ..transport import peers, sockets
 from .base import KVStore
@@ -32,12 +34,13 @@ MESSAGE_BYTES = 4 << 20
 
 class _Request:
     """One message to one server, and what to do with its reply."""
-    __slots__ = ("server", "cmd", "acks", "targets", "done", "error", "tracker", "t0")
+    __slots__ = ("server", "cmd", "acks", "targets", "body", "done", "error", "tracker", "t0")
 
     def __init__(self, server, cmd, acks=(), targets=None):
         self.server, self.cmd = server, cmd
         self.acks = acks            # KeyInfos whose pushes this reply acknowledges
         self.targets = targets or {}   # (key, part) -> flat host array the reply fills
+        self.body = None               # the reply's body (stats)
         self.done, self.error, self.tracker, self.t0 = False, None, None, 0.0
 
 
@@ -50,14 +53,14 @@ class DistKVStore(KVStore):
         self.sync = kind != "dist_async"
         self.name = f"worker:{config.rank}"
         self._ctx = sockets.new_context()
-        self._sched = sockets.dealer(self._ctx, config.scheduler)
-        self._heartbeat = None
+        self._servers = []
         try:
+            self._sched = sockets.dealer(self._ctx, config.scheduler)
             book = peers.register(self._sched, config, "worker", config.rank)
-            self._servers = [sockets.dealer(self._ctx, a) for a in book["servers"]]
+            for address in book["servers"]:
+                self._servers.append(sockets.dealer(self._ctx, address))
         except BaseException:
-            self._sched.close(0)
-            self._ctx.term()
+            self._ctx.destroy(linger=0)     # closes whatever sockets were made
             raise
         self._server_of = {s: i for i, s in enumerate(self._servers)}
         self._ids = itertools.count(1)
@@ -70,8 +73,7 @@ class DistKVStore(KVStore):
         self._crashed = False
         self._heartbeat = peers.HeartbeatThread(self._ctx, config, self.name)
         self._heartbeat.start()
-        self._prev_hook = sys.excepthook
-        sys.excepthook = self._report_crash
+        _install_excepthook(self)
         atexit.register(self.close)
         logger.info("worker %d of %d connected to %d servers", self.rank, self.num_workers, len(self._servers))
 
@@ -160,12 +162,18 @@ class DistKVStore(KVStore):
         return (reply or {}).get("notes", {})
 
     def _close(self):
+        error = None
         try:
             if self._heartbeat.reason is None and not self._crashed:
-                self._flush()
+                try:
+                    self._flush()
+                except PSError as exc:    # leave the job cleanly all the same, then raise it
+                    error = exc
                 self._ask_scheduler(Command.DONE, None, "finishing")
         finally:
-            sys.excepthook = self._prev_hook
+            global _live
+            if _live is self:
+                _live = None
             if self._timeline is not None:
                 self._timeline.save()
             self._heartbeat.stop()
@@ -177,12 +185,30 @@ class DistKVStore(KVStore):
                 atexit.unregister(self.close)
             except Exception:
                 pass
+        if error is not None:
+            raise error
 
     def server_stats(self, timeout=None):
         """Counters of every server (pushes per worker, bytes, updates): for tests and benches."""
         reqs = [self._send(s, Command.STATS, (), ()) for s in range(len(self._servers))]
         self._wait(reqs, "stats", timeout)
-        return [r.targets for r in reqs]
+        return [r.body for r in reqs]
+
+    def _abandon(self, exc):
+        """Leave the job because ``exc`` ended the user's ``with`` block: tell the scheduler
+        (unless the job is already gone), then close without waiting on steps that other
+        workers will now never complete."""
+        if not isinstance(exc, PeerLostError) and self._heartbeat.reason is None:
+            self.report_failure(f"{type(exc).__name__}: {exc}")
+        self._crashed = True
+        self.close()
+
+    def report_failure(self, reason):
+        """Tell the scheduler this worker failed, so the job stops now (not after a timeout)."""
+        self._crashed = True     # close() at exit must not wait on a job we just failed
+        if not self._closed:
+            sockets.send_frames(self._sched, codec.encode(Command.ABORT, 0, self.name,
+                                                          body={"reason": reason}))
 
     def _checked(self, key, value, op):
         """``KVStore._checked`` with a fast path for a list of numpy arrays that all match their
@@ -210,8 +236,11 @@ class DistKVStore(KVStore):
         for k, v in zip(keys, values):
             info = self._keys[k]
             self._backpressure(info)
-            host = v if type(v) is np.ndarray and v.flags.c_contiguous else arrays.to_host(v)
-            owned = owned and host is not v     # our copy: no need to wait for the wire
+            if type(v) is np.ndarray and v.flags.c_contiguous:
+                host, copied = v, False
+            else:
+                host, copied = arrays.to_host_copied(v)
+            owned = owned and copied            # our copy: no need to wait for the wire
             info.pushes += 1
             flat = host.reshape(-1)
             for i, p in enumerate(info.parts):
@@ -320,7 +349,8 @@ class DistKVStore(KVStore):
             self._read_arrays(sock, msg, req)
         except ProtocolError as exc:
             req.error = exc
-        sockets.drain_rest(sock)
+        if sockets.drain_rest(sock) and req.error is None:
+            req.error = ProtocolError(f"reply {msg.id} carries more frames than its header declares")
         req.done = True
         if self._timeline is not None:
             self._trace(req)
@@ -330,7 +360,7 @@ class DistKVStore(KVStore):
                 self._errors.append(req.error)
             return
         if req.cmd is Command.STATS:
-            req.targets = msg.body
+            req.body = msg.body
         for info, key, i in req.acks:
             if len(info.parts) == 1:
                 info.acked += 1
@@ -370,14 +400,34 @@ class DistKVStore(KVStore):
         return peers.request(self._sched, cmd, self.name, self.config.timeout if timeout is None else timeout,
                              what, body, msg_id=next(self._ids))
 
-    def _report_crash(self, exc_type, exc, tb):
-        """An uncaught exception stops the job at once instead of after a heartbeat timeout."""
-        self._crashed = True     # close() at exit must not wait on a job we just failed
+
+_live = None          # the open DistKVStore of this process
+_prev_hook = None
+
+
+def _excepthook(exc_type, exc, tb):
+    """Uncaught exceptions: a worker's own failure stops the job at once (not after a
+    heartbeat timeout); a worker stopped by another's failure exits EXIT_ABORTED_BY_PEER so the
+    launcher does not take it for the root cause."""
+    if issubclass(exc_type, PeerLostError):
+        _prev_hook(exc_type, exc, tb)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_ABORTED_BY_PEER)
+    if _live is not None:
         try:
-            reason = f"uncaught {exc_type.__name__}: {exc}"
-            sockets.send_frames(self._sched, codec.encode(Command.ABORT, 0, self.name, body={"reason": reason}))
-        finally:
-            self._prev_hook(exc_type, exc, tb)
+            _live.report_failure(f"uncaught {exc_type.__name__}: {exc}")
+        except Exception:   # the report is best effort; the traceback below is what matters
+            pass
+    _prev_hook(exc_type, exc, tb)
+
+
+def _install_excepthook(store):
+    global _live, _prev_hook
+    _live = store
+    if _prev_hook is None:     # once per process; stays for the victims' exit status
+        _prev_hook = sys.excepthook
+        sys.excepthook = _excepthook
 
 
 class _Batches:

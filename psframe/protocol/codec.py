@@ -20,6 +20,7 @@ from ..errors import ProtocolError
 from .commands import COMMANDS, PROTOCOL_VERSION, Command
 
 MAX_NDIM = 32
+MAX_ELEMENTS = 2 ** 48   # per array: far above any real tensor, far below int64 overflow
 ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
 
 
@@ -91,7 +92,7 @@ def decode_header(frame):
         raise ProtocolError(f"malformed message: header frame is not msgpack ({exc})") from None
     if not isinstance(header, dict):
         _fail("header", "is not a map")
-    if header.get("v") != PROTOCOL_VERSION:
+    if type(header.get("v")) is not int or header.get("v") != PROTOCOL_VERSION:
         _fail("version", f"{header.get('v')!r} is not {PROTOCOL_VERSION}: peers run different "
                           f"psframe versions; install the same version everywhere")
     cmd = COMMANDS.get(header.get("cmd"))
@@ -120,10 +121,31 @@ def decode_desc(i, raw):
         _fail(f"arrays[{i}].dtype", f"{dtype!r} is not one of {DTYPES}")
     if type(shape) is not list or len(shape) > MAX_NDIM:
         _fail(f"arrays[{i}].shape", f"{shape!r} is not a list of non-negative ints")
+    extent = 1     # product of the non-zero dims: bounds what numpy is asked to lay out
     for d in shape:
         if type(d) is not int or d < 0:
             _fail(f"arrays[{i}].shape", f"{shape!r} is not a list of non-negative ints")
+        extent *= max(d, 1)
+    if extent > MAX_ELEMENTS:
+        _fail(f"arrays[{i}].shape", f"{shape!r} spans more than 2**48 elements")
     return ArrayDesc(key, part, dtype, shape, step)
+
+
+def decode_meta(body, field="meta"):
+    """Descriptors of arrays a request names without carrying them (pull, init by rank > 0),
+    from ``body[field]``: a list of ``[key, part, dtype, shape, step]``."""
+    raw = body.get(field, [])
+    if type(raw) is not list:
+        _fail(f"body.{field}", "is not a list of array descriptors")
+    return [decode_desc(i, d) for i, d in enumerate(raw)]
+
+
+def sender_rank(sender, role, limit):
+    """The rank in a ``"worker:3"`` style sender name, checked against ``role`` and ``limit``."""
+    kind, _, rank = sender.partition(":")
+    if kind != role or not rank.isdigit() or int(rank) >= limit:
+        _fail("sender", f"{sender!r} is not a {role} of this job ({role}:0..{limit - 1})")
+    return int(rank)
 
 
 def check_frame_sizes(msg, sizes):

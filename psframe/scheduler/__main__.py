@@ -9,7 +9,7 @@ from .service import SchedulerService
 
 def main():
     cfg = config_mod.from_env()
-    logs.setup("scheduler", host=cfg.host)
+    logs.setup("scheduler", host=cfg.host, level=cfg.log_level)
     try:
         return SchedulerService(cfg).run()
     except PSError as exc:   # one line naming the cause beats a traceback in the job report

@@ -39,12 +39,13 @@ class MembershipState:
         self.nodes = {}                   # name -> _Node
         self.waiting_register = []        # (peer, id) until everyone is in
         self.ready = False
-        self.barrier = []                 # (peer, id)
+        self.barrier = {}                 # rank -> (peer, id); a retry replaces its entry
         self.barrier_notes = {}           # str(rank) -> note for everyone at release
         self.placements = PlacementState(num_servers, bigarray_bound)
         self.parked_places = []           # (peer, id, keys) of non-zero ranks
         self.finished = False             # every worker done: shut down
         self.failure = None               # reason the job was aborted
+        self.failure_reported = False     # ... by the failing node itself (not detected here)
 
     # -- registration -------------------------------------------------------------------
     def register(self, peer, msg_id, role, rank, host, address, now):
@@ -108,31 +109,34 @@ class MembershipState:
         """Fail the job: everyone still attached is told why."""
         self.failure = reason
         sends = [Send(p, "abort", i, {"reason": reason}) for p, i in self.waiting_register]
-        sends += [Send(p, "abort", i, {"reason": reason}) for p, i in self.barrier]
+        sends += [Send(p, "abort", i, {"reason": reason}) for p, i in self.barrier.values()]
         sends += [Send(p, "abort", i, {"reason": reason}) for p, i, _ in self.parked_places]
         sends += [Send(n.peer, "abort", 0, {"reason": reason}) for n in self.nodes.values()
                   if not n.done]
-        self.waiting_register, self.barrier, self.parked_places = [], [], []
+        self.waiting_register, self.barrier, self.parked_places = [], {}, []
         return sends
 
     def fail(self, name, reason):
         """A node reports its own failure (e.g. an uncaught exception in a worker)."""
         node = self.nodes.get(name)
         where = f"{name.replace(':', ' ')}@{node.host}" if node else name
-        return self.abort(f"{where} failed: {reason}")
+        sends = self.abort(f"{where} failed: {reason}")
+        self.failure_reported = True
+        return sends
 
     # -- collectives --------------------------------------------------------------------
-    def enter_barrier(self, peer, msg_id, rank=None, note=None):
-        """Release every worker once all arrived; notes attached by ranks go to everyone
-        (e.g. rank 0's set_optimizer outcome)."""
-        self.barrier.append((peer, msg_id))
+    def enter_barrier(self, peer, msg_id, rank, note=None):
+        """Release every worker once all arrived (counted by rank, so a retry after a timeout
+        counts once); notes attached by ranks go to everyone (e.g. rank 0's set_optimizer
+        outcome)."""
+        self.barrier[rank] = (peer, msg_id)
         if note is not None:
             self.barrier_notes[str(rank)] = note
         if len(self.barrier) < self.num_workers:
             return []
         body = {"notes": self.barrier_notes} if self.barrier_notes else None
-        sends = [Send(p, "ok", i, body) for p, i in self.barrier]
-        self.barrier, self.barrier_notes = [], {}
+        sends = [Send(p, "ok", i, body) for p, i in self.barrier.values()]
+        self.barrier, self.barrier_notes = {}, {}
         return sends
 
     def place(self, peer, msg_id, rank, keys):

@@ -2,6 +2,7 @@
 import logging
 import time
 
+from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import ProtocolError
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
@@ -31,7 +32,8 @@ class SchedulerService:
                 self._send(self.state.tick(time.monotonic()))
                 if self.state.failure:
                     logger.error("job failed: %s", self.state.failure)
-                    return 1
+                    # a node that reported its own failure is the root cause; we only relay it
+                    return EXIT_ABORTED_BY_PEER if self.state.failure_reported else 1
                 if self.state.finished:
                     logger.info("every worker finished; servers told to shut down")
                     return 0
@@ -42,29 +44,36 @@ class SchedulerService:
         while sockets.poll([self.sock], 0):
             frames = sockets.recv_frames(self.sock)
             peer = frames[0].bytes
+            msg_id = 0
             try:
                 msg = codec.decode(frames[1:])
+                msg_id = msg.id
                 self._send(self._dispatch(peer, msg))
-            except ProtocolError as exc:
+            except Exception as exc:   # a bad message must never take the job down
+                if not isinstance(exc, ProtocolError):
+                    logger.exception("unexpected error handling a message")
                 logger.warning("rejected a message: %s", exc)
-                self._send_raw(peer, codec.encode(Command.ERROR, 0, "scheduler",
+                self._send_raw(peer, codec.encode(Command.ERROR, msg_id, "scheduler",
                                                   body={"name": "ProtocolError", "message": str(exc)}))
 
     def _dispatch(self, peer, msg):
         st, now, b = self.state, time.monotonic(), msg.body
+        workers = self.config.num_workers
         if msg.cmd is Command.HEARTBEAT:
             return st.heartbeat(peer, msg.sender, now)
         if msg.cmd is Command.REGISTER:
-            return st.register(peer, msg.id, b.get("role"), b.get("rank", -1), b.get("host", "?"),
-                               b.get("address", ""), now)
+            return st.register(peer, msg.id, _field(b, "role", str), _field(b, "rank", int),
+                               _field(b, "host", str), _field(b, "address", str, ""), now)
         if msg.cmd is Command.BARRIER:
-            return st.enter_barrier(peer, msg.id, b.get("rank"), b.get("note"))
+            return st.enter_barrier(peer, msg.id, codec.sender_rank(msg.sender, "worker", workers),
+                                    b.get("note"))
         if msg.cmd is Command.PLACE:
-            return st.place(peer, msg.id, _rank_of(msg.sender), b.get("keys", []))
+            return st.place(peer, msg.id, codec.sender_rank(msg.sender, "worker", workers),
+                            _placements(b))
         if msg.cmd is Command.DONE:
             return st.done(peer, msg.id, msg.sender)
         if msg.cmd is Command.ABORT:
-            return st.fail(msg.sender, b.get("reason", "unknown"))
+            return st.fail(msg.sender, str(b.get("reason", "unknown")))
         raise ProtocolError(f"the scheduler does not handle {msg.cmd.value!r}")
 
     def _send(self, sends):
@@ -78,8 +87,19 @@ class SchedulerService:
             logger.debug("could not reach a peer: %s", exc)
 
 
-def _rank_of(sender):
-    role, _, rank = sender.partition(":")
-    if role != "worker" or not rank.isdigit():
-        raise ProtocolError(f"sender {sender!r} is not a worker")
-    return int(rank)
+def _field(body, name, kind, default=None):
+    value = body.get(name, default)
+    if type(value) is not kind:
+        raise ProtocolError(f"malformed message: body.{name} is {value!r}, not a {kind.__name__}")
+    return value
+
+
+def _placements(body):
+    """``body["keys"]``: ``[[key, size, nbytes], ...]`` with an int/str key and int sizes."""
+    keys = body.get("keys")
+    ok = type(keys) is list and all(
+        type(k) is list and len(k) == 3 and type(k[0]) in (int, str)
+        and type(k[1]) is int and type(k[2]) is int and k[1] >= 0 and k[2] >= 0 for k in keys)
+    if not ok:
+        raise ProtocolError("malformed message: body.keys is not a list of [key, size, nbytes]")
+    return keys

@@ -9,7 +9,7 @@ from .service import ServerService
 
 def main():
     cfg = config_mod.from_env()
-    logs.setup("server", cfg.server_rank, cfg.host)
+    logs.setup("server", cfg.server_rank, cfg.host, level=cfg.log_level)
     try:
         return ServerService(cfg).run()
     except PSError as exc:   # one line naming the cause beats a traceback in the job report

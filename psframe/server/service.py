@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from .. import timeline
+from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import OptimizerError, ProtocolError, PSError, to_wire
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
@@ -90,11 +91,11 @@ class ServerService:
                     return 0
                 if msg.cmd is Command.ABORT:
                     logger.error("job aborted by the scheduler: %s", msg.body.get("reason"))
-                    return 1
+                    return EXIT_ABORTED_BY_PEER
             elif time.monotonic() - last_answer > cfg.heartbeat_timeout:
                 logger.error("lost the scheduler at %s: no answer for %gs", cfg.scheduler,
                              cfg.heartbeat_timeout)
-                return 1
+                return EXIT_ABORTED_BY_PEER
             self.guard.prune()
 
     def _drain(self):
@@ -111,8 +112,13 @@ class ServerService:
                 if self.timeline is not None:
                     self._arrived = timeline.now_us()
                 self.handle(peer, msg)
-            except PSError as exc:
+            except Exception as exc:   # a bad request must never take the server down
+                if not isinstance(exc, PSError):
+                    logger.exception("unexpected error handling a request")
+                    exc = ProtocolError(f"the server could not handle this request: "
+                                        f"{type(exc).__name__}: {exc}")
                 logger.warning("error reply to a request: %s", exc)
+                self.pending.pop((peer, msg_id), None)
                 self._reply_error(peer, msg_id, exc)
 
     # -- dispatch -----------------------------------------------------------------------
@@ -120,15 +126,17 @@ class ServerService:
         handler = getattr(self, f"handle_{msg.cmd.value}", None)
         if handler is None:
             raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
-        rank = _worker_rank(msg.sender, self.config.num_workers)
+        rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
         handler(peer, msg, rank)
 
     def handle_init(self, peer, msg, rank):
-        descs = list(msg.arrays) + [codec.decode_desc(i, d) for i, d in enumerate(msg.body.get("meta", []))]
+        descs = list(msg.arrays) + codec.decode_meta(msg.body)
+        sync = msg.body.get("sync", True)
+        if type(sync) is not bool:
+            raise ProtocolError(f"init body.sync is {sync!r}, not a bool")
         arrays = [codec.as_array(d, b) for d, b in zip(msg.arrays, msg.buffers)]
         arrays += [None] * (len(descs) - len(arrays))
         token = self._expect(peer, msg, len(descs))
-        sync = bool(msg.body.get("sync", True))
         for desc, array in zip(descs, arrays):
             self._deliver(self.shard.init(rank, desc, array, token, sync))
 
@@ -143,9 +151,10 @@ class ServerService:
             self._trace_merges(msg)
 
     def handle_pull(self, peer, msg, rank):
-        token = self._expect(peer, msg, len(msg.body.get("meta", [])))
-        for i, raw in enumerate(msg.body.get("meta", [])):
-            self._deliver(self.shard.pull(rank, codec.decode_desc(i, raw), token))
+        descs = codec.decode_meta(msg.body)
+        token = self._expect(peer, msg, len(descs))
+        for desc in descs:
+            self._deliver(self.shard.pull(rank, desc, token))
 
     def handle_pushpull(self, peer, msg, rank):
         token = self._expect(peer, msg, 2 * len(msg.arrays))
@@ -171,8 +180,9 @@ class ServerService:
 
     def handle_set_optimizer(self, peer, msg, rank):
         from .. import optim   # the registry is the only way a wire name becomes code
-        self.shard.set_optimizer(optim.from_spec(msg.body.get("optimizer")))
-        logger.info("optimizer set: %s", msg.body.get("optimizer", {}).get("name"))
+        optimizer = optim.from_spec(msg.body.get("optimizer"))   # validates the spec
+        self.shard.set_optimizer(optimizer)
+        logger.info("optimizer set: %s", msg.body["optimizer"]["name"])
         self._send(peer, codec.encode(Command.OK, msg.id, self.name))
 
     def handle_stats(self, peer, msg, rank):
@@ -243,10 +253,3 @@ def process_usage():
     except OSError:
         pass
     return out
-
-
-def _worker_rank(sender, num_workers):
-    role, _, rank = sender.partition(":")
-    if role != "worker" or not rank.isdigit() or int(rank) >= num_workers:
-        raise ProtocolError(f"sender {sender!r} is not a worker of this job (0..{num_workers - 1})")
-    return int(rank)

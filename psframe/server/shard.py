@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import (ConfigError, DoubleInitError, DTypeMismatchError, ProtocolError, ShapeMismatchError,
+from ..errors import (ConfigError, DoubleInitError, OptimizerError, DTypeMismatchError, ProtocolError, ShapeMismatchError,
                       UninitializedKeyError)
 from ..protocol import ArrayDesc
 
@@ -23,7 +23,6 @@ from ..protocol import ArrayDesc
 class Reply:
     token: object
     arrays: list = dataclasses.field(default_factory=list)   # [(ArrayDesc, np.ndarray)]
-    body: dict = None
     error: Exception = None
 
 
@@ -39,13 +38,14 @@ class _StepMerge:
 
 
 class _KeyState:
-    __slots__ = ("key", "part", "dtype", "shape", "sync", "value", "inited_by", "parked_inits",
+    __slots__ = ("key", "part", "dtype", "shape", "sync", "value", "failed", "inited_by", "parked_inits",
                  "pushes", "completed", "merges", "parked_pulls", "opt_state", "free")
 
     def __init__(self, key, part, dtype, shape, sync):
         self.key, self.part, self.dtype, self.shape = key, part, dtype, tuple(shape)
         self.sync = sync
         self.value = None
+        self.failed = None       # the error of an update that raised: the key is unusable
         self.inited_by = set()
         self.parked_inits = []   # (token, rank, dtype, shape)
         self.pushes = {}         # rank -> pushes received
@@ -113,7 +113,8 @@ class ShardState:
     def push(self, rank, desc, array, token):
         """Merge (sync) or apply (async) one pushed array. ``token`` None: no ack wanted."""
         st = self.keys.get((desc.key, desc.part))
-        if st is None or st.value is None or st.shape != desc.shape or st.dtype != desc.dtype:
+        if (st is None or st.value is None or st.shape != desc.shape or st.dtype != desc.dtype
+                or st.failed is not None):
             st, err = self._checked(desc, "push")
             return [Reply(token, error=err)]
         expected = st.pushes.get(rank, 0) + 1
@@ -125,7 +126,9 @@ class ShardState:
         self.counters["pushes"][rank] += 1
         self.counters["bytes_in"] += array.nbytes
         if not st.sync:
-            self._apply(st, array, accumulate=True)
+            failed = self._apply_or_fail(st, array, True, [token] if token is not None else [])
+            if failed:
+                return failed
             st.completed += 1
             return [] if token is None else [Reply(token)]
         merge = st.merges.get(desc.step)
@@ -153,7 +156,9 @@ class ShardState:
             if merge is None or merge.next_rank < self.num_workers:
                 break
             del st.merges[st.completed + 1]
-            self._apply(st, merge.acc, accumulate=False)
+            failed = self._apply_or_fail(st, merge.acc, False, merge.tokens)
+            if failed:
+                return replies + failed
             st.completed += 1
             replies.extend(Reply(tok) for tok in merge.tokens)
         if replies and st.parked_pulls:
@@ -161,6 +166,20 @@ class ShardState:
             st.parked_pulls = [(s, t) for s, t in st.parked_pulls if s > st.completed]
             replies.extend(self._value_reply(st, t) for _, t in due)
         return replies
+
+    def _apply_or_fail(self, st, grad, accumulate, tokens):
+        """Apply; if the update raises, the key is marked failed and everyone waiting on it
+        (this step's pushers, parked pulls) gets the error instead of waiting forever."""
+        try:
+            self._apply(st, grad, accumulate)
+            return []
+        except Exception as exc:
+            st.failed = exc if isinstance(exc, OptimizerError) else OptimizerError(
+                f"the update of key {st.key!r} (part {st.part}, step {st.completed + 1}) raised "
+                f"{type(exc).__name__}: {exc}; the key cannot be used any more")
+            waiting = list(tokens) + [t for _, t in st.parked_pulls]
+            st.parked_pulls = []
+            return [Reply(t, error=st.failed) for t in waiting]
 
     def _apply(self, st, grad, accumulate):
         if self.optimizer is not None:
@@ -188,7 +207,8 @@ class ShardState:
     def pull(self, rank, desc, token):
         """Reply with the value of the newest step that includes ``rank``'s ``desc.step`` pushes."""
         st = self.keys.get((desc.key, desc.part))
-        if st is None or st.value is None or st.shape != desc.shape or st.dtype != desc.dtype:
+        if (st is None or st.value is None or st.shape != desc.shape or st.dtype != desc.dtype
+                or st.failed is not None):
             st, err = self._checked(desc, "pull")
             return [Reply(token, error=err)]
         self.counters["pulls"][rank] += 1
@@ -218,7 +238,7 @@ class ShardState:
         st = self.keys.get((desc.key, desc.part))
         if st is None or st.value is None:
             return None, UninitializedKeyError(desc.key, op)
-        return st, self._mismatch(st, desc.dtype, desc.shape, op)
+        return st, st.failed or self._mismatch(st, desc.dtype, desc.shape, op)
 
     @staticmethod
     def _mismatch(st, dtype, shape, op):

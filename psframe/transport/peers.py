@@ -1,11 +1,12 @@
 """Talking to the scheduler from any node: registration and the heartbeat/abort watch."""
 import logging
+import os
 import socket
 import threading
 import time
 
-import zmq
 
+from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import JobAbortedError, PeerLostError, PSTimeoutError, from_wire
 from ..protocol import Command, codec
 from . import addresses, sockets
@@ -61,10 +62,10 @@ class HeartbeatThread(threading.Thread):
     (it may be busy computing), the process exits with status 1 so no job hangs.
     """
 
-    def __init__(self, ctx, config, name, on_abort=None, grace=5.0):
+    def __init__(self, ctx, config, name, grace=5.0):
         super().__init__(name="psframe-heartbeat", daemon=True)
         self.ctx, self.config, self.node = ctx, config, name
-        self.on_abort, self.grace = on_abort, grace
+        self.grace = grace
         self.reason = None
         self.error_cls = PeerLostError
         self._stop_evt = threading.Event()
@@ -109,12 +110,9 @@ class HeartbeatThread(threading.Thread):
         self.error_cls = error_cls
         self.reason = reason
         logger.error("%s", reason)
-        if self.on_abort:
-            self.on_abort(reason)
         if not self._stop_evt.wait(self.grace):
             logger.error("exiting: the job was aborted and this process did not stop by itself")
-            import os
-            os._exit(1)
+            os._exit(EXIT_ABORTED_BY_PEER)
 
     def check(self):
         """Raise if the job was aborted (called from every blocking wait)."""

@@ -30,7 +30,12 @@ def dealer(ctx, address, identity=None):
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity.encode())
-    sock.connect(address)
+    try:
+        sock.connect(address)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise ConfigError(f"cannot connect to {address}: {exc.strerror}; the address must be "
+                          f"tcp://host:port with a host name this machine resolves") from None
     return sock
 
 
@@ -90,9 +95,12 @@ def recv_frames(sock):
 
 
 def drain_rest(sock):
-    """Discard the remaining frames of a partly read message."""
+    """Discard the remaining frames of a partly read message; returns how many there were."""
+    n = 0
     while sock.getsockopt(zmq.RCVMORE):
         sock.recv(copy=False)
+        n += 1
+    return n
 
 
 def poll(sockets, timeout):
