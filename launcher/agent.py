@@ -26,6 +26,7 @@ from .output import frame_event, frame_output
 from .plan import merge_env
 
 KILL_GRACE = 3.0
+FLUSH_TIMEOUT = 2.0   # for the last lines of output after the process ended
 
 
 class Agent:
@@ -35,6 +36,7 @@ class Agent:
         self.out = out or sys.stdout
         self.lock = threading.Lock()
         self.proc = None
+        self.forwarder = None
         self.stopping = threading.Event()
 
     def emit(self, line):
@@ -60,12 +62,16 @@ class Agent:
             return False
         self.emit(frame_event(self.index, event="start", pid=self.proc.pid,
                               hostname=socket.gethostname()))
-        threading.Thread(target=self._forward, daemon=True).start()
+        self.forwarder = threading.Thread(target=self._forward, name="forward", daemon=True)
+        self.forwarder.start()
         return True
 
     def _forward(self):
-        for raw in iter(self.proc.stdout.readline, b""):
-            self.emit(frame_output(self.index, raw.decode("utf-8", "replace").rstrip("\r\n")))
+        try:
+            for raw in iter(self.proc.stdout.readline, b""):
+                self.emit(frame_output(self.index, raw.decode("utf-8", "replace").rstrip("\r\n")))
+        except (OSError, ValueError):
+            pass
 
     def stop_group(self):
         """SIGTERM the process group, SIGKILL it after the grace period."""
@@ -87,8 +93,10 @@ class Agent:
         parent = os.getppid()
         if watch_stdin:
             threading.Thread(target=self._watch_stdin, daemon=True).start()
+        stopped = False   # the process ended because we stopped it, not on its own
         while self.proc.poll() is None:
             if self.stopping.wait(0.1) or os.getppid() != parent:
+                stopped = self.proc.poll() is None
                 self.stop_group()
                 break
         returncode = self.proc.wait()
@@ -97,9 +105,14 @@ class Agent:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        time.sleep(0.05)   # let the forwarder flush the last lines
+        # let the forwarder pass on the last lines (bounded): the failure report quotes them,
+        # and the exit event must follow them
+        self.forwarder.join(timeout=FLUSH_TIMEOUT)
         code, sig = (None, -returncode) if returncode < 0 else (returncode, None)
-        self.emit(frame_event(self.index, event="exit", code=code, signal=sig))
+        event = {"event": "exit", "code": code, "signal": sig}
+        if stopped:
+            event["stopped"] = True
+        self.emit(frame_event(self.index, **event))
         return 128 + sig if sig else code
 
     def _watch_stdin(self):

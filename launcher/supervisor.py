@@ -1,6 +1,11 @@
 """Supervising a job: start the plan, watch every process, stop the whole job within seconds of
 the first failure (or a signal to the launcher), choose the exit status, and write the failure
-report (every dead process; the first is labelled the root cause, with its last log lines)."""
+report (every dead process; the root cause first, with its last log lines).
+
+The root cause is the first process to end that failed on its own: one that exited
+``EXIT_ABORTED_BY_PEER`` (75) only stopped because another failed, so it is the root cause only
+when no other failure exists (nor arrives within ``PEER_ABORT_WAIT`` s of it), and is then
+reported as such ("no process reported its own failure")."""
 import dataclasses
 import logging
 import os
@@ -20,15 +25,20 @@ logger = logging.getLogger(__name__)
 
 PORT_ATTEMPTS = 3
 SCHEDULER_LINES = 5
+# after the first exit with EXIT_ABORTED_BY_PEER, how long to wait for the process whose failure
+# caused it to report its own end (it is usually still printing its traceback)
+PEER_ABORT_WAIT = 2.0
 _ADDRESS_IN_USE = ("address already in use", "eaddrinuse")
 
 
 @dataclasses.dataclass
 class JobResult:
     exit_code: int
-    failures: list            # handles that failed on their own, in the order they ended
+    failures: list            # handles that ended non-zero before our stop: the root cause
+                              # first, the rest in the order they ended (75s after the others)
     stopped_by: str = None    # "signal SIGTERM" when the launcher itself was told to stop
     retry_port: bool = False  # the scheduler could not bind its port: try another one
+    cause_known: bool = True  # False: every failure was EXIT_ABORTED_BY_PEER (no own failure)
 
 
 def choose_backend(config, env=os.environ):
@@ -76,24 +86,38 @@ class Job:
             return JobResult(1, [])
         workers = [h for h in self.handles if h.spec.role == "worker"]
         done_at = None
+        # a process that exits EXIT_ABORTED_BY_PEER was taken down by another one's failure,
+        # which is often still on its way out (printing its traceback): wait a little for it
+        wait_for_cause_until = None
         while True:
             if self.stop_signal is not None:
                 break
+            now = time.monotonic()
             timeout = 0.5
-            if done_at is not None:
-                timeout = done_at + self.config.shutdown_grace - time.monotonic()
+            if wait_for_cause_until is not None:   # every failure so far was not its own
+                timeout = wait_for_cause_until - now
                 if timeout <= 0:
+                    logger.debug("no process reported its own failure within %.1f s of the "
+                                 "first one stopped by a peer's failure", PEER_ABORT_WAIT)
+                    break
+            if done_at is not None:
+                left = done_at + self.config.shutdown_grace - now
+                if left <= 0:
                     logger.warning("scheduler/servers still running %.0f s after every worker "
                                    "ended; stopping them", self.config.shutdown_grace)
                     break
+                timeout = min(timeout, left)
             try:
-                _, handle = self.events.get(timeout=min(timeout, 0.5))
+                _, handle = self.events.get(timeout=max(0.0, min(timeout, 0.5)))
             except queue.Empty:
                 continue
             if handle is None:
                 continue
             if not handle.status.ok:
-                break
+                if handle.status.own_failure:
+                    break
+                if wait_for_cause_until is None:
+                    wait_for_cause_until = time.monotonic() + PEER_ABORT_WAIT
             if done_at is None and all(w.status is not None for w in workers):
                 done_at = time.monotonic()
             if all(h.status is not None for h in self.handles):
@@ -102,9 +126,12 @@ class Job:
         self.backend.stop(self.handles, self.config.kill_grace)
         logger.debug("job stopped in %.2f s", time.monotonic() - stop_started)
         # every process that failed on its own before our stop reached it, in the order they
-        # ended (an exit can be posted a little after it happened, once its output drained)
-        failures = sorted((h for h in self.handles if h.status is not None and not h.status.ok
-                           and h.exited_at <= stop_started), key=lambda h: h.exited_at)
+        # ended (an exit can be posted a little after it happened, once its output drained);
+        # the root cause (first) is the first that did not stop because of another's failure
+        ended = sorted((h for h in self.handles if h.status is not None and not h.status.ok
+                        and h.exited_at <= stop_started), key=lambda h: h.exited_at)
+        own = [h for h in ended if h.status.own_failure]
+        failures = own + [h for h in ended if not h.status.own_failure]
         if self.stop_signal is not None:
             name = signal.Signals(self.stop_signal).name
             return JobResult(128 + self.stop_signal, failures, stopped_by=f"signal {name}")
@@ -112,7 +139,8 @@ class Job:
             root = failures[0]
             retry = root.spec.role == "scheduler" and any(
                 m in line.lower() for line in root.sink.tail for m in _ADDRESS_IN_USE)
-            return JobResult(root.status.exit_code, failures, retry_port=retry)
+            return JobResult(root.status.exit_code, failures, retry_port=retry,
+                             cause_known=bool(own))
         return JobResult(0, [])
 
     def report(self, result):
@@ -124,7 +152,14 @@ class Job:
         if result.stopped_by:
             w(f"psframe-launch: stopped by {result.stopped_by}; every process was terminated\n")
         for n, h in enumerate(result.failures):
-            title = "ROOT CAUSE" if n == 0 and not result.stopped_by else "also failed"
+            if n == 0 and not result.stopped_by:
+                title = "ROOT CAUSE"
+                if not result.cause_known:
+                    title = ("ROOT CAUSE: unknown: every process that ended stopped because "
+                             "another process failed; no process reported its own failure. "
+                             "First to stop")
+            else:
+                title = "also failed" if h.status.own_failure else "also stopped"
             w(f"psframe-launch: {title}: {h.spec.label} (role {h.spec.role}"
               f"{'' if h.spec.role == 'scheduler' else f', rank {h.spec.index}'}, host {h.spec.host}, "
               f"pid {h.pid if h.pid is not None else '?'}) {h.status.describe()}\n")

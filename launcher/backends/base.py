@@ -6,16 +6,20 @@ import importlib
 import signal
 import time
 
+from psframe.config import EXIT_ABORTED_BY_PEER
 from psframe.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class ExitStatus:
     """How a process ended: an exit ``code``, or the ``signal`` that killed it; ``lost`` when
-    the mechanism carrying it (ssh, mpirun, srun) ended before it reported its own end."""
+    the mechanism carrying it (ssh, mpirun, srun) ended before it reported its own end;
+    ``stopped`` when its launch agent was told to stop it first (mpirun/srun tearing the job
+    down after another process ended)."""
     code: int = None
     signal: int = None
     lost: bool = False
+    stopped: bool = False
 
     @classmethod
     def from_returncode(cls, returncode):
@@ -24,6 +28,18 @@ class ExitStatus:
     @property
     def ok(self):
         return self.code == 0 and self.signal is None and not self.lost
+
+    @property
+    def aborted_by_peer(self):
+        """The process stopped because *another* process failed (it exited
+        ``EXIT_ABORTED_BY_PEER``): never the root cause while a real failure exists."""
+        return self.code == EXIT_ABORTED_BY_PEER and self.signal is None
+
+    @property
+    def own_failure(self):
+        """Failed on its own: a root-cause candidate (not stopped by a peer's failure or by
+        whatever stopped the job)."""
+        return not self.ok and not self.aborted_by_peer and not self.stopped
 
     @property
     def exit_code(self):
@@ -41,6 +57,10 @@ class ExitStatus:
             text = f"killed by {name} (signal {self.signal})"
         else:
             text = f"exited with code {self.code}"
+            if self.aborted_by_peer:
+                text += " (stopped because another process failed)"
+        if self.stopped:
+            text += " (after its launch agent was told to stop it)"
         return text + (" (its host connection or launcher process ended first)" if self.lost else "")
 
 
@@ -122,7 +142,8 @@ class AgentHandle(ProcessHandle):
         if event.get("event") == "start":
             self.pid = event.get("pid")
         elif event.get("event") == "exit":
-            self.post_exit(ExitStatus(code=event.get("code"), signal=event.get("signal")))
+            self.post_exit(ExitStatus(code=event.get("code"), signal=event.get("signal"),
+                                      stopped=bool(event.get("stopped"))))
 
 
 def frame_router(handles, fallback):
