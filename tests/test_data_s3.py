@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import psframe
+from conftest import require
 from psframe.errors import DataError, PSError
 from s3_fixtures import SECRET, aws_env, moto, storage_options  # noqa: F401 - fixture
 
@@ -251,8 +252,7 @@ def test_credentials_never_logged(ten, so, caplog):
 def launch(moto, args, timeout=90):
     exe = shutil.which("psframe-launch") or os.path.join(os.path.dirname(sys.executable),
                                                          "psframe-launch")
-    if not os.path.exists(exe):
-        pytest.skip("psframe-launch is not installed yet")
+    require(os.path.exists(exe), "psframe-launch (pip install -e . in the venv)")
     env = dict(os.environ, **aws_env(moto.endpoint))
     # Credentials travel by name (--env KEY takes the launcher's value), never in argv.
     forward = [a for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import psframe
+from conftest import require
 
 
 def test_default_kind_outside_a_job_is_local(monkeypatch):
@@ -60,7 +61,11 @@ def test_errors():
 
 
 def test_torch_tensors_are_accepted():
-    torch = pytest.importorskip("torch")
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    require(torch is not None, "the torch package")
     kv = psframe.create("local")
     kv.init("t", torch.zeros(3, dtype=torch.float32))
     kv.push("t", torch.ones(3))
