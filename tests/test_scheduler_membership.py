@@ -63,3 +63,12 @@ def test_rank0_decides_placement_others_wait():
     assert m.place(b"w1", 9, 1, [["a", 4, 32]]) == []            # parked
     sends = m.place(b"w0", 8, 0, [["a", 4, 32], ["big", 100, 800]])
     assert [s.body["servers"] for s in sends] == [[0, 0], [0]]   # one server: nothing sliced
+
+
+def test_a_node_reporting_its_own_failure_is_not_told_back():
+    m = _ready()
+    for peer, name in ((b"hb0", "worker:0"), (b"hb1", "worker:1"), (b"s0", "server:0")):
+        m.heartbeat(peer, name, 1.0)
+    sends = m.fail("worker:1", "uncaught ValueError: boom")
+    assert {s.peer for s in sends} == {b"hb0", b"s0"}
+    assert m.failure_reported and "worker 1@host failed: uncaught ValueError: boom" in m.failure

@@ -120,6 +120,8 @@ class MembershipState:
         """A node reports its own failure (e.g. an uncaught exception in a worker)."""
         node = self.nodes.get(name)
         where = f"{name.replace(':', ' ')}@{node.host}" if node else name
+        if node is not None:
+            node.done = True     # it knows why; telling it back would only race its traceback
         sends = self.abort(f"{where} failed: {reason}")
         self.failure_reported = True
         return sends
