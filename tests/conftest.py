@@ -1,4 +1,5 @@
 """Shared test plumbing: CI strictness for real components, time scaling, child-process leak check."""
+import importlib
 import os
 import shutil
 
@@ -16,6 +17,22 @@ def require(condition, what):
     if CI:
         pytest.fail(f"CI=true and {what} is missing; `make test` installs it (as root)")
     pytest.skip(f"{what} is missing")
+
+
+def optional_import(name):
+    """The module, or None when it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def requires(module, what):
+    """A fixture body for test files that need an optional package: skips each test when
+    ``module`` is None, fails it under CI=true."""
+    def check():
+        require(module is not None, what)
+    return check
 
 
 def require_exe(name):

@@ -9,22 +9,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import optional_import, require, requires
 from test_examples_mlp import EXAMPLES, LAUNCH, check_outputs, rank0_lines, run
 
 import psframe
 import psframe.torch            # imports torch only when used
 
-try:
-    import torch
-except ImportError:
-    torch = None
-
-
-@pytest.fixture(autouse=True)
-def _needs_torch():
-    """torch missing: skip, but fail under CI=true (conftest.require)."""
-    require(torch is not None, "the torch package")
+torch = optional_import("torch")
+needs_torch = pytest.fixture(autouse=True)(requires(torch, "the torch package"))
 
 STEPS, BATCH, WORKERS, LR, MOMENTUM = 5, 8, 4, 0.05, 0.9
 

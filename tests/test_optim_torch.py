@@ -4,18 +4,10 @@ import pytest
 
 import psframe.optim as optim
 from psframe.optim import lr as lrs
-from conftest import require
+from conftest import optional_import, requires
 
-try:
-    import torch
-except ImportError:
-    torch = None
-
-
-@pytest.fixture(autouse=True)
-def _needs_torch():
-    """torch missing: skip, but fail under CI=true (conftest.require)."""
-    require(torch is not None, "the torch package")
+torch = optional_import("torch")
+needs_torch = pytest.fixture(autouse=True)(requires(torch, "the torch package"))
 
 STEPS = 6
 TOL = 1e-9
