@@ -96,9 +96,6 @@ class Backend(abc.ABC):
     def hosts(self):
         """The job's hosts (``hosts.Host``), first one runs the scheduler."""
 
-    def scheduler_host_is_local(self):
-        return True
-
     @abc.abstractmethod
     def start(self, plan, events, sinks):
         """Start every spec of ``plan`` (in order); return their handles in the same order.
