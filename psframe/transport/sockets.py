@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 COPY_THRESHOLD = 65536
 LINGER_MS = 2000      # how long close() may spend flushing queued messages
+SEND_TIMEOUT_MS = 60000   # a send blocked this long (peer not reading) is an error, not a hang
 
 
 def new_context():
@@ -28,6 +29,7 @@ def dealer(ctx, address, identity=None):
     timeouts of the requests sent to them)."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity.encode())
     try:
@@ -47,6 +49,7 @@ def router_bind(ctx, address):
     """
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable reply is an error, not a drop
     try:
         sock.bind(address)
@@ -62,6 +65,7 @@ def router_bind_random(ctx, host):
     """A ROUTER bound to a port the OS picks on ``host``; returns ``(socket, port)``."""
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     try:
         port = sock.bind_to_random_port(f"tcp://{host}", min_port=1024, max_port=65535, max_tries=200)
@@ -77,15 +81,19 @@ def send_frames(sock, frames, track=False):
     ``track`` and some frame went zero-copy, else None."""
     last = len(frames) - 1
     tracker = None
-    for i, frame in enumerate(frames):
-        flags = zmq.SNDMORE if i < last else 0
-        big = memoryview(frame).nbytes >= COPY_THRESHOLD
-        if big:
-            t = sock.send(frame, flags, copy=False, track=track)
-            if track:
-                tracker = t
-        else:
-            sock.send(frame, flags, copy=True)
+    try:
+        for i, frame in enumerate(frames):
+            flags = zmq.SNDMORE if i < last else 0
+            big = memoryview(frame).nbytes >= COPY_THRESHOLD
+            if big:
+                t = sock.send(frame, flags, copy=False, track=track)
+                if track:
+                    tracker = t
+            else:
+                sock.send(frame, flags, copy=True)
+    except zmq.Again:
+        raise PSTimeoutError(f"a send blocked for {SEND_TIMEOUT_MS / 1000:g}s: the receiving "
+                             f"process stopped reading its messages") from None
     return tracker
 
 
