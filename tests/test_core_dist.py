@@ -77,3 +77,15 @@ def test_uncaught_exception_stops_the_job_without_a_launcher():
     assert all(code != 0 for code in job.codes.values()), job.codes
     assert "worker 1@127.0.0.1 failed: uncaught RuntimeError: boom" in job.outputs["worker:0"]
     assert "JobAbortedError" in job.outputs["worker:0"]
+
+
+def test_async_with_optimizer_applies_every_push():
+    res = run_job(os.path.join(HERE, "bin", "kinds.py"), N, 2, args=["dist_async"], timeout=60).check().results()
+    for r in range(N):         # 3 pushes from each of N workers, each an SGD step of 0.5
+        assert res[r] == {"type": "dist_async", "w": [10.0 - 0.5 * 3 * N] * 4, "same": True}
+
+
+def test_device_sync_sums_device_lists_and_broadcasts_pulls():
+    res = run_job(os.path.join(HERE, "bin", "kinds.py"), N, 1, args=["dist_device_sync"], timeout=60).check().results()
+    for r in range(N):
+        assert res[r] == {"type": "dist_device_sync", "w": [3.0 * N] * 4, "same": True}
