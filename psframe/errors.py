@@ -110,15 +110,29 @@ _WIRE_ERRORS = {cls.__name__: cls for cls in (
     PSTimeoutError, PeerLostError, JobAbortedError)}
 
 
+# Facts an error keeps as attributes; they travel beside the message (all msgpack-able).
+_WIRE_ATTRS = ("key", "expected", "actual", "url")
+
+
 def to_wire(exc):
-    """Return ``(name, message)`` describing ``exc`` for an error reply."""
+    """``(name, message, attrs)`` describing ``exc`` for an error reply."""
     name = type(exc).__name__ if type(exc).__name__ in _WIRE_ERRORS else "PSError"
-    return name, str(exc)
+    attrs = {a: getattr(exc, a) for a in _WIRE_ATTRS if isinstance(getattr(exc, a, None), (int, str, tuple))}
+    return name, str(exc), attrs
 
 
-def from_wire(name, message):
-    """Rebuild the exception named in an error reply, without calling its ``__init__``."""
+def from_wire(name, message, attrs=None):
+    """Rebuild the exception named in an error reply (whitelisted names only), with its
+    attributes, without calling its ``__init__``."""
     cls = _WIRE_ERRORS.get(name, RemoteError)
     exc = cls.__new__(cls)
     Exception.__init__(exc, message)
+    for a, v in (attrs or {}).items():
+        if a in _WIRE_ATTRS:
+            setattr(exc, a, tuple(v) if isinstance(v, list) else v)
     return exc
+
+
+def from_body(body):
+    """The exception carried by an error reply's body."""
+    return from_wire(body.get("name", ""), body.get("message", ""), body.get("attrs"))

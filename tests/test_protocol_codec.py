@@ -61,3 +61,12 @@ def test_header_rejects_bin_and_ext_payloads():
     raw = msgpack.packb({"v": PROTOCOL_VERSION, "cmd": "push", "blob": b"\0" * 100}, use_bin_type=True)
     with pytest.raises(ProtocolError):
         codec.decode([raw])
+
+
+def test_errors_cross_the_wire_by_name_with_their_facts():
+    from psframe.errors import ShapeMismatchError, RemoteError, from_wire, to_wire
+    name, message, attrs = to_wire(ShapeMismatchError("w", (2,), (3,)))
+    exc = from_wire(name, message, msgpack.unpackb(msgpack.packb(attrs)))
+    assert isinstance(exc, ShapeMismatchError) and isinstance(exc, ValueError)
+    assert (exc.key, exc.expected, exc.actual) == ("w", (2,), (3,)) and str(exc) == message
+    assert type(from_wire("SystemExit", "no")) is RemoteError     # only whitelisted names

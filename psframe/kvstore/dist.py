@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import arrays, sharding, timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import PeerLostError, PSError, PSTimeoutError, ProtocolError, from_wire, to_wire
+from ..errors import PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
 from ..protocol import ArrayDesc, Command, codec
 from ..transport import peers, sockets
 from .base import KVStore
@@ -355,7 +355,7 @@ class DistKVStore(KVStore):
         if self._timeline is not None:
             self._trace(req)
         if msg.cmd is Command.ERROR:
-            req.error = from_wire(msg.body.get("name", ""), msg.body.get("message", ""))
+            req.error = from_body(msg.body)
             if req.cmd is Command.PUSH:
                 self._errors.append(req.error)
             return

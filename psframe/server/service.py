@@ -227,9 +227,9 @@ class ServerService:
             self.guard.add(a, tracker)
 
     def _reply_error(self, peer, msg_id, exc):
-        name, message = to_wire(exc)
+        name, message, attrs = to_wire(exc)
         self._send(peer, codec.encode(Command.ERROR, msg_id, self.name,
-                                      body={"name": name, "message": message}))
+                                      body={"name": name, "message": message, "attrs": attrs}))
 
     def _send(self, peer, frames, track=False):
         try:

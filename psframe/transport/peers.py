@@ -7,7 +7,7 @@ import time
 
 
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import JobAbortedError, PeerLostError, PSTimeoutError, from_wire
+from ..errors import JobAbortedError, PeerLostError, PSTimeoutError, from_body
 from ..protocol import Command, codec
 from . import addresses, sockets
 
@@ -40,7 +40,7 @@ def request(sock, cmd, sender, timeout, what, body=None, msg_id=1):
         if msg.cmd is Command.ABORT:
             raise JobAbortedError(f"job aborted by the scheduler: {msg.body.get('reason')}")
         if msg.cmd is Command.ERROR:
-            raise from_wire(msg.body.get("name", ""), msg.body.get("message", ""))
+            raise from_body(msg.body)
         if msg.id == msg_id:
             return msg.body
 
