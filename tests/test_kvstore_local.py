@@ -72,3 +72,11 @@ def test_torch_tensors_are_accepted():
     out = torch.empty(3)
     kv.pull("t", out)
     assert out.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_server_stats_like_the_dist_kinds():
+    kv = psframe.create("local")
+    kv.init("a", np.zeros(2))
+    kv.push("a", np.ones(2))
+    (stats,) = kv.server_stats()
+    assert stats["pushes"] == [1] and stats["keys"] == 1

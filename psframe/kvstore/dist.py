@@ -62,7 +62,6 @@ class DistKVStore(KVStore):
         except BaseException:
             self._ctx.destroy(linger=0)     # closes whatever sockets were made
             raise
-        self._server_of = {s: i for i, s in enumerate(self._servers)}
         self._ids = itertools.count(1)
         self._requests = {}          # id -> _Request (in flight)
         self._part_acks = {}         # key -> merged pushes per part (keys cut into parts)
