@@ -70,5 +70,6 @@ def test_a_node_reporting_its_own_failure_is_not_told_back():
     for peer, name in ((b"hb0", "worker:0"), (b"hb1", "worker:1"), (b"s0", "server:0")):
         m.heartbeat(peer, name, 1.0)
     sends = m.fail("worker:1", "uncaught ValueError: boom")
-    assert {s.peer for s in sends} == {b"hb0", b"s0"}
+    # worker 0 hears it on both sockets (heartbeat and request), worker 1 on neither
+    assert {s.peer for s in sends} == {b"hb0", b"w0", b"s0"}
     assert m.failure_reported and "worker 1@host failed: uncaught ValueError: boom" in m.failure

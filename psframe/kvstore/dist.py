@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import arrays, sharding, timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
+from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
 from ..protocol import ArrayDesc, Command, codec
 from ..transport import peers, sockets
 from .base import KVStore
@@ -328,9 +328,20 @@ class DistKVStore(KVStore):
     def _progress(self, timeout):
         if timeout > 0.002 and any(r.tracker is not None for r in self._requests.values()):
             timeout = 0.002    # tracker completion is not a socket event: poll it briskly
-        for sock in sockets.poll(self._servers, timeout):
+        for sock in sockets.poll([*self._servers, self._sched], timeout):
+            if sock is self._sched:
+                self._receive_from_scheduler()
+                continue
             while sockets.poll([sock], 0):
                 self._receive(sock)
+
+    def _receive_from_scheduler(self):
+        """Between requests the scheduler only speaks to abort the job (it may reach this
+        socket before the heartbeat thread's: right after start-up)."""
+        while sockets.poll([self._sched], 0):
+            msg = codec.decode(sockets.recv_frames(self._sched))
+            if msg.cmd is Command.ABORT:
+                raise JobAbortedError(f"job aborted by the scheduler: {msg.body.get('reason')}")
 
     def _receive(self, sock):
         head = sock.recv(copy=False)

@@ -25,6 +25,7 @@ class _Node:
     host: str
     address: str = ""
     peer: bytes = b""             # where broadcasts go (last heartbeat's peer)
+    control: bytes = b""          # the peer it registered from (a worker's request socket)
     last_seen: float = 0.0
     done: bool = False
 
@@ -58,7 +59,7 @@ class MembershipState:
             return [Send(peer, "error", msg_id, {"name": "ConfigError", "message":
                     f"{name} registered twice (second from {host}): every process needs its own "
                     f"PSFRAME_RANK/PSFRAME_SERVER_RANK"})]
-        self.nodes[name] = _Node(name, role, rank, host, address, peer, now)
+        self.nodes[name] = _Node(name, role, rank, host, address, peer=peer, control=peer, last_seen=now)
         self.waiting_register.append((peer, msg_id))
         if len(self.nodes) < self.num_workers + self.num_servers:
             return []
@@ -111,8 +112,9 @@ class MembershipState:
         sends = [Send(p, "abort", i, {"reason": reason}) for p, i in self.waiting_register]
         sends += [Send(p, "abort", i, {"reason": reason}) for p, i in self.barrier.values()]
         sends += [Send(p, "abort", i, {"reason": reason}) for p, i, _ in self.parked_places]
-        sends += [Send(n.peer, "abort", 0, {"reason": reason}) for n in self.nodes.values()
-                  if not n.done]
+        # to both of a node's sockets: its heartbeat socket may not have spoken yet
+        sends += [Send(p, "abort", 0, {"reason": reason}) for n in self.nodes.values()
+                  if not n.done for p in {n.peer, n.control}]
         self.waiting_register, self.barrier, self.parked_places = [], {}, []
         return sends
 
