@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-import pytest
+from conftest import optional_import, require
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -19,7 +19,7 @@ def _bench_command():
 
 
 def test_bench_runs_and_writes_json_plot_and_timeline(tmp_path):
-    pytest.importorskip("matplotlib")
+    require(optional_import("matplotlib") is not None, "matplotlib (pip install -e '.[test]')")
     out_json, out_png, trace = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "trace.json"
     cmd = _bench_command() + [
         "--sizes", "4KiB,64KiB", "--allreduce-sizes", "64KiB", "--keys", "8", "--key-size", "1KiB",

@@ -308,12 +308,3 @@ def test_webhdfs_and_hdfs_urls_take_the_same_path():
         with pytest.raises(DataError, match="install"):
             PartitionedDataset("hdfs://127.0.0.1:9000/data/*.npz", 4, rank=0, num_workers=1)
 
-
-@pytest.mark.skipif(not os.environ.get("PSF_HDFS_URL"),
-                    reason="set PSF_HDFS_URL=hdfs://namenode:port/scratch-dir to run against a "
-                           "live HDFS (none is available on the CI machine)")
-def test_live_hdfs_roundtrip():
-    url = os.environ["PSF_HDFS_URL"].rstrip("/") + f"/psframe-test-{uuid.uuid4().hex[:8]}"
-    write_partitions(records(100), url, num_shards=3)
-    ids = sum((epoch_ids(d) for d in all_workers(url, 2, 10, seed=1)), [])
-    assert sorted(sum(ids, [])) == list(range(100))
