@@ -2,6 +2,8 @@
 import logging
 import sys
 
+from .errors import PSError
+
 
 def setup(role, rank=None, host="", level="INFO"):
     """Configure the root logger once for a psframe process.
@@ -19,3 +21,15 @@ def setup(role, rank=None, host="", level="INFO"):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def run_role(role, rank, host, level, service):
+    """A role's process: logging set up once, then the exit status of ``service()`` (which
+    builds and runs the role, so start-up errors are caught too). A PSError ends
+    the process with one line naming the cause: a traceback would bury it in the job report."""
+    setup(role, rank, host, level)
+    try:
+        return service()
+    except PSError as exc:
+        logging.getLogger(f"psframe.{role}").error("%s: %s", type(exc).__name__, exc)
+        return 1

@@ -16,7 +16,7 @@ import msgpack
 import numpy as np
 
 from ..arrays import DTYPES
-from ..errors import ProtocolError
+from ..errors import ProtocolError, to_wire
 from .commands import COMMANDS, PROTOCOL_VERSION, Command
 
 MAX_NDIM = 32
@@ -73,6 +73,12 @@ def encode(cmd, id=0, sender="", arrays=(), buffers=(), body=None):
     if len(arrays) != len(buffers):
         raise ProtocolError(f"{len(arrays)} array descriptors but {len(buffers)} buffers")
     return [encode_header(cmd, id, sender, arrays, body), *buffers]
+
+
+def encode_error(id, sender, exc):
+    """An error reply: the error crosses by whitelisted name, message and facts, never pickled."""
+    name, message, attrs = to_wire(exc)
+    return encode(Command.ERROR, id, sender, body={"name": name, "message": message, "attrs": attrs})
 
 
 def _fail(field, why):

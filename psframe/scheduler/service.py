@@ -52,9 +52,10 @@ class SchedulerService:
             except Exception as exc:   # a bad message must never take the job down
                 if not isinstance(exc, ProtocolError):
                     logger.exception("unexpected error handling a message")
+                    exc = ProtocolError(f"the scheduler could not handle this message: "
+                                        f"{type(exc).__name__}: {exc}")
                 logger.warning("rejected a message: %s", exc)
-                self._send_raw(peer, codec.encode(Command.ERROR, msg_id, "scheduler",
-                                                  body={"name": "ProtocolError", "message": str(exc)}))
+                self._send_raw(peer, codec.encode_error(msg_id, "scheduler", exc))
 
     def _dispatch(self, peer, msg):
         st, now, b = self.state, time.monotonic(), msg.body

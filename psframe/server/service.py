@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import OptimizerError, ProtocolError, PSError, to_wire
+from ..errors import OptimizerError, ProtocolError, PSError
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
 from .shard import ShardState
@@ -227,9 +227,7 @@ class ServerService:
             self.guard.add(a, tracker)
 
     def _reply_error(self, peer, msg_id, exc):
-        name, message, attrs = to_wire(exc)
-        self._send(peer, codec.encode(Command.ERROR, msg_id, self.name,
-                                      body={"name": name, "message": message, "attrs": attrs}))
+        self._send(peer, codec.encode_error(msg_id, self.name, exc))
 
     def _send(self, peer, frames, track=False):
         try:
