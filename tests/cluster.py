@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from psframe import config as C
@@ -62,7 +63,7 @@ def run_job(script, num_workers=2, num_servers=2, args=(), env=None, timeout=120
     t0 = time.monotonic()
     try:
         for name, cmd, extra in specs:
-            f = files[name] = open(os.devnull if False else _tmp(name), "w+")
+            f = files[name] = tempfile.TemporaryFile("w+")
             procs[name] = subprocess.Popen(cmd, env={**env, **extra}, stdout=f, stderr=subprocess.STDOUT,
                                            cwd=ROOT, start_new_session=True)
         deadline = t0 + timeout
@@ -78,12 +79,4 @@ def run_job(script, num_workers=2, num_servers=2, args=(), env=None, timeout=120
         f.seek(0)
         outputs[name] = f.read()
         f.close()
-        os.unlink(f.name)
     return JobResult({n: p.returncode for n, p in procs.items()}, outputs, time.monotonic() - t0)
-
-
-def _tmp(name):
-    import tempfile
-    fd, path = tempfile.mkstemp(prefix=f"psf-{name.replace(':', '-')}-", suffix=".log")
-    os.close(fd)
-    return path
