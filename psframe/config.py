@@ -28,6 +28,7 @@ HEARTBEAT_INTERVAL = "PSFRAME_HEARTBEAT_INTERVAL"
 HEARTBEAT_TIMEOUT = "PSFRAME_HEARTBEAT_TIMEOUT"
 BIGARRAY_BOUND = "PSFRAME_BIGARRAY_BOUND"  # elements above which a key is sliced over servers
 MAX_STEPS_AHEAD = "PSFRAME_MAX_STEPS_AHEAD"  # sync pushes a worker may have unmerged per key
+FUSE_KEY_BYTES = "PSFRAME_FUSE_KEY_BYTES"  # keys up to this size, initialised together, travel fused
 USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules servers import
 TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
 
@@ -48,6 +49,7 @@ DEFAULTS = {
     HEARTBEAT_TIMEOUT: 10.0,
     BIGARRAY_BOUND: 1_000_000,
     MAX_STEPS_AHEAD: 4,
+    FUSE_KEY_BYTES: 64 << 10,
 }
 
 
@@ -71,6 +73,7 @@ class Config:
     heartbeat_timeout: float = DEFAULTS[HEARTBEAT_TIMEOUT]
     bigarray_bound: int = DEFAULTS[BIGARRAY_BOUND]
     max_steps_ahead: int = DEFAULTS[MAX_STEPS_AHEAD]
+    fuse_key_bytes: int = DEFAULTS[FUSE_KEY_BYTES]
     user_modules: tuple = ()
     timeline: str = ""
     log_level: str = "INFO"
@@ -143,4 +146,5 @@ def from_env(env=None):
         heartbeat_timeout=_get(env, HEARTBEAT_TIMEOUT, float, DEFAULTS[HEARTBEAT_TIMEOUT], minimum=0.1),
         bigarray_bound=_get(env, BIGARRAY_BOUND, int, DEFAULTS[BIGARRAY_BOUND], minimum=1),
         max_steps_ahead=_get(env, MAX_STEPS_AHEAD, int, DEFAULTS[MAX_STEPS_AHEAD], minimum=1),
+        fuse_key_bytes=_get(env, FUSE_KEY_BYTES, int, DEFAULTS[FUSE_KEY_BYTES], minimum=0),
         user_modules=modules, timeline=env.get(TIMELINE, ""), log_level=log_level)

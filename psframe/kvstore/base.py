@@ -21,6 +21,8 @@ class KeyInfo:
     parts: tuple = ()       # sharding.Part tuple (dist kinds)
     pushes: int = 0         # pushes sent (the step of the next push is pushes + 1)
     acked: int = 0          # pushes whose step the servers completed
+    group: object = None    # the fusion.Group it travels in (dist kinds), if any
+    member: int = 0         # its index in that group
 
     @property
     def size(self):
@@ -37,6 +39,9 @@ def _is_key(k):
 def _check_key(k):
     if not _is_key(k):
         raise ConfigError(f"key {k!r} must be an int or a str (or a list of them)")
+    if type(k) is str and k.startswith("\x00"):
+        raise ConfigError(f"key {k!r}: keys starting with '\\x00' are reserved for psframe's "
+                          f"fused keys; rename it")
     return k
 
 

@@ -20,6 +20,7 @@ from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
 from ..protocol import ArrayDesc, Command, codec
 from ..transport import peers, sockets
+from . import fusion
 from .base import KVStore
 
 logger = logging.getLogger(__name__)
@@ -78,35 +79,61 @@ class DistKVStore(KVStore):
 
     # -- the kind's operations ----------------------------------------------------------
     def _init(self, keys, values):
-        metas = [[k, int(v.size), int(v.nbytes)] for k, v in zip(keys, values)]
+        value_of = dict(zip(keys, values))
+        units = fusion.plan(keys, [self._keys[k] for k in keys], self.config.fuse_key_bytes,
+                            self.config.bigarray_bound, len(self._servers))
+        metas = []
+        for u in units:
+            info = u if type(u) is fusion.Group else self._keys[u]
+            metas.append([u.key if info is u else u, info.size,
+                          info.size * np.dtype(info.dtype).itemsize])
         placed = self._ask_scheduler(Command.PLACE, {"keys": metas}, "placing keys")["servers"]
-        batches = _Batches(lambda: ([], [], []))
-        for k, v, server in zip(keys, values, placed):
-            info = self._keys[k]
-            info.parts = sharding.parts_of(server, info.size, len(self._servers),
-                                           np.dtype(info.dtype).itemsize)
-            self._part_acks[k] = [0] * len(info.parts)
-            flat = v.reshape(-1)
-            itemsize = flat.itemsize
-            for p in info.parts:
-                desc = ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p))
-                msg = batches.add(p.server, p.size * itemsize if self.rank == 0 else 64)
+        batches = _Batches(lambda: ([], [], [], []))    # descs, buffers, meta, group members
+        for unit, server in zip(units, placed):
+            if type(unit) is fusion.Group:
+                members = self._place_group(unit, server)
+                pieces = [(server, ArrayDesc(unit.key, 0, unit.dtype, (unit.size,)), members,
+                           lambda g=unit: np.concatenate([value_of[k].reshape(-1) for k in g.names]))]
+            else:
+                info = self._keys[unit]
+                info.parts = self._parts_of(info, server)
+                self._part_acks[unit] = [0] * len(info.parts)
+                flat = value_of[unit].reshape(-1)
+                pieces = [(p.server, ArrayDesc(unit, p.part, info.dtype, self._part_shape(info, p)), None,
+                           lambda flat=flat, p=p: flat[p.start:p.stop]) for p in info.parts]
+            for where, desc, members, value in pieces:
+                descs, bufs, meta, groups = batches.add(where, desc.nbytes if self.rank == 0 else 64)
+                groups.append(members)
                 if self.rank == 0:
-                    msg[0].append(desc)
-                    msg[1].append(flat[p.start:p.stop])
+                    descs.append(desc)
+                    bufs.append(value())
                 else:
-                    msg[2].append(desc.to_wire())
-        reqs = [self._send(s, Command.INIT, descs, bufs, {"meta": meta, "sync": self.sync}, track=True)
-                for s, (descs, bufs, meta) in batches]
+                    meta.append(desc.to_wire())
+        reqs = [self._send(s, Command.INIT, descs, bufs, {"meta": meta, "sync": self.sync, "groups": groups},
+                           wait_for_send=True)
+                for s, (descs, bufs, meta, groups) in batches]
         self._wait(reqs, "init of keys %s" % keys[:5])
 
+    def _parts_of(self, info, server):
+        return sharding.parts_of(server, info.size, len(self._servers), np.dtype(info.dtype).itemsize)
+
+    def _place_group(self, group, server):
+        """Record where ``group`` lives; its keys can also travel alone, to the same server."""
+        group.server = server
+        for m, (k, info) in enumerate(zip(group.names, group.infos)):
+            info.group, info.member = group, m
+            info.parts = self._parts_of(info, server)
+            self._part_acks[k] = [0]
+        return group.wire_members()
+
     def _push(self, keys, values, priority):
-        self._wait_sent(self._send_pushes(Command.PUSH, keys, values, {}))
+        self._wait_sent(self._send_pushes(Command.PUSH, *self._by_group(keys, values), {}))
         self._raise_deferred()
 
     def _pull(self, keys, outs, priority):
+        plain, fused = self._by_group(keys, outs)
         batches, finish = _Batches(lambda: ([], {})), []
-        for k, out in zip(keys, outs):
+        for k, out in plain:
             info = self._keys[k]
             flat, copy_back = self._landing(info, out)
             finish.append(copy_back)
@@ -116,6 +143,12 @@ class DistKVStore(KVStore):
                 meta, targets = batches.add(p.server, target.nbytes)
                 meta.append(desc.to_wire())
                 targets[(k, p.part)] = target
+        for g, group_outs in fused:
+            flat = g.landing()
+            meta, targets = batches.add(g.server, flat.nbytes)
+            meta.append(ArrayDesc(g.key, 0, g.dtype, (g.size,), g.infos[0].pushes).to_wire())
+            targets[(g.key, 0)] = flat
+            finish.append(lambda g=g, outs=group_outs, flat=flat: g.unpack(flat, outs))
         reqs = [self._send(s, Command.PULL, (), (), {"meta": meta}, targets=targets)
                 for s, (meta, targets) in batches]
         self._wait(reqs, f"pull of {_keys_text(keys)}")
@@ -123,14 +156,19 @@ class DistKVStore(KVStore):
             f()
 
     def _pushpull(self, keys, values, outs, priority):
+        plain, fused = self._by_group(keys, list(zip(values, outs)))
         finish, targets = [], {}
-        for k, out in zip(keys, outs):
+        for k, (_, out) in plain:
             info = self._keys[k]
             flat, copy_back = self._landing(info, out)
             finish.append(copy_back)
             for p in info.parts:
                 targets[(k, p.part)] = flat[p.start:p.stop]
-        reqs = self._send_pushes(Command.PUSHPULL, keys, values, targets)
+        for g, pairs in fused:
+            flat = targets[(g.key, 0)] = g.landing()
+            finish.append(lambda g=g, outs=[o for _, o in pairs], flat=flat: g.unpack(flat, outs))
+        reqs = self._send_pushes(Command.PUSHPULL, [(k, v) for k, (v, _) in plain],
+                                 [(g, [v for v, _ in pairs]) for g, pairs in fused], targets)
         self._wait(reqs, f"pushpull of {_keys_text(keys)}")
         self._wait_sent(reqs)
         for f in finish:
@@ -230,28 +268,67 @@ class DistKVStore(KVStore):
     def _part_shape(self, info, part):
         return info.shape if len(info.parts) == 1 else (part.size,)
 
-    def _send_pushes(self, cmd, keys, values, targets):
-        batches, owned = _Batches(lambda: ([], [], [], {})), True
-        for k, v in zip(keys, values):
+    def _by_group(self, keys, items):
+        """``(plain, fused)``: ``[(key, item)]`` to send key by key, and ``[(group, [item per
+        member])]`` for groups this call names whole and in step (they go as one array)."""
+        plain, calls, known = [], {}, self._keys
+        for k, item in zip(keys, items):
+            info = known[k]
+            g = info.group
+            if g is None:
+                plain.append((k, item))
+                continue
+            members = calls.get(g)
+            if members is None:
+                members = calls[g] = [None] * len(g.names)
+            members[info.member] = (k, item)
+        fused = []
+        for g, members in calls.items():
+            if all(m is not None for m in members) and g.in_step():
+                fused.append((g, [item for _, item in members]))
+            else:
+                plain.extend(m for m in members if m is not None)
+        return plain, fused
+
+    def _send_pushes(self, cmd, plain, fused, targets):
+        batches, owned = _Batches(lambda: ([], [], [], {}, [])), True
+        for k, v in plain:
             info = self._keys[k]
             self._backpressure(info)
-            if type(v) is np.ndarray and v.flags.c_contiguous:
-                host, copied = v, False
-            else:
-                host, copied = arrays.to_host_copied(v)
+            host, copied = self._host(v)
             owned = owned and copied            # our copy: no need to wait for the wire
             info.pushes += 1
             flat = host.reshape(-1)
             for i, p in enumerate(info.parts):
                 buf = flat[p.start:p.stop]
-                descs, bufs, acks, tg = batches.add(p.server, buf.nbytes)
+                descs, bufs, acks, tg, _ = batches.add(p.server, buf.nbytes)
                 descs.append(ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p), info.pushes))
                 bufs.append(buf)
                 acks.append((info, k, i))
                 if (k, p.part) in targets:
                     tg[(k, p.part)] = targets[(k, p.part)]
-        return [self._send(s, cmd, descs, bufs, acks=acks, targets=tg, track=not owned)
-                for s, (descs, bufs, acks, tg) in batches]
+        for g, vals in fused:
+            flats = []
+            for info, v in zip(g.infos, vals):
+                self._backpressure(info)
+                flats.append(self._host(v)[0].reshape(-1))
+                info.pushes += 1
+            buf, slot = g.pack(flats)           # our copy, reused once zmq has sent it
+            descs, bufs, acks, tg, slots = batches.add(g.server, buf.nbytes)
+            descs.append(ArrayDesc(g.key, 0, g.dtype, (g.size,), g.infos[0].pushes))
+            bufs.append(buf)
+            acks.append((g, g.key, 0))
+            slots.append(slot)
+            if (g.key, 0) in targets:
+                tg[(g.key, 0)] = targets[(g.key, 0)]
+        return [self._send(s, cmd, descs, bufs, acks=acks, targets=tg, wait_for_send=not owned, slots=slots)
+                for s, (descs, bufs, acks, tg, slots) in batches]
+
+    @staticmethod
+    def _host(value):
+        if type(value) is np.ndarray and value.flags.c_contiguous:
+            return value, False
+        return arrays.to_host_copied(value)
 
     def _landing(self, info, outs):
         """Where pulled bytes land: the first output itself when it is a contiguous host
@@ -276,14 +353,20 @@ class DistKVStore(KVStore):
             self._progress_until(lambda: info.pushes - info.acked < self.config.max_steps_ahead,
                                  f"backpressure: {info.pushes - info.acked} unmerged pushes")
 
-    def _send(self, server, cmd, descs, bufs, body=None, acks=(), targets=None, track=False):
+    def _send(self, server, cmd, descs, bufs, body=None, acks=(), targets=None, wait_for_send=False,
+              slots=()):
+        """Send one request. ``wait_for_send``: ``bufs`` are the caller's, so ``_wait_sent``
+        must see zmq done with them; ``slots``: our reused buffers, given the send's tracker."""
         self._heartbeat.check()
         msg_id = next(self._ids)
         req = _Request(server, cmd, acks, targets)
         if self._timeline is not None:
             req.t0 = timeline.now_us()
         frames = codec.encode(cmd, msg_id, self.name, descs, [b.view(np.uint8) for b in bufs], body)
-        req.tracker = sockets.send_frames(self._servers[server], frames, track=track)
+        tracker = sockets.send_frames(self._servers[server], frames, track=wait_for_send or bool(slots))
+        for slot in slots:
+            slot[1] = tracker
+        req.tracker = tracker if wait_for_send else None
         self._requests[msg_id] = req
         return req
 
@@ -372,7 +455,10 @@ class DistKVStore(KVStore):
         if req.cmd is Command.STATS:
             req.body = msg.body
         for info, key, i in req.acks:
-            if len(info.parts) == 1:
+            if type(info) is fusion.Group:
+                for member in info.infos:
+                    member.acked += 1
+            elif len(info.parts) == 1:
                 info.acked += 1
             else:     # a push is merged once every part of it is
                 counts = self._part_acks[key]

@@ -146,6 +146,31 @@ def decode_meta(body, field="meta"):
     return [decode_desc(i, d) for i, d in enumerate(raw)]
 
 
+def decode_groups(body, count):
+    """Members of the fusion groups an init names, from ``body["groups"]``: one entry per
+    array descriptor, ``None`` for a plain key or ``[[key, shape], ...]`` for a group."""
+    raw = body.get("groups")
+    if raw is None:
+        return [None] * count
+    if type(raw) is not list or len(raw) != count:
+        _fail("body.groups", f"is not a list of {count} entries")
+    out = []
+    for i, entry in enumerate(raw):
+        if entry is None:
+            out.append(None)
+            continue
+        if type(entry) is not list or not entry:
+            _fail(f"body.groups[{i}]", "is not a non-empty list of [key, shape]")
+        members = []
+        for j, member in enumerate(entry):
+            if type(member) is not list or len(member) != 2:
+                _fail(f"body.groups[{i}][{j}]", "is not [key, shape]")
+            desc = decode_desc(j, [member[0], 0, "float32", member[1], 0])   # validates key and shape
+            members.append((desc.key, desc.shape))
+        out.append(members)
+    return out
+
+
 def sender_rank(sender, role, limit):
     """The rank in a ``"worker:3"`` style sender name, checked against ``role`` and ``limit``."""
     kind, _, rank = sender.partition(":")

@@ -134,11 +134,12 @@ class ServerService:
         sync = msg.body.get("sync", True)
         if type(sync) is not bool:
             raise ProtocolError(f"init body.sync is {sync!r}, not a bool")
+        groups = codec.decode_groups(msg.body, len(descs))
         arrays = [codec.as_array(d, b) for d, b in zip(msg.arrays, msg.buffers)]
         arrays += [None] * (len(descs) - len(arrays))
         token = self._expect(peer, msg, len(descs))
-        for desc, array in zip(descs, arrays):
-            self._deliver(self.shard.init(rank, desc, array, token, sync))
+        for desc, array, members in zip(descs, arrays, groups):
+            self._deliver(self.shard.init(rank, desc, array, token, sync, members))
 
     def handle_push(self, peer, msg, rank):
         token = self._expect(peer, msg, len(msg.arrays))
@@ -172,8 +173,7 @@ class ServerService:
         for desc in msg.arrays:
             ident = (desc.key, desc.part, desc.step)
             start = self._merge_start.setdefault(ident, arrived or end)
-            st = self.shard.keys.get((desc.key, desc.part))
-            if st is not None and st.completed >= desc.step:
+            if self.shard.step_complete(desc):
                 del self._merge_start[ident]
                 self.timeline.complete(f"merge {desc.key}", "merge", start, end, tid=desc.part,
                                        args={"step": desc.step, "part": desc.part})

@@ -3,11 +3,19 @@
 Each call takes a reply ``token`` (opaque: the service's routing id + request id) and returns the
 list of ``Reply`` objects that became due, which may answer earlier, parked requests too.
 
+A stored entry is a key-part, or a *fusion group*: small keys a worker initialised in one call,
+kept in one flat buffer so that a push naming the whole group is merged with one numpy call
+instead of one Python round per key (ps-lite sends many keys in one value buffer for the same
+reason). Every key of a group keeps its own steps all the same: a push or pull may name one
+member, and members may run at different steps; the state below is per member throughout, and
+the whole-group path is just the case where every member moves together.
+
 Sync semantics: the i-th push of a key from every worker forms step i. Pushes are summed in
 worker-rank order (an array that arrives before its turn waits, unsummed), so a job gives
-bitwise-identical values run after run. When step i is complete the value becomes the sum (no
-optimizer) or ``optimizer.update(value, sum)``; push acks of the step go out then, which bounds
-how far a worker can run ahead. A pull for step i is parked until step i is complete.
+bitwise-identical values run after run, whether its keys travel fused or one by one. When step
+i of a key is complete its value becomes the sum (no optimizer) or ``optimizer.update(value,
+sum)``; push acks of the step go out then, which bounds how far a worker can run ahead. A pull
+for step i is parked until step i is complete.
 Async semantics: every push is applied on arrival (``value += push`` without optimizer).
 """
 import dataclasses
@@ -27,33 +35,49 @@ class Reply:
 
 
 class _StepMerge:
-    """Fixed-rank-order sum of one step's pushes."""
+    """Fixed-rank-order sum of one step's pushes, per member of the entry."""
     __slots__ = ("acc", "next_rank", "early", "tokens")
 
-    def __init__(self):
-        self.acc = None
-        self.next_rank = 0
-        self.early = {}     # rank -> array that arrived before its turn
-        self.tokens = []    # push acks due when the step completes
+    def __init__(self, members):
+        self.acc = None                                  # flat sum so far (members' slices)
+        self.next_rank = np.zeros(members, np.int64)     # per member: the rank to add next
+        self.early = []     # [rank, lo, hi, flat array]: arrived before its turn
+        self.tokens = []    # (token, lo, hi): push acks due when members lo..hi-1 complete
 
 
 class _KeyState:
-    __slots__ = ("key", "part", "dtype", "shape", "sync", "value", "failed", "inited_by", "parked_inits",
-                 "pushes", "completed", "merges", "parked_pulls", "opt_state", "free")
+    """A key-part (one member) or a fusion group (many); ``value`` is flat, member ``m`` is
+    ``value[bounds[m]:bounds[m + 1]]`` shaped ``shapes[m]``."""
+    __slots__ = ("key", "part", "dtype", "shape", "names", "shapes", "bounds", "sync", "value",
+                 "failed", "inited_by", "parked_inits", "pushes", "completed", "merges",
+                 "parked_pulls", "opt_state", "free")
 
-    def __init__(self, key, part, dtype, shape, sync):
+    def __init__(self, key, part, dtype, shape, sync, num_workers, members=None):
         self.key, self.part, self.dtype, self.shape = key, part, dtype, tuple(shape)
+        members = members or [(key, self.shape)]
+        self.names = [k for k, _ in members]
+        self.shapes = [tuple(s) for _, s in members]
+        self.bounds = [0]
+        for s in self.shapes:
+            self.bounds.append(self.bounds[-1] + int(np.prod(s, dtype=np.int64)))
         self.sync = sync
         self.value = None
-        self.failed = None       # the error of an update that raised: the key is unusable
+        self.failed = None       # the error of an update that raised: the entry is unusable
         self.inited_by = set()
-        self.parked_inits = []   # (token, rank, dtype, shape)
-        self.pushes = {}         # rank -> pushes received
-        self.completed = 0       # steps applied
+        self.parked_inits = []   # (token, rank, dtype, shape, members)
+        self.pushes = np.zeros((num_workers, len(members)), np.int64)   # pushes received
+        self.completed = np.zeros(len(members), np.int64)               # steps applied
         self.merges = {}         # step -> _StepMerge
-        self.parked_pulls = []   # (step, token)
-        self.opt_state = None
-        self.free = []           # spare buffers of the key's shape (no page faults per step)
+        self.parked_pulls = []   # (step, lo, hi, token)
+        self.opt_state = [None] * len(members)
+        self.free = []           # spare flat buffers (no page faults per step)
+
+    @property
+    def grouped(self):
+        return len(self.names) > 1 or self.names[0] != self.key
+
+    def member_view(self, flat, m):
+        return flat[self.bounds[m]:self.bounds[m + 1]].reshape(self.shapes[m])
 
 
 class _NoGuard:
@@ -72,22 +96,31 @@ class ShardState:
         self.num_workers = num_workers
         self.sync = sync
         self.guard = guard or _NoGuard()
-        self.keys = {}                 # (key, part) -> _KeyState
+        self.keys = {}                 # (key, part) -> _KeyState (a key-part or a group)
+        self.members = {}              # key of a group member -> (its group's _KeyState, index)
         self.optimizer = None
         self.counters = {"pushes": [0] * num_workers, "pulls": [0] * num_workers,
                          "bytes_in": 0, "bytes_out": 0, "updates": 0}
 
     # -- init ---------------------------------------------------------------------------
-    def init(self, rank, desc, array, token, sync=None):
+    def init(self, rank, desc, array, token, sync=None, members=None):
         """Worker ``rank`` initialises part ``desc``; ``array`` is the value (rank 0) or None.
-        ``sync`` (default: the shard's) fixes the key's mode; workers must agree on it."""
+        ``sync`` (default: the shard's) fixes the key's mode; workers must agree on it.
+        ``members`` ([(key, shape)], in order) makes ``desc`` a fusion group of those keys."""
         sync = self.sync if sync is None else sync
-        st = self.keys.get((desc.key, desc.part))
+        ident = (desc.key, desc.part)
+        st = self.keys.get(ident)
         if st is None:
-            st = self.keys[(desc.key, desc.part)] = _KeyState(desc.key, desc.part, desc.dtype,
-                                                             desc.shape, sync)
+            err = self._clashes(desc, members, rank)
+            if err is not None:
+                return [Reply(token, error=err)]
+            st = self.keys[ident] = _KeyState(desc.key, desc.part, desc.dtype, desc.shape, sync,
+                                              self.num_workers, members)
+            if members:
+                for m, (k, _) in enumerate(members):
+                    self.members[k] = (st, m)
         if rank in st.inited_by:
-            return [Reply(token, error=DoubleInitError(desc.key, rank))]
+            return [Reply(token, error=DoubleInitError(st.names[0] if st.grouped else desc.key, rank))]
         if st.sync != sync:
             return [Reply(token, error=ConfigError(
                 f"key {desc.key!r}: worker {rank} uses {'dist_sync' if sync else 'dist_async'} but "
@@ -95,155 +128,256 @@ class ShardState:
                 f"create the same kind on every worker"))]
         if array is not None and st.value is None:
             st.dtype, st.shape = desc.dtype, tuple(desc.shape)
-            st.value = np.array(array, dtype=desc.dtype, copy=True).reshape(desc.shape)
+            st.value = np.array(array, dtype=desc.dtype, copy=True).reshape(-1)
         st.inited_by.add(rank)
-        st.parked_inits.append((token, rank, desc.dtype, tuple(desc.shape)))
+        st.parked_inits.append((token, rank, desc.dtype, tuple(desc.shape), members))
         if st.value is None:
             return []
         replies = []
-        for tok, r, dtype, shape in st.parked_inits:
-            err = self._mismatch(st, dtype, shape, "init")
+        for tok, r, dtype, shape, mem in st.parked_inits:
+            err = self._mismatch(st.key, st.shape, st.dtype, shape, dtype, "init")
+            if err is None and st.grouped and [(k, tuple(s)) for k, s in mem or ()] != list(zip(st.names, st.shapes)):
+                err = ConfigError(
+                    f"worker {r} initialised keys {[k for k, _ in mem or ()][:4]}... together, but "
+                    f"worker 0 initialised {st.names[:4]}... together; initialise the same "
+                    f"lists of keys in the same order on every worker")
             if err is not None:
                 st.inited_by.discard(r)
             replies.append(Reply(tok, error=err))
         st.parked_inits = []
         return replies
 
+    def _clashes(self, desc, members, rank):
+        """A key is stored once: alone, or in one group."""
+        for k in [k for k, _ in members] if members else [desc.key]:
+            if k in self.members or (members and (k, 0) in self.keys):
+                return ConfigError(
+                    f"key {k!r}: worker {rank} initialised it {'with other keys' if members else 'alone'}"
+                    f" but another worker did not; initialise the same lists of keys in the same "
+                    f"order on every worker")
+        return None
+
     # -- push ---------------------------------------------------------------------------
     def push(self, rank, desc, array, token):
         """Merge (sync) or apply (async) one pushed array. ``token`` None: no ack wanted."""
-        st = self.keys.get((desc.key, desc.part))
-        if (st is None or st.value is None or st.shape != desc.shape or st.dtype != desc.dtype
-                or st.failed is not None):
-            st, err = self._checked(desc, "push")
+        st, lo, hi, err = self._lookup(desc, "push")
+        if err is not None:
             return [Reply(token, error=err)]
-        expected = st.pushes.get(rank, 0) + 1
-        if st.sync and desc.step != expected:
+        flat = array.reshape(-1)
+        self.counters["pushes"][rank] += hi - lo
+        self.counters["bytes_in"] += flat.nbytes
+        if not st.sync:
+            st.pushes[rank, lo:hi] += 1
+            return self._apply_async(st, lo, hi, flat, token)
+        before = st.pushes[rank, lo:hi]
+        if before.min() != desc.step - 1 or before.max() != desc.step - 1:
             return [Reply(token, error=ProtocolError(
                 f"push of key {desc.key!r} from worker {rank} is step {desc.step}, expected "
-                f"{expected}: a message was lost or a worker restarted"))]
-        st.pushes[rank] = expected
-        self.counters["pushes"][rank] += 1
-        self.counters["bytes_in"] += array.nbytes
-        if not st.sync:
-            failed = self._apply_or_fail(st, array, True, [token] if token is not None else [])
-            if failed:
-                return failed
-            st.completed += 1
-            return [] if token is None else [Reply(token)]
+                f"{int(before.min()) + 1}: a message was lost or a worker restarted"))]
+        before[...] = desc.step
         merge = st.merges.get(desc.step)
         if merge is None:
-            merge = st.merges[desc.step] = _StepMerge()
+            merge = st.merges[desc.step] = _StepMerge(len(st.names))
         if token is not None:
-            merge.tokens.append(token)
-        merge.early[rank] = array
-        while merge.next_rank in merge.early:
-            part = merge.early.pop(merge.next_rank)
-            if merge.acc is None:
-                merge.acc = self._take_buffer(st)
-                np.copyto(merge.acc, part)
-            else:
-                np.add(merge.acc, part, out=merge.acc)
-            merge.next_rank += 1
-        if merge.next_rank < self.num_workers:
-            return []          # this step still waits for a worker (no earlier step can finish)
+            merge.tokens.append((token, lo, hi))
+        merge.early.append([rank, lo, hi, flat])
+        if not self._sum_in_rank_order(st, merge):
+            return []          # nothing of this step became complete
         return self._complete_steps(st)
 
+    def _sum_in_rank_order(self, st, merge):
+        """Add every early array whose turn has come; True if a member's step became complete.
+        An array spanning members at different turns is split into one entry per member."""
+        early, next_rank, bounds = merge.early, merge.next_rank, st.bounds
+        completed_any, progress = False, True
+        while progress and early:
+            progress = False
+            for entry in list(early):
+                rank, lo, hi, flat = entry
+                turns = next_rank[lo:hi]
+                if turns.min() == rank and turns.max() == rank:
+                    early.remove(entry)
+                    if merge.acc is None:
+                        merge.acc = self._take_buffer(st)
+                    target = merge.acc[bounds[lo]:bounds[hi]]
+                    if rank == 0:
+                        np.copyto(target, flat)
+                    else:
+                        np.add(target, flat, out=target)
+                    turns += 1
+                    completed_any = completed_any or rank + 1 == self.num_workers
+                    progress = True
+                elif hi - lo > 1 and (turns == rank).any():
+                    early.remove(entry)
+                    base = bounds[lo]
+                    early.extend([rank, m, m + 1, flat[bounds[m] - base:bounds[m + 1] - base]]
+                                 for m in range(lo, hi))
+                    progress = True
+        return completed_any
+
     def _complete_steps(self, st):
-        replies = []
-        while True:
-            merge = st.merges.get(st.completed + 1)
-            if merge is None or merge.next_rank < self.num_workers:
-                break
-            del st.merges[st.completed + 1]
-            failed = self._apply_or_fail(st, merge.acc, False, merge.tokens)
-            if failed:
-                return replies + failed
-            st.completed += 1
-            replies.extend(Reply(tok) for tok in merge.tokens)
+        """Apply every step whose members are complete, in step order per member."""
+        replies, n = [], self.num_workers
+        for step in sorted(st.merges):
+            merge = st.merges[step]
+            ready = (merge.next_rank == n) & (st.completed == step - 1)
+            if not ready.any():
+                continue
+            whole = bool(ready.all())
+            done = range(len(st.names)) if whole else np.flatnonzero(ready).tolist()
+            try:
+                self._apply_sum(st, merge.acc, done, whole)
+            except Exception as exc:
+                return replies + self._fail(st, exc, step)
+            if whole:
+                st.completed[:] = step
+            else:
+                st.completed[done] = step
+            still = []
+            for tok in merge.tokens:
+                _, lo, hi = tok
+                if st.completed[lo:hi].min() >= step:
+                    replies.append(Reply(tok[0]))
+                else:
+                    still.append(tok)
+            merge.tokens = still
+            if st.completed.min() >= step:
+                del st.merges[step]
+                if merge.acc is not None and merge.acc is not st.value:
+                    st.free.append(merge.acc)
         if replies and st.parked_pulls:
-            due = [(s, t) for s, t in st.parked_pulls if s <= st.completed]
-            st.parked_pulls = [(s, t) for s, t in st.parked_pulls if s > st.completed]
-            replies.extend(self._value_reply(st, t) for _, t in due)
+            due = [p for p in st.parked_pulls if st.completed[p[1]:p[2]].min() >= p[0]]
+            if due:
+                st.parked_pulls = [p for p in st.parked_pulls if st.completed[p[1]:p[2]].min() < p[0]]
+                replies.extend(self._value_reply(st, lo, hi, t) for _, lo, hi, t in due)
         return replies
 
-    def _apply_or_fail(self, st, grad, accumulate, tokens):
-        """Apply; if the update raises, the key is marked failed and everyone waiting on it
-        (this step's pushers, parked pulls) gets the error instead of waiting forever."""
-        try:
-            self._apply(st, grad, accumulate)
-            return []
-        except Exception as exc:
-            st.failed = exc if isinstance(exc, OptimizerError) else OptimizerError(
-                f"the update of key {st.key!r} (part {st.part}, step {st.completed + 1}) raised "
-                f"{type(exc).__name__}: {exc}; the key cannot be used any more")
-            waiting = list(tokens) + [t for _, t in st.parked_pulls]
-            st.parked_pulls = []
-            return [Reply(t, error=st.failed) for t in waiting]
-
-    def _apply(self, st, grad, accumulate):
+    def _apply_sum(self, st, acc, members, whole):
+        """Members' step sums in ``acc`` become their values (or the optimizer's update)."""
         if self.optimizer is not None:
-            if st.opt_state is None:
-                st.opt_state = self.optimizer.create_state(st.key, st.value)
-            self.guard.wait(st.value)
-            self.optimizer.update(st.key, st.value, grad, st.opt_state)
-            self.counters["updates"] += 1
-            if not accumulate:
-                st.free.append(grad)
-        elif accumulate:
-            self.guard.wait(st.value)
-            np.add(st.value, grad, out=st.value)
-        else:
+            self._update(st, acc, members)
+        elif whole:
             st.free.append(st.value)   # reused once no reply is still sending it
-            st.value = grad
+            st.value = acc
+        else:
+            self.guard.wait(st.value)
+            for m in members:
+                a, b = st.bounds[m], st.bounds[m + 1]
+                st.value[a:b] = acc[a:b]
+
+    def _apply_async(self, st, lo, hi, flat, token):
+        tokens = [token] if token is not None else []
+        try:
+            if self.optimizer is not None:
+                self._update(st, flat, range(lo, hi), st.bounds[lo])
+            else:
+                self.guard.wait(st.value)
+                target = st.value[st.bounds[lo]:st.bounds[hi]]
+                np.add(target, flat, out=target)
+        except Exception as exc:
+            return self._fail(st, exc, int(st.completed[lo]) + 1, tokens)
+        st.completed[lo:hi] += 1
+        return [Reply(t) for t in tokens]
+
+    def _update(self, st, grad, members, offset=0):
+        """``optimizer.update`` of each member, whose gradient starts at ``grad[bounds[m] - offset]``."""
+        self.guard.wait(st.value)
+        opt = self.optimizer
+        for m in members:
+            weight = st.member_view(st.value, m)
+            if st.opt_state[m] is None:
+                st.opt_state[m] = opt.create_state(st.names[m], weight)
+            g = grad[st.bounds[m] - offset:st.bounds[m + 1] - offset].reshape(st.shapes[m])
+            opt.update(st.names[m], weight, g, st.opt_state[m])
+            self.counters["updates"] += 1
+
+    def _fail(self, st, exc, step, tokens=()):
+        """An update raised: the entry is marked failed, and everyone waiting on it (pushers of
+        every pending step, parked pulls) gets the error instead of waiting forever."""
+        st.failed = exc if isinstance(exc, OptimizerError) else OptimizerError(
+            f"the update of key {st.key!r} (part {st.part}, step {step}) raised "
+            f"{type(exc).__name__}: {exc}; the key cannot be used any more")
+        waiting = list(tokens) + [t[0] for m in st.merges.values() for t in m.tokens]
+        waiting += [p[3] for p in st.parked_pulls]
+        st.parked_pulls = []
+        for m in st.merges.values():
+            m.tokens = []
+        return [Reply(t, error=st.failed) for t in waiting]
 
     def _take_buffer(self, st):
         for i, buf in enumerate(st.free):
             if not self.guard.busy(buf):
                 return st.free.pop(i)
-        return np.empty(st.shape, dtype=st.dtype)
+        return np.empty(st.bounds[-1], dtype=st.dtype)
 
     # -- pull ---------------------------------------------------------------------------
     def pull(self, rank, desc, token):
         """Reply with the value of the newest step that includes ``rank``'s ``desc.step`` pushes."""
-        st = self.keys.get((desc.key, desc.part))
-        if (st is None or st.value is None or st.shape != desc.shape or st.dtype != desc.dtype
-                or st.failed is not None):
-            st, err = self._checked(desc, "pull")
+        st, lo, hi, err = self._lookup(desc, "pull")
+        if err is not None:
             return [Reply(token, error=err)]
-        self.counters["pulls"][rank] += 1
-        if st.sync and desc.step > st.completed:
-            st.parked_pulls.append((desc.step, token))
+        self.counters["pulls"][rank] += hi - lo
+        if st.sync and desc.step > st.completed[lo:hi].min():
+            st.parked_pulls.append((desc.step, lo, hi, token))
             return []
-        return [self._value_reply(st, token)]
+        return [self._value_reply(st, lo, hi, token)]
 
-    def _value_reply(self, st, token):
-        self.counters["bytes_out"] += st.value.nbytes
-        desc = ArrayDesc(st.key, st.part, st.dtype, st.shape, st.completed)
-        return Reply(token, arrays=[(desc, st.value)])
+    def _value_reply(self, st, lo, hi, token):
+        if hi - lo == len(st.names):
+            desc = ArrayDesc(st.key, st.part, st.dtype, st.shape, int(st.completed.min()))
+            value = st.value.reshape(st.shape)
+        else:
+            desc = ArrayDesc(st.names[lo], 0, st.dtype, st.shapes[lo], int(st.completed[lo]))
+            value = st.member_view(st.value, lo)
+        self.counters["bytes_out"] += value.nbytes
+        return Reply(token, arrays=[(desc, value)])
 
     # -- optimizer and checks -----------------------------------------------------------
     def set_optimizer(self, optimizer):
         """Install ``optimizer`` for updates from now on; weights stay, state starts fresh."""
         self.optimizer = optimizer
         for st in self.keys.values():
-            st.opt_state = None
+            st.opt_state = [None] * len(st.names)
 
     def stats(self):
         held = sum(st.value.nbytes for st in self.keys.values() if st.value is not None)
-        return dict(self.counters, keys=len(self.keys), held_bytes=held,
-                    steps={repr(k): st.completed for k, st in self.keys.items()})
+        steps = {}
+        for (key, part), st in self.keys.items():
+            if st.grouped:
+                steps.update((repr((k, 0)), int(c)) for k, c in zip(st.names, st.completed))
+            else:
+                steps[repr((key, part))] = int(st.completed[0])
+        return dict(self.counters, keys=len(self.keys), held_bytes=held, steps=steps)
 
-    def _checked(self, desc, op):
+    def step_complete(self, desc):
+        """Whether step ``desc.step`` of what ``desc`` names has been applied (timelines)."""
+        st, lo, hi, err = self._lookup(desc, "timeline")
+        return err is None and st.completed[lo:hi].min() >= desc.step
+
+    def _lookup(self, desc, op):
+        """``(state, lo, hi, error)``: the entry ``desc`` names and its members ``lo..hi-1``
+        (the whole entry, or one member of a group), or the error that rejects it."""
         st = self.keys.get((desc.key, desc.part))
-        if st is None or st.value is None:
-            return None, UninitializedKeyError(desc.key, op)
-        return st, st.failed or self._mismatch(st, desc.dtype, desc.shape, op)
+        if st is not None:
+            lo, hi, shape = 0, len(st.names), st.shape
+        else:
+            found = self.members.get(desc.key) if desc.part == 0 else None
+            if found is None:
+                return None, 0, 0, UninitializedKeyError(desc.key, op)
+            st, lo = found
+            hi, shape = lo + 1, st.shapes[lo]
+        if st.value is None:
+            return None, 0, 0, UninitializedKeyError(desc.key, op)
+        if st.failed is not None:
+            return None, 0, 0, st.failed
+        if desc.shape != shape or desc.dtype != st.dtype:
+            return None, 0, 0, self._mismatch(desc.key, shape, st.dtype, desc.shape, desc.dtype, op)
+        return st, lo, hi, None
 
     @staticmethod
-    def _mismatch(st, dtype, shape, op):
-        if tuple(shape) != st.shape:
-            return ShapeMismatchError(st.key, st.shape, shape, op)
-        if dtype != st.dtype:
-            return DTypeMismatchError(st.key, st.dtype, dtype, op)
+    def _mismatch(key, shape, dtype, got_shape, got_dtype, op):
+        if tuple(got_shape) != tuple(shape):
+            return ShapeMismatchError(key, tuple(shape), tuple(got_shape), op)
+        if got_dtype != dtype:
+            return DTypeMismatchError(key, dtype, got_dtype, op)
         return None

@@ -9,6 +9,7 @@ import errno
 import logging
 import time
 
+import numpy as np
 import zmq
 
 from ..errors import ConfigError, PSTimeoutError
@@ -120,30 +121,33 @@ def poll(sockets, timeout):
 
 
 class SendGuard:
-    """Tracks zero-copy sends of arrays so their owner never overwrites bytes still in flight."""
+    """Tracks zero-copy sends of arrays so their owner never overwrites bytes still in flight.
+    A view (a member of a fusion group, a reshaped value) counts as its base array."""
 
     def __init__(self, timeout=60.0):
         self.timeout = timeout
-        self._inflight = {}    # id(array) -> (array, [trackers])
+        self._inflight = {}    # id(owning array) -> (array, [trackers])
 
     def add(self, array, tracker):
         if tracker is None:
             return
+        array = _owner(array)
         entry = self._inflight.setdefault(id(array), (array, []))
         entry[1].append(tracker)
 
     def busy(self, array):
-        entry = self._inflight.get(id(array))
+        key = id(_owner(array))
+        entry = self._inflight.get(key)
         if entry is None:
             return False
         entry[1][:] = [t for t in entry[1] if not t.done]
         if not entry[1]:
-            del self._inflight[id(array)]
+            del self._inflight[key]
             return False
         return True
 
     def wait(self, array):
-        entry = self._inflight.pop(id(array), None)
+        entry = self._inflight.pop(id(_owner(array)), None)
         if entry is None:
             return
         deadline = time.monotonic() + self.timeout
@@ -157,3 +161,10 @@ class SendGuard:
     def prune(self):
         for key in list(self._inflight):
             self.busy(self._inflight[key][0])
+
+
+def _owner(array):
+    """The numpy array whose memory ``array`` views (``array`` itself if it owns it)."""
+    while isinstance(getattr(array, "base", None), np.ndarray):
+        array = array.base
+    return array
