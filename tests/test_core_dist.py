@@ -89,3 +89,26 @@ def test_device_sync_sums_device_lists_and_broadcasts_pulls():
     res = run_job(os.path.join(HERE, "bin", "kinds.py"), N, 1, args=["dist_device_sync"], timeout=60).check().results()
     for r in range(N):
         assert res[r] == {"type": "dist_device_sync", "w": [3.0 * N] * 4, "same": True}
+
+
+@pytest.mark.parametrize("fuse", ["default", "off"])
+def test_fused_keys_keep_per_key_semantics(fuse):
+    """300 small keys of two dtypes: pushed whole, key by key on one worker while the others
+    push the list, and in subsets that put the groups out of step; every value is exact."""
+    env = {"PSFRAME_FUSE_KEY_BYTES": "0"} if fuse == "off" else {}
+    res = run_job(os.path.join(HERE, "bin", "fused_keys.py"), N, 2, env=env, timeout=120).check().results()
+    for r in range(N):
+        assert {k: res[r][k] for k in ("whole", "mixed", "subsets", "whole_again")} == dict.fromkeys(
+            ("whole", "mixed", "subsets", "whole_again"), True), res[r]
+    assert res[0]["key_pushes"] == N * 6 * 300     # 6 steps of every key, fused or not
+    if fuse == "off":
+        assert res[0]["entries"] == 300
+    else:                                  # 250 small keys in a few groups, 50 big keys alone
+        assert 50 < res[0]["entries"] <= 60, res[0]
+
+
+def test_workers_that_group_keys_differently_get_a_clear_error():
+    job = run_job(os.path.join(HERE, "bin", "fused_keys.py"), 2, 1, args=["mismatch"], timeout=60)
+    assert job.codes["worker:0"] != 0 or job.codes["worker:1"] != 0
+    text = job.outputs["worker:0"] + job.outputs["worker:1"]
+    assert "initialise the same lists of keys in the same order on every worker" in text, text[-3000:]

@@ -65,6 +65,16 @@ def test_rank0_decides_placement_others_wait():
     assert [s.body["servers"] for s in sends] == [[0, 0], [0]]   # one server: nothing sliced
 
 
+def test_a_group_places_its_members_and_a_differently_grouped_worker_is_told():
+    m = _ready()
+    assert m.place(b"w1", 9, 1, [["\x00g:2:'b'", 2, 16, ["b", "c"]]]) == []   # parked
+    sends = m.place(b"w0", 8, 0, [["\x00g:3:'a'", 3, 24, ["a", "b", "c"]]])
+    assert sends[0].body == {"servers": [0]}
+    assert sends[1].cmd == "error" and "initialise the same lists of keys" in sends[1].body["message"]
+    (alone,) = m.place(b"w1", 10, 1, [["a", 1, 8]])     # a member asked alone: its group's server
+    assert alone.body == {"servers": [0]}
+
+
 def test_a_node_reporting_its_own_failure_is_not_told_back():
     m = _ready()
     for peer, name in ((b"hb0", "worker:0"), (b"hb1", "worker:1"), (b"s0", "server:0")):

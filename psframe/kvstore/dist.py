@@ -84,9 +84,11 @@ class DistKVStore(KVStore):
                             self.config.bigarray_bound, len(self._servers))
         metas = []
         for u in units:
-            info = u if type(u) is fusion.Group else self._keys[u]
-            metas.append([u.key if info is u else u, info.size,
-                          info.size * np.dtype(info.dtype).itemsize])
+            if type(u) is fusion.Group:
+                metas.append([u.key, u.size, u.size * np.dtype(u.dtype).itemsize, u.names])
+            else:
+                info = self._keys[u]
+                metas.append([u, info.size, info.size * np.dtype(info.dtype).itemsize])
         placed = self._ask_scheduler(Command.PLACE, {"keys": metas}, "placing keys")["servers"]
         batches = _Batches(lambda: ([], [], [], []))    # descs, buffers, meta, group members
         for unit, server in zip(units, placed):

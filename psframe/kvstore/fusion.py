@@ -83,14 +83,15 @@ class Group:
 def plan(keys, infos, fuse_key_bytes, max_elements, num_servers=1):
     """Split one init call into units: ``Group`` objects and the keys that travel alone.
 
-    Keys of at most ``fuse_key_bytes`` join the open group of their dtype (in call order) until
+    Keys of at most ``fuse_key_bytes`` (0: fuse nothing) join the open group of their dtype (in call order) until
     it would pass its cap or ``max_elements`` (the bound above which a key would be sliced over
     servers). The cap is ``GROUP_BYTES``, or less when the call's small keys would otherwise fill
     fewer groups than there are servers (so a small model still spreads over every server). A
     group of one key is just that key.
     """
     sizes = [info.size * np.dtype(info.dtype).itemsize for info in infos]
-    small = [nbytes <= fuse_key_bytes and info.size <= max_elements for info, nbytes in zip(infos, sizes)]
+    small = [0 < fuse_key_bytes and nbytes <= fuse_key_bytes and info.size <= max_elements
+             for info, nbytes in zip(infos, sizes)]
     cap = min(GROUP_BYTES, -(-sum(n for n, f in zip(sizes, small) if f) // max(num_servers, 1)))
     units, open_groups = [], {}      # dtype -> [names, infos, bytes, elements]
     for k, info, nbytes, fusable in zip(keys, infos, sizes, small):

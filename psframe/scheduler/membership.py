@@ -144,23 +144,44 @@ class MembershipState:
         return sends
 
     def place(self, peer, msg_id, rank, keys):
-        """``keys``: [[key, size, nbytes], ...]. Rank 0 decides placements (deterministic: its
-        init order); other ranks wait until rank 0 placed every key they ask about."""
+        """``keys``: [[key, size, nbytes], ...], a fusion group with its member keys as a 4th
+        entry. Rank 0 decides placements (deterministic: its init order; a group's members go
+        with it); other ranks wait until rank 0 placed every key they ask about."""
         if rank == 0:
-            servers = [self.placements.place(k, size, nbytes) for k, size, nbytes in keys]
+            servers = []
+            for k in keys:
+                server = self.placements.place(k[0], k[1], k[2])
+                for member in k[3] if len(k) > 3 else ():
+                    self.placements.placement.setdefault(member, server)
+                servers.append(server)
             sends = [Send(peer, "ok", msg_id, {"servers": servers})]
             still = []
-            for p, i, ks in self.parked_places:
-                if all(k[0] in self.placements.placement for k in ks):
-                    sends.append(Send(p, "ok", i, {"servers": [self.placements.placement[k[0]] for k in ks]}))
+            for parked in self.parked_places:
+                answer = self._placed(*parked)
+                if answer is None:
+                    still.append(parked)
                 else:
-                    still.append((p, i, ks))
+                    sends.append(answer)
             self.parked_places = still
             return sends
-        if all(k[0] in self.placements.placement for k in keys):
-            return [Send(peer, "ok", msg_id, {"servers": [self.placements.placement[k[0]] for k in keys]})]
-        self.parked_places.append((peer, msg_id, keys))
+        answer = self._placed(peer, msg_id, keys, rank)
+        if answer is not None:
+            return [answer]
+        self.parked_places.append((peer, msg_id, keys, rank))
         return []
+
+    def _placed(self, peer, msg_id, keys, rank):
+        """The answer to a non-zero rank, or None while rank 0 has not placed its keys yet."""
+        placement = self.placements.placement
+        for k in keys:
+            if k[0] not in placement and len(k) > 3 and any(m in placement for m in k[3]):
+                return Send(peer, "error", msg_id, {"name": "ConfigError", "message":
+                            f"worker {rank} initialised keys {k[3][:3]}... in one call, but worker 0 "
+                            f"initialised them differently; initialise the same lists of keys in "
+                            f"the same order on every worker"})
+        if all(k[0] in placement for k in keys):
+            return Send(peer, "ok", msg_id, {"servers": [placement[k[0]] for k in keys]})
+        return None
 
     # -- shutdown -----------------------------------------------------------------------
     def done(self, peer, msg_id, name):

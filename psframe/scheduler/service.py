@@ -96,11 +96,14 @@ def _field(body, name, kind, default=None):
 
 
 def _placements(body):
-    """``body["keys"]``: ``[[key, size, nbytes], ...]`` with an int/str key and int sizes."""
+    """``body["keys"]``: ``[[key, size, nbytes(, [member keys])], ...]`` with int/str keys and
+    int sizes."""
     keys = body.get("keys")
     ok = type(keys) is list and all(
-        type(k) is list and len(k) == 3 and type(k[0]) in (int, str)
-        and type(k[1]) is int and type(k[2]) is int and k[1] >= 0 and k[2] >= 0 for k in keys)
+        type(k) is list and len(k) in (3, 4) and type(k[0]) in (int, str)
+        and type(k[1]) is int and type(k[2]) is int and k[1] >= 0 and k[2] >= 0
+        and (len(k) == 3 or type(k[3]) is list and all(type(m) in (int, str) for m in k[3]))
+        for k in keys)
     if not ok:
         raise ProtocolError("malformed message: body.keys is not a list of [key, size, nbytes]")
     return keys
