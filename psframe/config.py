@@ -29,6 +29,7 @@ HEARTBEAT_TIMEOUT = "PSFRAME_HEARTBEAT_TIMEOUT"
 BIGARRAY_BOUND = "PSFRAME_BIGARRAY_BOUND"  # elements above which a key is sliced over servers
 MAX_STEPS_AHEAD = "PSFRAME_MAX_STEPS_AHEAD"  # sync pushes a worker may have unmerged per key
 FUSE_KEY_BYTES = "PSFRAME_FUSE_KEY_BYTES"  # keys up to this size, initialised together, travel fused
+IPC = "PSFRAME_IPC"                      # 1: workers reach servers on their machine over a unix socket
 USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules servers import
 TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
 
@@ -50,6 +51,7 @@ DEFAULTS = {
     BIGARRAY_BOUND: 1_000_000,
     MAX_STEPS_AHEAD: 4,
     FUSE_KEY_BYTES: 64 << 10,
+    IPC: 1,
 }
 
 
@@ -74,6 +76,7 @@ class Config:
     bigarray_bound: int = DEFAULTS[BIGARRAY_BOUND]
     max_steps_ahead: int = DEFAULTS[MAX_STEPS_AHEAD]
     fuse_key_bytes: int = DEFAULTS[FUSE_KEY_BYTES]
+    ipc: bool = True
     user_modules: tuple = ()
     timeline: str = ""
     log_level: str = "INFO"
@@ -147,4 +150,5 @@ def from_env(env=None):
         bigarray_bound=_get(env, BIGARRAY_BOUND, int, DEFAULTS[BIGARRAY_BOUND], minimum=1),
         max_steps_ahead=_get(env, MAX_STEPS_AHEAD, int, DEFAULTS[MAX_STEPS_AHEAD], minimum=1),
         fuse_key_bytes=_get(env, FUSE_KEY_BYTES, int, DEFAULTS[FUSE_KEY_BYTES], minimum=0),
+        ipc=bool(_get(env, IPC, int, DEFAULTS[IPC], minimum=0)),
         user_modules=modules, timeline=env.get(TIMELINE, ""), log_level=log_level)

@@ -112,3 +112,13 @@ def test_workers_that_group_keys_differently_get_a_clear_error():
     assert job.codes["worker:0"] != 0 or job.codes["worker:1"] != 0
     text = job.outputs["worker:0"] + job.outputs["worker:1"]
     assert "initialise the same lists of keys in the same order on every worker" in text, text[-3000:]
+
+
+@pytest.mark.parametrize("ipc", ["1", "0"])
+def test_workers_reach_servers_on_their_machine_over_a_unix_socket(ipc):
+    res = run_job(os.path.join(HERE, "bin", "server_addresses.py"), 2, 2, timeout=60,
+                  env={"PSFRAME_IPC": ipc, "PSFRAME_BIGARRAY_BOUND": "1000"}).check().results()
+    for r in range(2):
+        assert res[r]["sum"] == 3.0 and res[r]["uniform"]
+        schemes = {a.partition("://")[0] for a in res[r]["addresses"]}
+        assert schemes == ({"ipc"} if ipc == "1" else {"tcp"}), res[r]

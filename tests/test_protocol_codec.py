@@ -70,3 +70,27 @@ def test_errors_cross_the_wire_by_name_with_their_facts():
     assert isinstance(exc, ShapeMismatchError) and isinstance(exc, ValueError)
     assert (exc.key, exc.expected, exc.actual) == ("w", (2,), (3,)) and str(exc) == message
     assert type(from_wire("SystemExit", "no")) is RemoteError     # only whitelisted names
+
+
+def test_a_local_unix_socket_is_reachable_only_while_bound():
+    import time
+
+    import zmq
+
+    from psframe.transport import addresses
+    address = addresses.new_local()
+    assert address.startswith("ipc://@psframe-")
+    assert not addresses.local_reachable(address)
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.bind(address)
+        assert addresses.local_reachable(address)
+        sock.close(0)          # zmq's I/O thread closes the listener a moment later
+        deadline = time.monotonic() + 5
+        while addresses.local_reachable(address) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not addresses.local_reachable(address)
+    finally:
+        ctx.term()
+    assert not addresses.local_reachable("tcp://127.0.0.1:9")

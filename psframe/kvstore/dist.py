@@ -19,7 +19,7 @@ from .. import arrays, sharding, timeline
 from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
 from ..protocol import ArrayDesc, Command, codec
-from ..transport import peers, sockets
+from ..transport import addresses, peers, sockets
 from . import fusion
 from .base import KVStore
 
@@ -58,7 +58,11 @@ class DistKVStore(KVStore):
         try:
             self._sched = sockets.dealer(self._ctx, config.scheduler)
             book = peers.register(self._sched, config, "worker", config.rank)
-            for address in book["servers"]:
+            local = book.get("servers_local") or [""] * len(book["servers"])
+            self.server_addresses = [
+                loc if config.ipc and loc and addresses.local_reachable(loc) else address
+                for address, loc in zip(book["servers"], local)]   # same machine: no TCP
+            for address in self.server_addresses:
                 self._servers.append(sockets.dealer(self._ctx, address))
         except BaseException:
             self._ctx.destroy(linger=0)     # closes whatever sockets were made
@@ -75,7 +79,8 @@ class DistKVStore(KVStore):
         self._heartbeat.start()
         _install_excepthook(self)
         atexit.register(self.close)
-        logger.info("worker %d of %d connected to %d servers", self.rank, self.num_workers, len(self._servers))
+        logger.info("worker %d of %d connected to servers at %s", self.rank, self.num_workers,
+                    ", ".join(self.server_addresses))
 
     # -- the kind's operations ----------------------------------------------------------
     def _init(self, keys, values):

@@ -24,6 +24,7 @@ class _Node:
     rank: int
     host: str
     address: str = ""
+    local_address: str = ""       # a server's unix socket for workers on its machine, if any
     peer: bytes = b""             # where broadcasts go (last heartbeat's peer)
     control: bytes = b""          # the peer it registered from (a worker's request socket)
     last_seen: float = 0.0
@@ -49,7 +50,7 @@ class MembershipState:
         self.failure_reported = False     # ... by the failing node itself (not detected here)
 
     # -- registration -------------------------------------------------------------------
-    def register(self, peer, msg_id, role, rank, host, address, now):
+    def register(self, peer, msg_id, role, rank, host, address, now, local_address=""):
         name = f"{role}:{rank}"
         limit = self.num_workers if role == "worker" else self.num_servers
         if role not in ("worker", "server") or not 0 <= rank < limit:
@@ -59,7 +60,8 @@ class MembershipState:
             return [Send(peer, "error", msg_id, {"name": "ConfigError", "message":
                     f"{name} registered twice (second from {host}): every process needs its own "
                     f"PSFRAME_RANK/PSFRAME_SERVER_RANK"})]
-        self.nodes[name] = _Node(name, role, rank, host, address, peer=peer, control=peer, last_seen=now)
+        self.nodes[name] = _Node(name, role, rank, host, address, local_address, peer=peer, control=peer,
+                                 last_seen=now)
         self.waiting_register.append((peer, msg_id))
         if len(self.nodes) < self.num_workers + self.num_servers:
             return []
@@ -70,8 +72,9 @@ class MembershipState:
         return sends
 
     def address_book(self):
-        servers = [self.nodes[f"server:{s}"].address for s in range(self.num_servers)]
-        return {"servers": servers, "num_workers": self.num_workers, "num_servers": self.num_servers}
+        servers = [self.nodes[f"server:{s}"] for s in range(self.num_servers)]
+        return {"servers": [n.address for n in servers], "servers_local": [n.local_address for n in servers],
+                "num_workers": self.num_workers, "num_servers": self.num_servers}
 
     def missing(self):
         workers = [r for r in range(self.num_workers) if f"worker:{r}" not in self.nodes]

@@ -64,7 +64,8 @@ class SchedulerService:
             return st.heartbeat(peer, msg.sender, now)
         if msg.cmd is Command.REGISTER:
             return st.register(peer, msg.id, _field(b, "role", str), _field(b, "rank", int),
-                               _field(b, "host", str), _field(b, "address", str, ""), now)
+                               _field(b, "host", str), _field(b, "address", str, ""), now,
+                               _field(b, "local_address", str, ""))
         if msg.cmd is Command.BARRIER:
             return st.enter_barrier(peer, msg.id, codec.sender_rank(msg.sender, "worker", workers),
                                     b.get("note"))

@@ -1,6 +1,8 @@
 """Parsing and formatting of ``tcp://host:port`` / ``ipc://`` / ``inproc://`` addresses, and
 asking the OS for free ports (never a fixed port)."""
+import secrets
 import socket
+import sys
 
 from ..errors import ConfigError
 
@@ -28,6 +30,30 @@ def parse(address):
 def tcp(host, port):
     """Format a tcp address."""
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def new_local():
+    """A fresh ``ipc://@name`` address: a Linux abstract unix socket. It leaves no file behind,
+    vanishes with its process (even on kill -9) and is reachable only from the same machine and
+    network namespace. None where the OS has no abstract sockets."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return f"ipc://@psframe-{secrets.token_hex(8)}"
+
+
+def local_reachable(address, timeout=0.5):
+    """True when the abstract unix socket ``address`` (from ``new_local``) accepts a connection
+    from here, i.e. its process is on this machine, in this network namespace."""
+    scheme, rest, _ = parse(address)
+    if scheme != "ipc" or not rest.startswith("@") or not sys.platform.startswith("linux"):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect("\0" + rest[1:])
+        except OSError:
+            return False
+    return True
 
 
 def free_port(host="127.0.0.1"):

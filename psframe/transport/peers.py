@@ -45,10 +45,11 @@ def request(sock, cmd, sender, timeout, what, body=None, msg_id=1):
             return msg.body
 
 
-def register(sock, config, role, rank, address=""):
+def register(sock, config, role, rank, address="", local_address=""):
     """Register with the scheduler and wait for the address book (every node is in)."""
     addresses.parse(config.scheduler)
-    body = {"role": role, "rank": rank, "host": config.host, "address": address}
+    body = {"role": role, "rank": rank, "host": config.host, "address": address,
+            "local_address": local_address}
     return request(sock, Command.REGISTER, f"{role}:{rank}", config.start_timeout + 5.0,
                    f"registering with the scheduler at {config.scheduler} (is it running and "
                    f"reachable? PSFRAME_SCHEDULER={config.scheduler})", body)
