@@ -191,11 +191,11 @@ def test_zero_d_and_zero_size_members_work_fused_and_alone():
 
 
 def test_a_member_pull_of_a_single_member_group_answers_with_the_member():
-    """BUG: in a group of one member, a pull naming the member is answered as a whole-group pull.
+    """Regression: in a group of one member, a pull naming the member is answered as a whole-group pull.
 
     init(g, shape (4,), members [w: (2, 2)]); pull(w, shape (2, 2)). Expected: the reply is
-    ArrayDesc('w', 0, 'float32', (2, 2), 0) with a (2, 2) array. Actual: ArrayDesc('g', ...,
-    (4,), 0) with the flat (4,) array (``_value_reply`` tests ``hi - lo == len(names)``, true
+    ArrayDesc('w', 0, 'float32', (2, 2), 0) with a (2, 2) array. Before the fix: ArrayDesc('g', ...,
+    (4,), 0) with the flat (4,) array (``_value_reply`` tested ``hi - lo == len(names)``, true
     for the one member of a one-member group)."""
     mem = [("w", (2, 2))]
     s = group(2, mem, f32(1, 2, 3, 4))
@@ -398,11 +398,11 @@ def test_parked_pulls_get_the_value_of_their_step():
 
 
 def test_a_parked_pull_is_answered_even_when_the_pushes_want_no_ack():
-    """BUG (also for plain keys): pushes with ``token=None`` ("no ack wanted", per
+    """Regression: pushes with ``token=None`` ("no ack wanted", per
     ``ShardState.push``) complete a step, but a pull parked on that step is never answered.
 
     pull(0, g step 1, "q") parks; push(0, g step 1, token None); push(1, g step 1, token None).
-    Expected: the second push returns the reply to "q". Actual: [] and "q" stays parked for
+    Expected: the second push returns the reply to "q". Before the fix: [] and "q" stays parked for
     good: ``_complete_steps`` only looks at parked pulls ``if replies``, i.e. when some ack was
     due. (The server service always passes a token, so this shows through the pure API only.)"""
     s = group(2, AB)
@@ -554,11 +554,11 @@ def test_a_different_member_list_for_the_same_group_is_a_config_error():
 
 
 def test_a_different_member_list_from_a_worker_that_inits_before_rank0_is_a_config_error_for_it():
-    """BUG: the first init to arrive fixes the member list, even from rank 1 (which has no value).
+    """Regression: the first init to arrive fixes the member list, even from rank 1 (which has no value).
 
     Rank 1 inits g = [a, c], then rank 0 inits g = [a, b] with the value. Expected (as when rank 0
     comes first): rank 1, whose list differs from rank 0's, gets the ConfigError and rank 0's
-    list is the one stored. Actual: rank 1's init succeeds, rank 0 gets a ConfigError that says
+    list is the one stored. Before the fix: rank 1's init succeeds, rank 0 gets a ConfigError that says
     "worker 0 initialised keys ['a', 'b'] ... but worker 0 initialised ['a', 'c']", and the
     group's members are a and c (rank 0's value under rank 1's names; key b is unknown)."""
     s = ShardState(2)
@@ -588,7 +588,7 @@ def test_grouping_a_key_another_worker_initialised_alone_is_a_config_error():
 
 
 def test_a_group_whose_size_is_not_its_members_total_is_rejected_at_init():
-    """BUG: init does not check that the group's shape is (sum of member sizes,).
+    """Regression: init does not check that the group's shape is (sum of member sizes,).
 
     init(g, shape (5,), members a:(2,), b:(4,)) is accepted; every later push of g then raises
     a bare ValueError from numpy ("could not broadcast ... (5,) into shape (6,)") instead of
@@ -684,7 +684,7 @@ def interleave(rng, lengths):
 
 def run_random_case(seed):
     rng = np.random.default_rng(seed)
-    n, m = int(rng.integers(1, 4)), int(rng.integers(2, 5))   # one member: see the single-member test
+    n, m = int(rng.integers(1, 4)), int(rng.integers(1, 5))
     members = [(f"m{i}", SHAPES[int(j)]) for i, j in enumerate(rng.integers(0, len(SHAPES), m))]
     names = [k for k, _ in members]
     goal = (np.full(m, rng.integers(0, 4)) if rng.random() < 0.5 else rng.integers(0, 4, m)).astype(np.int64)
@@ -745,7 +745,7 @@ def run_random_case(seed):
 
 @pytest.mark.parametrize("block", range(8))
 def test_random_scripts_match_the_per_key_model(block):
-    """200 seeded random cases (25 per test id): N in 1..3, 2..4 members with small shapes
+    """200 seeded random cases (25 per test id): N in 1..3, 1..4 members with small shapes
     (0-d and zero-size included), fused and per-member pushes and pulls, random interleaving."""
     for seed in range(block * 25, block * 25 + 25):
         run_random_case(seed)

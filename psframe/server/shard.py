@@ -54,23 +54,30 @@ class _KeyState:
 
     def __init__(self, key, part, dtype, shape, sync, num_workers, members=None):
         self.key, self.part, self.dtype, self.shape = key, part, dtype, tuple(shape)
-        members = members or [(key, self.shape)]
-        self.names = [k for k, _ in members]
-        self.shapes = [tuple(s) for _, s in members]
-        self.bounds = [0]
-        for s in self.shapes:
-            self.bounds.append(self.bounds[-1] + int(np.prod(s, dtype=np.int64)))
         self.sync = sync
         self.value = None
         self.failed = None       # the error of an update that raised: the entry is unusable
         self.inited_by = set()
         self.parked_inits = []   # (token, rank, dtype, shape, members)
+        self.merges = {}         # step -> _StepMerge
+        self.parked_pulls = []   # (step, lo, hi, whole, token)
+        self.free = []           # spare flat buffers (no page faults per step)
+        self.set_members(members, num_workers)
+
+    def set_members(self, members, num_workers):
+        """Lay the entry out as ``members`` ([(key, shape)]; None: the entry is one plain key)."""
+        members = members or [(self.key, self.shape)]
+        self.names = [k for k, _ in members]
+        self.shapes = [tuple(s) for _, s in members]
+        self.bounds = [0]
+        for s in self.shapes:
+            self.bounds.append(self.bounds[-1] + int(np.prod(s, dtype=np.int64)))
         self.pushes = np.zeros((num_workers, len(members)), np.int64)   # pushes received
         self.completed = np.zeros(len(members), np.int64)               # steps applied
-        self.merges = {}         # step -> _StepMerge
-        self.parked_pulls = []   # (step, lo, hi, token)
         self.opt_state = [None] * len(members)
-        self.free = []           # spare flat buffers (no page faults per step)
+
+    def layout(self):
+        return list(zip(self.names, self.shapes))
 
     @property
     def grouped(self):
@@ -109,6 +116,12 @@ class ShardState:
         ``members`` ([(key, shape)], in order) makes ``desc`` a fusion group of those keys."""
         sync = self.sync if sync is None else sync
         ident = (desc.key, desc.part)
+        members = [(k, tuple(s)) for k, s in members] if members else None
+        if members and (len(desc.shape) != 1 or desc.shape[0] != sum(int(np.prod(s, dtype=np.int64))
+                                                                    for _, s in members)):
+            return [Reply(token, error=ProtocolError(
+                f"group {desc.key!r} has shape {tuple(desc.shape)}, not the flat sum of its "
+                f"members' sizes"))]
         st = self.keys.get(ident)
         if st is None:
             err = self._clashes(desc, members, rank)
@@ -116,9 +129,18 @@ class ShardState:
                 return [Reply(token, error=err)]
             st = self.keys[ident] = _KeyState(desc.key, desc.part, desc.dtype, desc.shape, sync,
                                               self.num_workers, members)
-            if members:
-                for m, (k, _) in enumerate(members):
-                    self.members[k] = (st, m)
+            self._register_members(st)
+        elif array is not None and st.value is None and st.grouped and members != st.layout():
+            # rank 0's list decides; the ranks that came first are checked against it below
+            for k in st.names:
+                del self.members[k]
+            err = self._clashes(desc, members, rank)
+            if err is not None:
+                self._register_members(st)
+                return [Reply(token, error=err)]
+            st.shape = tuple(desc.shape)
+            st.set_members(members, self.num_workers)
+            self._register_members(st)
         if rank in st.inited_by:
             return [Reply(token, error=DoubleInitError(st.names[0] if st.grouped else desc.key, rank))]
         if st.sync != sync:
@@ -136,7 +158,7 @@ class ShardState:
         replies = []
         for tok, r, dtype, shape, mem in st.parked_inits:
             err = self._mismatch(st.key, st.shape, st.dtype, shape, dtype, "init")
-            if err is None and st.grouped and [(k, tuple(s)) for k, s in mem or ()] != list(zip(st.names, st.shapes)):
+            if err is None and st.grouped and mem != st.layout():
                 err = ConfigError(
                     f"worker {r} initialised keys {[k for k, _ in mem or ()][:4]}... together, but "
                     f"worker 0 initialised {st.names[:4]}... together; initialise the same "
@@ -146,6 +168,11 @@ class ShardState:
             replies.append(Reply(tok, error=err))
         st.parked_inits = []
         return replies
+
+    def _register_members(self, st):
+        if st.grouped:
+            for m, k in enumerate(st.names):
+                self.members[k] = (st, m)
 
     def _clashes(self, desc, members, rank):
         """A key is stored once: alone, or in one group."""
@@ -164,16 +191,18 @@ class ShardState:
         if err is not None:
             return [Reply(token, error=err)]
         flat = array.reshape(-1)
+        before = st.pushes[rank, lo:hi]
+        if st.sync and (before.min() != desc.step - 1 or before.max() != desc.step - 1):
+            first, last = int(before.min()), int(before.max())
+            why = (f"expected {first + 1}: a message was lost or a worker restarted" if first == last
+                   else f"but its keys are at steps {first + 1}..{last + 1}: a whole-group push needs them in step")
+            return [Reply(token, error=ProtocolError(
+                f"push of key {desc.key!r} from worker {rank} is step {desc.step}, {why}"))]
         self.counters["pushes"][rank] += hi - lo
         self.counters["bytes_in"] += flat.nbytes
         if not st.sync:
-            st.pushes[rank, lo:hi] += 1
+            before += 1
             return self._apply_async(st, lo, hi, flat, token)
-        before = st.pushes[rank, lo:hi]
-        if before.min() != desc.step - 1 or before.max() != desc.step - 1:
-            return [Reply(token, error=ProtocolError(
-                f"push of key {desc.key!r} from worker {rank} is step {desc.step}, expected "
-                f"{int(before.min()) + 1}: a message was lost or a worker restarted"))]
         before[...] = desc.step
         merge = st.merges.get(desc.step)
         if merge is None:
@@ -217,7 +246,7 @@ class ShardState:
 
     def _complete_steps(self, st):
         """Apply every step whose members are complete, in step order per member."""
-        replies, n = [], self.num_workers
+        replies, n, progressed = [], self.num_workers, False
         for step in sorted(st.merges):
             merge = st.merges[step]
             ready = (merge.next_rank == n) & (st.completed == step - 1)
@@ -233,6 +262,7 @@ class ShardState:
                 st.completed[:] = step
             else:
                 st.completed[done] = step
+            progressed = True
             still = []
             for tok in merge.tokens:
                 _, lo, hi = tok
@@ -245,11 +275,11 @@ class ShardState:
                 del st.merges[step]
                 if merge.acc is not None and merge.acc is not st.value:
                     st.free.append(merge.acc)
-        if replies and st.parked_pulls:
+        if progressed and st.parked_pulls:
             due = [p for p in st.parked_pulls if st.completed[p[1]:p[2]].min() >= p[0]]
             if due:
                 st.parked_pulls = [p for p in st.parked_pulls if st.completed[p[1]:p[2]].min() < p[0]]
-                replies.extend(self._value_reply(st, lo, hi, t) for _, lo, hi, t in due)
+                replies.extend(self._value_reply(st, lo, hi, whole, t) for _, lo, hi, whole, t in due)
         return replies
 
     def _apply_sum(self, st, acc, members, whole):
@@ -288,7 +318,14 @@ class ShardState:
             if st.opt_state[m] is None:
                 st.opt_state[m] = opt.create_state(st.names[m], weight)
             g = grad[st.bounds[m] - offset:st.bounds[m + 1] - offset].reshape(st.shapes[m])
-            opt.update(st.names[m], weight, g, st.opt_state[m])
+            try:
+                opt.update(st.names[m], weight, g, st.opt_state[m])
+            except OptimizerError:
+                raise
+            except Exception as exc:
+                raise OptimizerError(
+                    f"the update of key {st.names[m]!r} (step {int(st.completed[m]) + 1}) raised "
+                    f"{type(exc).__name__}: {exc}; the key cannot be used any more") from exc
             self.counters["updates"] += 1
 
     def _fail(self, st, exc, step, tokens=()):
@@ -298,7 +335,7 @@ class ShardState:
             f"the update of key {st.key!r} (part {st.part}, step {step}) raised "
             f"{type(exc).__name__}: {exc}; the key cannot be used any more")
         waiting = list(tokens) + [t[0] for m in st.merges.values() for t in m.tokens]
-        waiting += [p[3] for p in st.parked_pulls]
+        waiting += [p[4] for p in st.parked_pulls]
         st.parked_pulls = []
         for m in st.merges.values():
             m.tokens = []
@@ -317,13 +354,14 @@ class ShardState:
         if err is not None:
             return [Reply(token, error=err)]
         self.counters["pulls"][rank] += hi - lo
+        whole = desc.key == st.key
         if st.sync and desc.step > st.completed[lo:hi].min():
-            st.parked_pulls.append((desc.step, lo, hi, token))
+            st.parked_pulls.append((desc.step, lo, hi, whole, token))
             return []
-        return [self._value_reply(st, lo, hi, token)]
+        return [self._value_reply(st, lo, hi, whole, token)]
 
-    def _value_reply(self, st, lo, hi, token):
-        if hi - lo == len(st.names):
+    def _value_reply(self, st, lo, hi, whole, token):
+        if whole:
             desc = ArrayDesc(st.key, st.part, st.dtype, st.shape, int(st.completed.min()))
             value = st.value.reshape(st.shape)
         else:
