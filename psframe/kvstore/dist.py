@@ -177,7 +177,6 @@ class DistKVStore(KVStore):
         reqs = self._send_pushes(Command.PUSHPULL, [(k, v) for k, (v, _) in plain],
                                  [(g, [v for v, _ in pairs]) for g, pairs in fused], targets)
         self._wait(reqs, f"pushpull of {_keys_text(keys)}")
-        self._wait_sent(reqs)
         for f in finish:
             f()
 
@@ -328,7 +327,10 @@ class DistKVStore(KVStore):
             slots.append(slot)
             if (g.key, 0) in targets:
                 tg[(g.key, 0)] = targets[(g.key, 0)]
-        return [self._send(s, cmd, descs, bufs, acks=acks, targets=tg, wait_for_send=not owned, slots=slots)
+        # A pushpull's reply proves its bytes left (the server answers only once it has them
+        # all), so only a push must track zero-copy sends of the caller's arrays.
+        wait = not owned and cmd is Command.PUSH
+        return [self._send(s, cmd, descs, bufs, acks=acks, targets=tg, wait_for_send=wait, slots=slots)
                 for s, (descs, bufs, acks, tg, slots) in batches]
 
     @staticmethod

@@ -36,12 +36,13 @@ class Reply:
 
 class _StepMerge:
     """Fixed-rank-order sum of one step's pushes, per member of the entry."""
-    __slots__ = ("acc", "next_rank", "early", "tokens")
+    __slots__ = ("acc", "next_rank", "early", "base", "tokens")
 
     def __init__(self, members):
         self.acc = None                                  # flat sum so far (members' slices)
         self.next_rank = np.zeros(members, np.int64)     # per member: the rank to add next
         self.early = []     # [rank, lo, hi, flat array]: arrived before its turn
+        self.base = []      # (lo, hi, flat array) of rank 0, not yet copied into acc
         self.tokens = []    # (token, lo, hi): push acks due when members lo..hi-1 complete
 
 
@@ -226,13 +227,19 @@ class ShardState:
                 turns = next_rank[lo:hi]
                 if turns.min() == rank and turns.max() == rank:
                     early.remove(entry)
-                    if merge.acc is None:
-                        merge.acc = self._take_buffer(st)
-                    target = merge.acc[bounds[lo]:bounds[hi]]
-                    if rank == 0:
-                        np.copyto(target, flat)
+                    if rank == 0 and self.num_workers > 1:
+                        merge.base.append((lo, hi, flat))    # summed with rank 1's in one pass
                     else:
-                        np.add(target, flat, out=target)
+                        if merge.acc is None:
+                            merge.acc = self._take_buffer(st)
+                        target = merge.acc[bounds[lo]:bounds[hi]]
+                        base = self._base_of(st, merge, lo, hi) if rank == 1 else None
+                        if base is not None:
+                            np.add(base, flat, out=target)
+                        elif rank == 0:
+                            np.copyto(target, flat)
+                        else:
+                            np.add(target, flat, out=target)
                     turns += 1
                     completed_any = completed_any or rank + 1 == self.num_workers
                     progress = True
@@ -243,6 +250,23 @@ class ShardState:
                                  for m in range(lo, hi))
                     progress = True
         return completed_any
+
+    @staticmethod
+    def _base_of(st, merge, lo, hi):
+        """Rank 0's array for exactly members ``lo..hi-1`` (taken), else None once every rank-0
+        array overlapping them has been copied into the sum (rank 1 then adds in place)."""
+        keep = []
+        found = None
+        for entry in merge.base:
+            blo, bhi, flat = entry
+            if (blo, bhi) == (lo, hi):
+                found = flat
+            elif blo < hi and lo < bhi:
+                np.copyto(merge.acc[st.bounds[blo]:st.bounds[bhi]], flat)
+            else:
+                keep.append(entry)
+        merge.base = keep
+        return found
 
     def _complete_steps(self, st):
         """Apply every step whose members are complete, in step order per member."""
