@@ -12,7 +12,7 @@ import time
 import numpy as np
 import zmq
 
-from ..transport.addresses import free_port
+from ..transport import addresses
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +36,13 @@ def _echo(ctx, address, ready, stop):
 
 
 class ZmqEcho:
-    """A raw pyzmq DEALER -> ROUTER echo on 127.0.0.1 (the echo runs in a thread: zmq's I/O
-    threads move the bytes, so the GIL is not in the way). Use as a context manager."""
+    """A raw pyzmq DEALER -> ROUTER echo on 127.0.0.1, or over an abstract unix socket with
+    ``transport="ipc"`` (the echo runs in a thread: zmq's I/O threads move the bytes, so the GIL
+    is not in the way). Use as a context manager."""
 
-    def __init__(self):
+    def __init__(self, transport="tcp"):
         self.ctx = zmq.Context()
-        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.address = (transport == "ipc" and addresses.new_local()) or f"tcp://127.0.0.1:{addresses.free_port()}"
         ready, self.stop = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=_echo, args=(self.ctx, self.address, ready, self.stop),
                                        name="psframe-bench-echo", daemon=True)
@@ -82,15 +83,6 @@ class ZmqEcho:
         self.close()
 
 
-def zmq_roundtrip(nbytes, rounds, warmup=2, chunk=0):
-    """Median seconds of ``ZmqEcho.roundtrip`` of ``nbytes`` (a stand-alone measurement)."""
-    payload = np.ones(nbytes, dtype=np.uint8)
-    landing = np.zeros_like(payload)
-    with ZmqEcho() as echo:
-        samples = [echo.roundtrip(payload, landing, chunk) for _ in range(warmup + rounds)]
-    return statistics.median(samples[warmup:])
-
-
 def numpy_copy(nbytes, rounds):
     """Median seconds of ``np.copyto`` between two warm buffers of ``nbytes``."""
     a = np.ones(nbytes, dtype=np.uint8)
@@ -119,7 +111,7 @@ def gloo_allreduce(sizes, num_processes=2, rounds=10, warmup=2, timeout=300):
     Raises:
         RuntimeError: a process failed or did not finish within ``timeout`` seconds.
     """
-    port = free_port()
+    port = addresses.free_port()
     arg = json.dumps({"sizes": list(sizes), "rounds": rounds, "warmup": warmup})
     procs = []
     try:

@@ -1,5 +1,6 @@
 """``psframe-bench``: run real jobs through ``psframe-launch`` and compare them with baselines
-measured in the same run (raw pyzmq round trip, numpy copy, gloo allreduce)."""
+measured in the same run (raw pyzmq round trip, the raw pyzmq floor of the same traffic, numpy
+copy, gloo allreduce). Raw pyzmq baselines use the transport the jobs use (``--transport``)."""
 import argparse
 import json
 import logging
@@ -12,7 +13,7 @@ import time
 
 import zmq
 
-from . import baselines, cases, report
+from . import baselines, cases, report, zmq_floor
 from .cases import parse_size
 
 logger = logging.getLogger("psframe.bench")
@@ -40,6 +41,9 @@ def build_parser():
     p.add_argument("--rounds", type=int, default=10, help="timed rounds per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--no-gloo", action="store_true", help="skip the torch gloo baseline")
+    p.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
+                   help="how workers reach servers on this machine (PSFRAME_IPC), and what the raw "
+                        "pyzmq baselines use: ipc (psframe's default) or tcp")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot bandwidth vs size")
     p.add_argument("--timeline", metavar="FILE.json",
@@ -60,7 +64,8 @@ def run_job(num_workers, num_servers, kind, spec, ns, tag=""):
         RuntimeError: the job failed or ran past ``--job-timeout``.
     """
     cmd = [sys.executable, "-m", "psframe_launcher", "-n", str(num_workers), "-s", str(num_servers),
-           "--kvstore", kind, "--env", "PSFRAME_TIMEOUT=120"]
+           "--kvstore", kind, "--env", "PSFRAME_TIMEOUT=120",
+           "--env", f"PSFRAME_IPC={int(ns.transport == 'ipc')}"]
     trace = None
     if ns.timeline:
         stem, ext = os.path.splitext(os.path.abspath(ns.timeline))
@@ -115,7 +120,7 @@ def measure(ns):
     """Run every job and baseline; returns the report dict."""
     sizes, big = _sizes(ns.sizes), _sizes(ns.allreduce_sizes)
     key_bytes = parse_size(ns.key_size)
-    common = {"rounds": ns.rounds, "warmup": ns.warmup, "chunk": CHUNK}
+    common = {"rounds": ns.rounds, "warmup": ns.warmup, "chunk": CHUNK, "transport": ns.transport}
     spec1 = dict(common, cases=[dict(cases.size_case(n, OPS), baseline=True) for n in sizes])
     if ns.keys:
         spec1["cases"] += [cases.keys_case(ns.keys, key_bytes, ["pushpull"]),
@@ -135,17 +140,20 @@ def measure(ns):
         # memory on its own: only the largest key is held, so RSS / held means what it says
         mem_spec = dict(common, rounds=3, warmup=1, cases=[cases.size_case(max(sizes), ["pushpull"])])
         rep["memory"] = _memory(run_job(ns.num_workers, 1, kinds[0], mem_spec, ns, tag=".memory"))
-    gloo = [] if not big or ns.no_gloo or not baselines.torch_available() else [
-        lambda: baselines.gloo_allreduce(big, ns.num_workers, ns.rounds, ns.warmup)]
-    runs = [g() for g in gloo]
+    # baselines of the multi-server job, before and after it; the faster run counts (strict)
+    others = {"floor": lambda: zmq_floor.measure(big, ns.num_workers, ns.num_servers, ns.transport,
+                                                 ns.rounds, ns.warmup, CHUNK)} if big else {}
+    if big and not ns.no_gloo and baselines.torch_available():
+        others["gloo"] = lambda: baselines.gloo_allreduce(big, ns.num_workers, ns.rounds, ns.warmup)
+    runs = {name: [fn()] for name, fn in others.items()}
     if big:
         spec2 = dict(common, cases=[dict(cases.size_case(n, OPS), baseline=True) for n in big])
         for kind in kinds:
             rep["rows"] += _rows(f"{ns.num_servers}x{ns.num_workers}", kind, spec2,
                                  run_job(ns.num_workers, ns.num_servers, kind, spec2, ns))
-    runs += [g() for g in gloo]      # before and after the job; the faster counts (strict)
-    if runs:
-        rep["baselines"]["gloo"] = {n: min(r[n] for r in runs) for n in big}
+    for name, fn in others.items():
+        runs[name].append(fn())
+        rep["baselines"][name] = {n: min(r[n] for r in runs[name]) for n in big}
     all_sizes = sorted(set(sizes) | set(big))
     rep["baselines"]["numpy_copy"] = {n: baselines.numpy_copy(n, ns.rounds) for n in all_sizes}
     rep["baselines"]["zmq"] = {r["nbytes"]: r["zmq"] for r in rep["rows"]
@@ -153,6 +161,7 @@ def measure(ns):
     for row in rep["rows"]:
         if row["case"].startswith("size-") and row["job"] != job1:
             row["gloo"] = rep["baselines"].get("gloo", {}).get(row["nbytes"])
+            row["floor"] = rep["baselines"].get("floor", {}).get(row["nbytes"])
     rep["targets"] = targets(rep, job1, kinds[0])
     return rep
 
@@ -176,8 +185,12 @@ def targets(rep, job1, kind):
     for job in jobs:
         for n in (16 * 2 ** 20, 100 * 2 ** 20):
             pp, g = _pp(rep, job, kind, f"size-{n}"), rep["baselines"].get("gloo", {}).get(n)
+            floor = rep["baselines"].get("floor", {}).get(n)
+            note = "" if not (floor and g and pp) else (
+                f"  [raw pyzmq floor of the same traffic: {floor * 1e3:.1f} ms = {floor / g:.2f}x gloo; "
+                f"psframe = {pp / floor:.2f}x the floor]")
             out.append({"name": f"{job} pushpull {cases.format_size(n)} / gloo allreduce",
-                        "ratio": pp / g if pp and g else None, "limit": 2})
+                        "ratio": pp / g if pp and g else None, "limit": 2, "note": note})
     for case, ref, limit in (("keys-", "onekey-of-keys", 3), ("model-", "onekey-of-model", 1.5)):
         label = next((r["case"] for r in rep["rows"] if r["case"].startswith(case)), None)
         a, b = label and _pp(rep, job1, kind, label), _pp(rep, job1, kind, ref)

@@ -77,7 +77,7 @@ def main(argv=None):
         try:
             if kv.rank == 0 and any(c.get("baseline") for c in spec["cases"]):
                 from psframe.bench.baselines import ZmqEcho
-                echo = ZmqEcho()
+                echo = ZmqEcho(spec.get("transport", "tcp"))
             idle = kv.server_stats() if kv.rank == 0 else None
             cases = [Case(kv, c) for c in spec["cases"]]
             for case in cases:
