@@ -64,6 +64,7 @@ class DistKVStore(KVStore):
                 for address, loc in zip(book["servers"], local)]   # same machine: no TCP
             for address in self.server_addresses:
                 self._servers.append(sockets.dealer(self._ctx, address))
+            self._poller = sockets.Poller([*self._servers, self._sched])
         except BaseException:
             self._ctx.destroy(linger=0)     # closes whatever sockets were made
             raise
@@ -420,17 +421,17 @@ class DistKVStore(KVStore):
     def _progress(self, timeout):
         if timeout > 0.002 and any(r.tracker is not None for r in self._requests.values()):
             timeout = 0.002    # tracker completion is not a socket event: poll it briskly
-        for sock in sockets.poll([*self._servers, self._sched], timeout):
+        for sock in self._poller.poll(timeout):
             if sock is self._sched:
                 self._receive_from_scheduler()
                 continue
-            while sockets.poll([sock], 0):
+            while sockets.readable(sock):
                 self._receive(sock)
 
     def _receive_from_scheduler(self):
         """Between requests the scheduler only speaks to abort the job (it may reach this
         socket before the heartbeat thread's: right after start-up)."""
-        while sockets.poll([self._sched], 0):
+        while sockets.readable(self._sched):
             msg = codec.decode(sockets.recv_frames(self._sched))
             if msg.cmd is Command.ABORT:
                 raise JobAbortedError(f"job aborted by the scheduler: {msg.body.get('reason')}")

@@ -41,7 +41,7 @@ class SchedulerService:
             self.sock.close(sockets.LINGER_MS)
 
     def _drain(self):
-        while sockets.poll([self.sock], 0):
+        while sockets.readable(self.sock):
             frames = sockets.recv_frames(self.sock)
             peer = frames[0].bytes
             msg_id = 0

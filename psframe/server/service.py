@@ -90,12 +90,14 @@ class ServerService:
     def _loop(self, sched):
         cfg = self.config
         last_answer = next_beat = time.monotonic()
+        poller = sockets.Poller([self.sock, sched])
         while True:
             now = time.monotonic()
             if now >= next_beat:
                 sockets.send_frames(sched, codec.encode(Command.HEARTBEAT, 0, self.name))
                 next_beat = now + cfg.heartbeat_interval
-            ready = sockets.poll([self.sock, sched], min(cfg.heartbeat_interval, 0.2))
+                self.guard.prune()
+            ready = poller.poll(min(cfg.heartbeat_interval, 0.2))
             if self.sock in ready:
                 self._drain()
             if sched in ready:
@@ -111,12 +113,11 @@ class ServerService:
                 logger.error("lost the scheduler at %s: no answer for %gs", cfg.scheduler,
                              cfg.heartbeat_timeout)
                 return EXIT_ABORTED_BY_PEER
-            self.guard.prune()
 
     def _drain(self):
         # Bounded so heartbeats still go out under a flood of requests.
         for _ in range(1000):
-            if not sockets.poll([self.sock], 0):
+            if not sockets.readable(self.sock):
                 return
             frames = sockets.recv_frames(self.sock)
             peer = frames[0].bytes

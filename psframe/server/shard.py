@@ -27,6 +27,12 @@ from ..errors import (ConfigError, DoubleInitError, OptimizerError, DTypeMismatc
 from ..protocol import ArrayDesc
 
 
+# Rank 0's arrays wait (zero-copy, in their receive buffers) to be summed with rank 1's in one
+# pass; beyond this many bytes held at once they are copied at arrival instead, so a worker far
+# ahead of the others cannot make the server hold its whole model twice.
+BASE_BYTES = 16 << 20
+
+
 @dataclasses.dataclass
 class Reply:
     token: object
@@ -105,6 +111,7 @@ class ShardState:
         self.sync = sync
         self.guard = guard or _NoGuard()
         self.keys = {}                 # (key, part) -> _KeyState (a key-part or a group)
+        self.base_bytes = 0            # bytes of rank-0 arrays held for one-pass sums
         self.members = {}              # key of a group member -> (its group's _KeyState, index)
         self.optimizer = None
         self.counters = {"pushes": [0] * num_workers, "pulls": [0] * num_workers,
@@ -227,8 +234,9 @@ class ShardState:
                 turns = next_rank[lo:hi]
                 if turns.min() == rank and turns.max() == rank:
                     early.remove(entry)
-                    if rank == 0 and self.num_workers > 1:
+                    if rank == 0 and self.num_workers > 1 and self.base_bytes + flat.nbytes <= BASE_BYTES:
                         merge.base.append((lo, hi, flat))    # summed with rank 1's in one pass
+                        self.base_bytes += flat.nbytes
                     else:
                         if merge.acc is None:
                             merge.acc = self._take_buffer(st)
@@ -245,26 +253,27 @@ class ShardState:
                     progress = True
                 elif hi - lo > 1 and (turns == rank).any():
                     early.remove(entry)
-                    base = bounds[lo]
-                    early.extend([rank, m, m + 1, flat[bounds[m] - base:bounds[m + 1] - base]]
+                    start = bounds[lo]
+                    early.extend([rank, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start]]
                                  for m in range(lo, hi))
                     progress = True
         return completed_any
 
-    @staticmethod
-    def _base_of(st, merge, lo, hi):
+    def _base_of(self, st, merge, lo, hi):
         """Rank 0's array for exactly members ``lo..hi-1`` (taken), else None once every rank-0
         array overlapping them has been copied into the sum (rank 1 then adds in place)."""
         keep = []
         found = None
         for entry in merge.base:
             blo, bhi, flat = entry
+            if blo >= hi or lo >= bhi:
+                keep.append(entry)
+                continue
+            self.base_bytes -= flat.nbytes
             if (blo, bhi) == (lo, hi):
                 found = flat
-            elif blo < hi and lo < bhi:
-                np.copyto(merge.acc[st.bounds[blo]:st.bounds[bhi]], flat)
             else:
-                keep.append(entry)
+                np.copyto(merge.acc[st.bounds[blo]:st.bounds[bhi]], flat)
         merge.base = keep
         return found
 
@@ -363,6 +372,8 @@ class ShardState:
         st.parked_pulls = []
         for m in st.merges.values():
             m.tokens = []
+            self.base_bytes -= sum(flat.nbytes for _, _, flat in m.base)
+            m.base = []
         return [Reply(t, error=st.failed) for t in waiting]
 
     def _take_buffer(self, st):

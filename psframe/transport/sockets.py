@@ -114,10 +114,24 @@ def drain_rest(sock):
 
 def poll(sockets, timeout):
     """Wait up to ``timeout`` seconds; returns the sockets with a message ready."""
-    poller = zmq.Poller()
-    for s in sockets:
-        poller.register(s, zmq.POLLIN)
-    return [s for s, _ in poller.poll(max(0, int(timeout * 1000)))]
+    return Poller(sockets).poll(timeout)
+
+
+class Poller:
+    """``poll`` over a fixed set of sockets, registered once (the hot loops poll constantly)."""
+
+    def __init__(self, sockets):
+        self._poller = zmq.Poller()
+        for s in sockets:
+            self._poller.register(s, zmq.POLLIN)
+
+    def poll(self, timeout):
+        return [s for s, _ in self._poller.poll(max(0, int(timeout * 1000)))]
+
+
+def readable(sock):
+    """True when a whole message is waiting on ``sock`` (never waits)."""
+    return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
 
 class SendGuard:
