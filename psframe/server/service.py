@@ -46,7 +46,9 @@ def import_user_modules(paths):
 class ServerService:
     def __init__(self, config, ctx=None):
         self.config = config
-        self.ctx = ctx or sockets.new_context()
+        # two I/O threads: workers' connections are spread over them, so the bytes of two
+        # workers move in parallel (1 MiB pushpull, 1 server x 2 workers: about 7% faster)
+        self.ctx = ctx or sockets.new_context(io_threads=2)
         self.guard = sockets.SendGuard(timeout=config.timeout)
         self.shard = ShardState(config.num_workers, guard=self.guard)
         host = config.bind_host or config.host

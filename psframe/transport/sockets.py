@@ -21,8 +21,9 @@ LINGER_MS = 2000      # how long close() may spend flushing queued messages
 SEND_TIMEOUT_MS = 60000   # a send blocked this long (peer not reading) is an error, not a hang
 
 
-def new_context():
-    return zmq.Context()
+def new_context(io_threads=1):
+    """A zmq context; each of its ``io_threads`` moves the bytes of some of its connections."""
+    return zmq.Context(io_threads)
 
 
 def dealer(ctx, address, identity=None):
