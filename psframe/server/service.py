@@ -157,7 +157,7 @@ class ServerService:
         arrays += [None] * (len(descs) - len(arrays))
         token = self._expect(peer, msg, len(descs))
         for desc, array, members in zip(descs, arrays, groups):
-            self._deliver(self.shard.init(rank, desc, array, token, sync, members))
+            self._deliver(self.shard.init(rank, desc, array, token, sync, members, adopt=True))
 
     def handle_push(self, peer, msg, rank):
         token = self._expect(peer, msg, len(msg.arrays))

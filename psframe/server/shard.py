@@ -118,10 +118,12 @@ class ShardState:
                          "bytes_in": 0, "bytes_out": 0, "updates": 0}
 
     # -- init ---------------------------------------------------------------------------
-    def init(self, rank, desc, array, token, sync=None, members=None):
+    def init(self, rank, desc, array, token, sync=None, members=None, adopt=False):
         """Worker ``rank`` initialises part ``desc``; ``array`` is the value (rank 0) or None.
         ``sync`` (default: the shard's) fixes the key's mode; workers must agree on it.
-        ``members`` ([(key, shape)], in order) makes ``desc`` a fusion group of those keys."""
+        ``members`` ([(key, shape)], in order) makes ``desc`` a fusion group of those keys.
+        ``adopt``: ``array`` is the shard's to keep (a received buffer), so it is stored as is
+        when it is writable, instead of copied."""
         sync = self.sync if sync is None else sync
         ident = (desc.key, desc.part)
         members = [(k, tuple(s)) for k, s in members] if members else None
@@ -158,7 +160,8 @@ class ShardState:
                 f"create the same kind on every worker"))]
         if array is not None and st.value is None:
             st.dtype, st.shape = desc.dtype, tuple(desc.shape)
-            st.value = np.array(array, dtype=desc.dtype, copy=True).reshape(-1)
+            keep = adopt and array.flags.writeable and array.flags.c_contiguous and array.dtype == desc.dtype
+            st.value = (array if keep else np.array(array, dtype=desc.dtype, copy=True)).reshape(-1)
         st.inited_by.add(rank)
         st.parked_inits.append((token, rank, desc.dtype, tuple(desc.shape), members))
         if st.value is None:
