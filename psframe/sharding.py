@@ -37,7 +37,7 @@ def slice_bounds(size, num_slices):
     return bounds
 
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 4 << 20
 
 
 def parts_of(server, size, num_servers, itemsize=None):

@@ -113,24 +113,38 @@ def gloo_allreduce(sizes, num_processes=2, rounds=10, warmup=2, timeout=300):
     """
     port = addresses.free_port()
     arg = json.dumps({"sizes": list(sizes), "rounds": rounds, "warmup": warmup})
+    outs = run_processes(
+        [([sys.executable, "-m", "psframe.bench.baselines", arg],
+          dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+               WORLD_SIZE=str(num_processes), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1"))
+         for rank in range(num_processes)], timeout, "gloo baseline")
+    line = [l for l in outs[0].splitlines() if l.startswith("GLOO ")][-1]
+    return {int(k): v for k, v in json.loads(line[5:]).items()}
+
+
+def run_processes(commands, timeout, what):
+    """Run every ``(argv, env)`` as a subprocess at once, wait for all and reap them; returns
+    their standard outputs.
+
+    Raises:
+        RuntimeError: naming ``what``, if one failed or they ran past ``timeout`` seconds.
+    """
     procs = []
     try:
-        for rank in range(num_processes):
-            env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                       WORLD_SIZE=str(num_processes), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-            procs.append(subprocess.Popen([sys.executable, "-m", "psframe.bench.baselines", arg], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        for argv, env in commands:
+            procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         outs = [p.communicate(timeout=timeout) for p in procs]
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what} did not finish within {timeout:g}s") from None
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
             p.wait()
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         if p.returncode != 0:
-            raise RuntimeError(f"gloo baseline failed (exit {p.returncode}): {err.decode()[-2000:]}")
-    line = [l for l in outs[0][0].decode().splitlines() if l.startswith("GLOO ")][-1]
-    return {int(k): v for k, v in json.loads(line[5:]).items()}
+            raise RuntimeError(f"{what} failed (exit {p.returncode}): {err.decode()[-2000:]}")
+    return [out.decode() for out, _ in outs]
 
 
 def _gloo_main(arg):

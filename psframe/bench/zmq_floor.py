@@ -13,7 +13,6 @@ and workers as subprocesses, so nothing is pickled and every process is reaped.
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -21,6 +20,7 @@ import numpy as np
 import zmq
 
 from ..transport import addresses
+from .baselines import run_processes
 
 TIMEOUT_MS = 30000
 
@@ -35,22 +35,12 @@ def measure(sizes, num_workers, num_servers, transport="tcp", rounds=10, warmup=
     servers = [_address(transport) for _ in range(num_servers)]
     spec = {"sizes": list(sizes), "servers": servers, "workers": num_workers, "rounds": rounds,
             "warmup": warmup, "chunk": chunk, "go": _address("ipc")}   # worker 0's round barrier
-    procs = []
-    try:
-        for i in range(num_servers):
-            procs.append(_spawn(dict(spec, role="server", index=i)))
-        for r in range(num_workers):
-            procs.append(_spawn(dict(spec, role="worker", index=r)))
-        outs = [p.communicate(timeout=timeout) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    for p, (_, err) in zip(procs, outs):
-        if p.returncode != 0:
-            raise RuntimeError(f"raw pyzmq floor failed (exit {p.returncode}): {err.decode()[-2000:]}")
-    per_worker = [json.loads(out.decode().split("FLOOR ", 1)[1]) for out, _ in outs[num_servers:]]
+    roles = [("server", i) for i in range(num_servers)] + [("worker", r) for r in range(num_workers)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    outs = run_processes([([sys.executable, "-m", "psframe.bench.zmq_floor",
+                            json.dumps(dict(spec, role=role, index=i))], env) for role, i in roles],
+                         timeout, "raw pyzmq floor")
+    per_worker = [json.loads(out.split("FLOOR ", 1)[1]) for out in outs[num_servers:]]
     return {n: statistics.median(max(w[str(n)][i] for w in per_worker) for i in range(rounds))
             for n in sizes}
 
@@ -61,12 +51,6 @@ def _address(transport):
         if local is not None:
             return local
     return f"tcp://127.0.0.1:{addresses.free_port()}"
-
-
-def _spawn(spec):
-    return subprocess.Popen([sys.executable, "-m", "psframe.bench.zmq_floor", json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
 def _server(spec, ctx):

@@ -26,10 +26,11 @@ from .base import KVStore
 logger = logging.getLogger(__name__)
 
 # Big key-parts travel as several arrays of at most sharding.CHUNK_BYTES, and one call's arrays
-# to a server as several messages of at most about MESSAGE_BYTES. zmq hands a multipart message over
-# only once all of it has arrived, so small messages let the server merge and answer the first
-# megabytes while later ones are still on the wire, keep its receive queue (memory) small, and
-# let zmq reuse warm heap blocks instead of mapping fresh pages for one huge message.
+# to a server as several messages of at most about MESSAGE_BYTES (so a big key's chunks go one
+# per message, and small arrays share one). zmq hands a multipart message over only once all of
+# it has arrived, so bounded messages let the server merge and answer the first megabytes while
+# later ones are still on the wire, keep its receive queue (memory) small, and let zmq reuse
+# warm heap blocks instead of mapping fresh pages for one huge message.
 MESSAGE_BYTES = 4 << 20
 
 
