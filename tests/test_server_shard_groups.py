@@ -63,9 +63,9 @@ def flat(*arrays):
     return np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in arrays])
 
 
-def group(n, members, value=None, sync=True, optimizer=None, guard=None):
+def group(n, members, value=None, sync=True, optimizer=None, guard=None, owns_pushes=False):
     """A shard whose group ``g`` every rank initialised (rank 0 last, so every init parks first)."""
-    s = ShardState(n, sync=sync, guard=guard)
+    s = ShardState(n, sync=sync, guard=guard, owns_pushes=owns_pushes)
     if value is None:
         value = np.zeros(total(members), np.float32)
     replies = []
@@ -682,14 +682,14 @@ def interleave(rng, lengths):
     return order
 
 
-def run_random_case(seed):
+def run_random_case(seed, owns_pushes=False):
     rng = np.random.default_rng(seed)
     n, m = int(rng.integers(1, 4)), int(rng.integers(1, 5))
     members = [(f"m{i}", SHAPES[int(j)]) for i, j in enumerate(rng.integers(0, len(SHAPES), m))]
     names = [k for k, _ in members]
     goal = (np.full(m, rng.integers(0, 4)) if rng.random() < 0.5 else rng.integers(0, 4, m)).astype(np.int64)
     init = flat(*(random_values(rng, s) for _, s in members))
-    s = group(n, members, init)
+    s = group(n, members, init, owns_pushes=owns_pushes)
     scripts = [rank_script(rng, goal) for _ in range(n)]
 
     pushed = {(k, r): [] for k in range(m) for r in range(n)}   # the model: every push, per key
@@ -743,9 +743,11 @@ def run_random_case(seed):
     assert stats["pushes"] == [int(goal.sum())] * n
 
 
+@pytest.mark.parametrize("owns_pushes", [False, True], ids=["copies-pushes", "sums-in-pushes"])
 @pytest.mark.parametrize("block", range(8))
-def test_random_scripts_match_the_per_key_model(block):
+def test_random_scripts_match_the_per_key_model(block, owns_pushes):
     """200 seeded random cases (25 per test id): N in 1..3, 1..4 members with small shapes
-    (0-d and zero-size included), fused and per-member pushes and pulls, random interleaving."""
+    (0-d and zero-size included), fused and per-member pushes and pulls, random interleaving;
+    also with the server's ``owns_pushes`` (a step's sum built in rank 0's pushed array)."""
     for seed in range(block * 25, block * 25 + 25):
-        run_random_case(seed)
+        run_random_case(seed, owns_pushes)

@@ -27,12 +27,6 @@ from ..errors import (ConfigError, DoubleInitError, OptimizerError, DTypeMismatc
 from ..protocol import ArrayDesc
 
 
-# Rank 0's arrays wait (zero-copy, in their receive buffers) to be summed with rank 1's in one
-# pass; beyond this many bytes held at once they are copied at arrival instead, so a worker far
-# ahead of the others cannot make the server hold its whole model twice.
-BASE_BYTES = 16 << 20
-
-
 @dataclasses.dataclass
 class Reply:
     token: object
@@ -42,13 +36,12 @@ class Reply:
 
 class _StepMerge:
     """Fixed-rank-order sum of one step's pushes, per member of the entry."""
-    __slots__ = ("acc", "next_rank", "early", "base", "tokens")
+    __slots__ = ("acc", "next_rank", "early", "tokens")
 
     def __init__(self, members):
         self.acc = None                                  # flat sum so far (members' slices)
         self.next_rank = np.zeros(members, np.int64)     # per member: the rank to add next
         self.early = []     # [rank, lo, hi, flat array]: arrived before its turn
-        self.base = []      # (lo, hi, flat array) of rank 0, not yet copied into acc
         self.tokens = []    # (token, lo, hi): push acks due when members lo..hi-1 complete
 
 
@@ -68,7 +61,7 @@ class _KeyState:
         self.parked_inits = []   # (token, rank, dtype, shape, members)
         self.merges = {}         # step -> _StepMerge
         self.parked_pulls = []   # (step, lo, hi, whole, token)
-        self.free = []           # spare flat buffers (no page faults per step)
+        self.free = []           # a spare flat buffer (no page faults per step)
         self.set_members(members, num_workers)
 
     def set_members(self, members, num_workers):
@@ -104,14 +97,16 @@ class _NoGuard:
 
 
 class ShardState:
-    """One server's keys. ``guard`` lets the I/O layer say when a buffer is still being sent."""
+    """One server's keys. ``guard`` lets the I/O layer say when a buffer is still being sent.
+    ``owns_pushes``: pushed arrays are the shard's to keep (received buffers, not a caller's),
+    so a step's sum is built in rank 0's array itself: no copy, no extra buffer per step."""
 
-    def __init__(self, num_workers, sync=True, guard=None):
+    def __init__(self, num_workers, sync=True, guard=None, owns_pushes=False):
         self.num_workers = num_workers
         self.sync = sync
         self.guard = guard or _NoGuard()
+        self.owns_pushes = owns_pushes
         self.keys = {}                 # (key, part) -> _KeyState (a key-part or a group)
-        self.base_bytes = 0            # bytes of rank-0 arrays held for one-pass sums
         self.members = {}              # key of a group member -> (its group's _KeyState, index)
         self.optimizer = None
         self.counters = {"pushes": [0] * num_workers, "pulls": [0] * num_workers,
@@ -237,17 +232,14 @@ class ShardState:
                 turns = next_rank[lo:hi]
                 if turns.min() == rank and turns.max() == rank:
                     early.remove(entry)
-                    if rank == 0 and self.num_workers > 1 and self.base_bytes + flat.nbytes <= BASE_BYTES:
-                        merge.base.append((lo, hi, flat))    # summed with rank 1's in one pass
-                        self.base_bytes += flat.nbytes
+                    if (merge.acc is None and self.owns_pushes and hi - lo == len(st.names)
+                            and flat.flags.writeable):
+                        merge.acc = flat        # rank 0's whole array: the sum starts in it
                     else:
                         if merge.acc is None:
                             merge.acc = self._take_buffer(st)
                         target = merge.acc[bounds[lo]:bounds[hi]]
-                        base = self._base_of(st, merge, lo, hi) if rank == 1 else None
-                        if base is not None:
-                            np.add(base, flat, out=target)
-                        elif rank == 0:
+                        if rank == 0:
                             np.copyto(target, flat)
                         else:
                             np.add(target, flat, out=target)
@@ -261,24 +253,6 @@ class ShardState:
                                  for m in range(lo, hi))
                     progress = True
         return completed_any
-
-    def _base_of(self, st, merge, lo, hi):
-        """Rank 0's array for exactly members ``lo..hi-1`` (taken), else None once every rank-0
-        array overlapping them has been copied into the sum (rank 1 then adds in place)."""
-        keep = []
-        found = None
-        for entry in merge.base:
-            blo, bhi, flat = entry
-            if blo >= hi or lo >= bhi:
-                keep.append(entry)
-                continue
-            self.base_bytes -= flat.nbytes
-            if (blo, bhi) == (lo, hi):
-                found = flat
-            else:
-                np.copyto(merge.acc[st.bounds[blo]:st.bounds[bhi]], flat)
-        merge.base = keep
-        return found
 
     def _complete_steps(self, st):
         """Apply every step whose members are complete, in step order per member."""
@@ -310,7 +284,7 @@ class ShardState:
             if st.completed.min() >= step:
                 del st.merges[step]
                 if merge.acc is not None and merge.acc is not st.value:
-                    st.free.append(merge.acc)
+                    self._spare(st, merge.acc)
         if progressed and st.parked_pulls:
             due = [p for p in st.parked_pulls if st.completed[p[1]:p[2]].min() >= p[0]]
             if due:
@@ -323,7 +297,7 @@ class ShardState:
         if self.optimizer is not None:
             self._update(st, acc, members)
         elif whole:
-            st.free.append(st.value)   # reused once no reply is still sending it
+            self._spare(st, st.value)   # reused once no reply is still sending it
             st.value = acc
         else:
             self.guard.wait(st.value)
@@ -375,9 +349,14 @@ class ShardState:
         st.parked_pulls = []
         for m in st.merges.values():
             m.tokens = []
-            self.base_bytes -= sum(flat.nbytes for _, _, flat in m.base)
-            m.base = []
         return [Reply(t, error=st.failed) for t in waiting]
+
+    @staticmethod
+    def _spare(st, buf):
+        """Keep one spare buffer per entry; any other is dropped (zmq holds a reference to
+        whatever it is still sending, so dropping is safe)."""
+        if not st.free:
+            st.free.append(buf)
 
     def _take_buffer(self, st):
         for i, buf in enumerate(st.free):
