@@ -1,5 +1,5 @@
 """``psframe-bench``: run real jobs through ``psframe-launch`` and compare them with baselines
-measured in the same run (raw pyzmq round trip, the raw pyzmq floor of the same traffic, numpy
+measured in the same run (raw pyzmq round trip, raw pyzmq moving the same traffic, numpy
 copy, gloo allreduce). Raw pyzmq baselines use the transport the jobs use (``--transport``)."""
 import argparse
 import json
@@ -13,14 +13,14 @@ import time
 
 import zmq
 
-from . import baselines, cases, report, zmq_floor
+from . import baselines, cases, report, raw_traffic
 from .cases import parse_size
 
 logger = logging.getLogger("psframe.bench")
 
 JOB_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job.py")
 OPS = ("push", "pull", "pushpull")
-CHUNK = 1 << 20       # frame size of the chunked raw pyzmq baseline
+CHUNK = 1 << 20       # frame size of the chunked raw pyzmq baselines (the faster size there)
 
 
 def build_parser():
@@ -141,7 +141,7 @@ def measure(ns):
         mem_spec = dict(common, rounds=3, warmup=1, cases=[cases.size_case(max(sizes), ["pushpull"])])
         rep["memory"] = _memory(run_job(ns.num_workers, 1, kinds[0], mem_spec, ns, tag=".memory"))
     # baselines of the multi-server job, before and after it; the faster run counts (strict)
-    others = {"floor": lambda: zmq_floor.measure(big, ns.num_workers, ns.num_servers, ns.transport,
+    others = {"raw_traffic": lambda: raw_traffic.measure(big, ns.num_workers, ns.num_servers, ns.transport,
                                                  ns.rounds, ns.warmup, CHUNK)} if big else {}
     if big and not ns.no_gloo and baselines.torch_available():
         others["gloo"] = lambda: baselines.gloo_allreduce(big, ns.num_workers, ns.rounds, ns.warmup)
@@ -161,7 +161,7 @@ def measure(ns):
     for row in rep["rows"]:
         if row["case"].startswith("size-") and row["job"] != job1:
             row["gloo"] = rep["baselines"].get("gloo", {}).get(row["nbytes"])
-            row["floor"] = rep["baselines"].get("floor", {}).get(row["nbytes"])
+            row["raw_traffic"] = rep["baselines"].get("raw_traffic", {}).get(row["nbytes"])
     rep["targets"] = targets(rep, job1, kinds[0])
     return rep
 
@@ -185,10 +185,10 @@ def targets(rep, job1, kind):
     for job in jobs:
         for n in (16 * 2 ** 20, 100 * 2 ** 20):
             pp, g = _pp(rep, job, kind, f"size-{n}"), rep["baselines"].get("gloo", {}).get(n)
-            floor = rep["baselines"].get("floor", {}).get(n)
-            note = "" if not (floor and g and pp) else (
-                f"  [raw pyzmq floor of the same traffic: {floor * 1e3:.1f} ms = {floor / g:.2f}x gloo; "
-                f"psframe = {pp / floor:.2f}x the floor]")
+            raw = rep["baselines"].get("raw_traffic", {}).get(n)
+            note = "" if not (raw and g and pp) else (
+                f"  [raw pyzmq moving the same traffic: {raw * 1e3:.1f} ms = {raw / g:.2f}x gloo; "
+                f"psframe = {pp / raw:.2f}x that]")
             out.append({"name": f"{job} pushpull {cases.format_size(n)} / gloo allreduce",
                         "ratio": pp / g if pp and g else None, "limit": 2, "note": note})
     for case, ref, limit in (("keys-", "onekey-of-keys", 3), ("model-", "onekey-of-model", 1.5)):

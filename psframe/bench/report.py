@@ -32,7 +32,7 @@ def _fmt_x(a, b):
 def table(rows):
     """A plain-text table of the measured rows."""
     head = ["job", "kind", "case", "size", "push ms", "pull ms", "pushpull ms", "GB/s",
-            "zmq rt ms", "vs zmq", "floor ms", "vs floor", "gloo ms", "vs gloo"]
+            "zmq rt ms", "vs zmq", "raw ps ms", "vs raw ps", "gloo ms", "vs gloo"]
     lines = []
     for r in rows:
         pp = r["ms"].get("pushpull")
@@ -40,7 +40,7 @@ def table(rows):
                       _fmt_ms(r["ms"].get("push")), _fmt_ms(r["ms"].get("pull")), _fmt_ms(pp),
                       f"{gbps(r['nbytes'], pp):.2f}" if pp else "-",
                       _fmt_ms(r.get("zmq")), _fmt_x(pp, r.get("zmq")),
-                      _fmt_ms(r.get("floor")), _fmt_x(pp, r.get("floor")),
+                      _fmt_ms(r.get("raw_traffic")), _fmt_x(pp, r.get("raw_traffic")),
                       _fmt_ms(r.get("gloo")), _fmt_x(pp, r.get("gloo"))])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i > 2 else str(c).ljust(w)
@@ -75,7 +75,7 @@ def plot(path, report):
                 (r["nbytes"], gbps(r["nbytes"], r["ms"]["pushpull"])))
     base = report["baselines"]
     for name, key in (("raw pyzmq round trip", "zmq"), ("numpy copy", "numpy_copy"),
-                      ("raw pyzmq floor of the multi-server traffic", "floor"),
+                      ("raw pyzmq moving the multi-server job's traffic", "raw_traffic"),
                       ("gloo allreduce (2 procs)", "gloo")):
         pts = sorted((int(n), gbps(int(n), s)) for n, s in base.get(key, {}).items())
         if pts:

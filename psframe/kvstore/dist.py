@@ -157,7 +157,7 @@ class DistKVStore(KVStore):
             meta, targets = batches.add(g.server, flat.nbytes)
             meta.append(ArrayDesc(g.key, 0, g.dtype, (g.size,), g.infos[0].pushes).to_wire())
             targets[(g.key, 0)] = flat
-            finish.append(lambda g=g, outs=group_outs, flat=flat: g.unpack(flat, outs))
+            finish.append(lambda g=g, outs=group_outs: g.unpack(outs))
         reqs = [self._send(s, Command.PULL, (), (), {"meta": meta}, targets=targets)
                 for s, (meta, targets) in batches]
         self._wait(reqs, f"pull of {_keys_text(keys)}")
@@ -174,8 +174,8 @@ class DistKVStore(KVStore):
             for p in info.parts:
                 targets[(k, p.part)] = flat[p.start:p.stop]
         for g, pairs in fused:
-            flat = targets[(g.key, 0)] = g.landing()
-            finish.append(lambda g=g, outs=[o for _, o in pairs], flat=flat: g.unpack(flat, outs))
+            targets[(g.key, 0)] = g.landing()
+            finish.append(lambda g=g, outs=[o for _, o in pairs]: g.unpack(outs))
         reqs = self._send_pushes(Command.PUSHPULL, [(k, v) for k, (v, _) in plain],
                                  [(g, [v for v, _ in pairs]) for g, pairs in fused], targets)
         self._wait(reqs, f"pushpull of {_keys_text(keys)}")
@@ -315,11 +315,13 @@ class DistKVStore(KVStore):
                 acks.append((info, k, i))
                 if (k, p.part) in targets:
                     tg[(k, p.part)] = targets[(k, p.part)]
+        limit = self.config.max_steps_ahead
         for g, vals in fused:
             flats = []
             for info, v in zip(g.infos, vals):
-                self._backpressure(info)
-                flats.append(self._host(v)[0].reshape(-1))
+                if info.pushes - info.acked >= limit:
+                    self._backpressure(info)
+                flats.append((v if type(v) is np.ndarray and v.flags.c_contiguous else self._host(v)[0]).reshape(-1))
                 info.pushes += 1
             buf, slot = g.pack(flats)           # our copy, reused once zmq has sent it
             descs, bufs, acks, tg, slots = batches.add(g.server, buf.nbytes)

@@ -22,7 +22,7 @@ GROUP_BYTES = sharding.CHUNK_BYTES  # a group is never cut into chunks
 
 class Group:
     """Keys stored together: member ``m`` is ``flat[bounds[m]:bounds[m + 1]]``."""
-    __slots__ = ("key", "dtype", "names", "infos", "bounds", "server", "_outgoing", "_landing")
+    __slots__ = ("key", "dtype", "names", "infos", "bounds", "server", "_outgoing", "_landing", "_views")
 
     def __init__(self, names, infos):
         self.names, self.infos = names, infos
@@ -33,7 +33,7 @@ class Group:
         self.key = f"{PREFIX}{len(names)}:{names[0]!r}"
         self.server = None       # the server holding the group (set at placement)
         self._outgoing = []      # [flat buffer, zmq tracker or None]: reused once sent
-        self._landing = None
+        self._landing = self._views = None
 
     @property
     def size(self):
@@ -63,21 +63,23 @@ class Group:
 
     def landing(self):
         """The flat buffer a fused pull is received into (one per group: a pull call copies it
-        out before it returns)."""
+        out, with ``unpack``, before it returns)."""
         if self._landing is None:
             self._landing = np.empty(self.size, dtype=self.dtype)
+            b = self.bounds
+            self._views = [self._landing[b[m]:b[m + 1]].reshape(info.shape)
+                           for m, info in enumerate(self.infos)]
         return self._landing
 
-    def unpack(self, flat, outs):
-        """Copy each member's slice of ``flat`` into its outputs (``outs[m]``: a list)."""
-        b = self.bounds
-        for m, (info, targets) in enumerate(zip(self.infos, outs)):
-            src = flat[b[m]:b[m + 1]]
+    def unpack(self, outs):
+        """Copy each member's part of the landing buffer into its outputs (``outs[m]``: a list)."""
+        copyto = np.copyto
+        for view, targets in zip(self._views, outs):
             for out in targets:
-                if type(out) is np.ndarray and out.flags.c_contiguous:
-                    out.reshape(-1)[...] = src
+                if type(out) is np.ndarray:
+                    copyto(out, view)
                 else:
-                    arrays.copy_into(out, src)
+                    arrays.copy_into(out, view)
 
 
 def plan(keys, infos, fuse_key_bytes, max_elements, num_servers=1):

@@ -1,13 +1,15 @@
-"""The raw pyzmq floor of a parameter-server round, measured without any psframe code.
+"""Raw pyzmq moving the traffic of a parameter-server round, without any psframe code.
 
 N worker processes and S server processes move exactly the bytes of a psframe ``pushpull`` of
 one key sliced over the servers: each worker sends its slice for server ``s`` in frames of
 ``chunk`` bytes, and each server sends every frame straight back as it arrives (zero-copy; no
 merge, no bookkeeping). A worker's round ends when all of its bytes are back in its landing
-buffer. What psframe adds over this is its own overhead; what this costs over a gloo allreduce
-is the price of the parameter-server traffic pattern itself (every byte to a server and back).
+buffer. It is not a strict floor (psframe's servers send bigger frames and keep their heap
+warm, which plain pyzmq here does not), but the gap between it and a gloo allreduce is the price
+of the parameter-server traffic pattern itself (every byte to a server and back), and the gap
+between psframe and it is what psframe's own work costs.
 
-Run as ``python -m psframe.bench.zmq_floor SPEC``: the parent (``measure``) starts the servers
+Run as ``python -m psframe.bench.raw_traffic SPEC``: the parent (``measure``) starts the servers
 and workers as subprocesses, so nothing is pickled and every process is reaped.
 """
 import json
@@ -37,9 +39,9 @@ def measure(sizes, num_workers, num_servers, transport="tcp", rounds=10, warmup=
             "warmup": warmup, "chunk": chunk, "go": _address("ipc")}   # worker 0's round barrier
     roles = [("server", i) for i in range(num_servers)] + [("worker", r) for r in range(num_workers)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    outs = run_processes([([sys.executable, "-m", "psframe.bench.zmq_floor",
+    outs = run_processes([([sys.executable, "-m", "psframe.bench.raw_traffic",
                             json.dumps(dict(spec, role=role, index=i))], env) for role, i in roles],
-                         timeout, "raw pyzmq floor")
+                         timeout, "raw pyzmq traffic baseline")
     per_worker = [json.loads(out.split("FLOOR ", 1)[1]) for out in outs[num_servers:]]
     return {n: statistics.median(max(w[str(n)][i] for w in per_worker) for i in range(rounds))
             for n in sizes}
