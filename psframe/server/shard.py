@@ -284,7 +284,7 @@ class ShardState:
             if st.completed.min() >= step:
                 del st.merges[step]
                 if merge.acc is not None and merge.acc is not st.value:
-                    self._spare(st, merge.acc)
+                    self._release(st, merge.acc)
         if progressed and st.parked_pulls:
             due = [p for p in st.parked_pulls if st.completed[p[1]:p[2]].min() >= p[0]]
             if due:
@@ -297,7 +297,7 @@ class ShardState:
         if self.optimizer is not None:
             self._update(st, acc, members)
         elif whole:
-            self._spare(st, st.value)   # reused once no reply is still sending it
+            self._release(st, st.value)   # reused once no reply is still sending it
             st.value = acc
         else:
             self.guard.wait(st.value)
@@ -351,11 +351,11 @@ class ShardState:
             m.tokens = []
         return [Reply(t, error=st.failed) for t in waiting]
 
-    @staticmethod
-    def _spare(st, buf):
-        """Keep one spare buffer per entry; any other is dropped (zmq holds a reference to
-        whatever it is still sending, so dropping is safe)."""
-        if not st.free:
+    def _release(self, st, buf):
+        """A buffer the entry no longer needs: kept as its one spare when sums need buffers of
+        their own, else dropped (when pushes are owned, a sum starts in rank 0's array; zmq
+        holds a reference to whatever it is still sending, so dropping is safe)."""
+        if not self.owns_pushes and not st.free:
             st.free.append(buf)
 
     def _take_buffer(self, st):
