@@ -387,7 +387,9 @@ class DistKVStore(KVStore):
         """Return once zmq no longer references the caller's buffers (zero-copy sends)."""
         for r in reqs:
             if r.tracker is not None:
-                self._progress_until(lambda: r.tracker.done, "sending a push")
+                # a tracker's completion is no socket event (and the push's ack may already
+                # be in): look at it every millisecond, not at the next reply
+                self._progress_until(lambda: r.tracker.done, "sending a push", step=0.001)
                 r.tracker = None
 
     # -- waiting and receiving ----------------------------------------------------------
@@ -406,7 +408,7 @@ class DistKVStore(KVStore):
             err, self._errors = self._errors[0], []
             raise err
 
-    def _progress_until(self, cond, what, timeout=None):
+    def _progress_until(self, cond, what, timeout=None, step=0.1):
         timeout = self.config.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while not cond():
@@ -419,11 +421,9 @@ class DistKVStore(KVStore):
                     f"{what}: not done within {timeout:g}s (PSFRAME_TIMEOUT); waiting on servers "
                     f"{waiting}. In dist_sync every worker must push each key the same number of "
                     f"times; a worker that stopped pushing stalls the step")
-            self._progress(min(left, 0.1))
+            self._progress(min(left, step))
 
     def _progress(self, timeout):
-        if timeout > 0.002 and any(r.tracker is not None for r in self._requests.values()):
-            timeout = 0.002    # tracker completion is not a socket event: poll it briskly
         for sock in self._poller.poll(timeout):
             if sock is self._sched:
                 self._receive_from_scheduler()
