@@ -20,6 +20,11 @@ PIDS = {"worker": 0, "server": 1000, "scheduler": 2000}
 MAX_EVENTS = 2_000_000      # a runaway job must not eat the host's memory
 
 
+def key_name(key):
+    """How a key is shown in a trace (a fusion group's wire key without its reserved "\\x00")."""
+    return key[1:] if type(key) is str and key.startswith("\x00") else key
+
+
 def now_us():
     return time.time() * 1e6
 

@@ -488,7 +488,8 @@ class DistKVStore(KVStore):
         else:
             keys = {req.cmd.value: None}
         for k in keys:
-            self._timeline.complete(f"{req.cmd.value} {k}", req.cmd.value, req.t0, end, tid=req.server)
+            self._timeline.complete(f"{req.cmd.value} {timeline.key_name(k)}", req.cmd.value, req.t0, end,
+                                    tid=req.server)
 
     def _read_arrays(self, sock, msg, req):
         for i, desc in enumerate(msg.arrays):

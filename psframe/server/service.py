@@ -198,7 +198,7 @@ class ServerService:
             start = self._merge_start.setdefault(ident, arrived or end)
             if self.shard.step_complete(desc):
                 del self._merge_start[ident]
-                self.timeline.complete(f"merge {desc.key}", "merge", start, end, tid=desc.part,
+                self.timeline.complete(f"merge {timeline.key_name(desc.key)}", "merge", start, end, tid=desc.part,
                                        args={"step": desc.step, "part": desc.part})
 
     def handle_set_optimizer(self, peer, msg, rank):
