@@ -4,6 +4,7 @@ Errors subclass ``PSError`` and also the natural built-in (``ValueError``, ``Tim
 ``ConnectionError``) so generic handlers still catch them. They cross the wire as a whitelisted
 *name* plus a message (``to_wire`` / ``from_wire``), never as a pickle.
 """
+import logging
 
 
 class PSError(Exception):
@@ -112,6 +113,16 @@ _WIRE_ERRORS = {cls.__name__: cls for cls in (
 
 # Facts an error keeps as attributes; they travel beside the message (all msgpack-able).
 _WIRE_ATTRS = ("key", "expected", "actual", "url")
+
+
+def as_reply(exc, who):
+    """``exc``, raised while ``who`` (a service) handled a peer's message, as the error that peer
+    is told: a PSError as it is; anything else is a bug on this side, logged with its traceback
+    and reported as a ProtocolError naming it. The service goes on serving either way."""
+    if isinstance(exc, PSError):
+        return exc
+    logging.getLogger(__name__).error("unexpected error handling a message", exc_info=exc)
+    return ProtocolError(f"the {who} could not handle this message: {type(exc).__name__}: {exc}")
 
 
 def to_wire(exc):

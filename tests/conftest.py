@@ -2,11 +2,14 @@
 import importlib
 import os
 import shutil
+import sys
 
 import pytest
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TIME_FACTOR = float(os.environ.get("PSFRAME_TEST_TIME_FACTOR", "1"))
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+LAUNCH = os.path.join(os.path.dirname(sys.executable), "psframe-launch")
 
 
 def require(condition, what):
@@ -75,3 +78,14 @@ def no_leaked_children():
         except OSError:
             pass
     assert not leaked, f"test left child processes running: {sorted(leaked)}"
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digits dataset of examples/train_mlp.py, written as partitions (the example tests)."""
+    require(os.path.exists(LAUNCH), "psframe-launch in the venv")
+    sys.path.insert(0, EXAMPLES)
+    import train_mlp
+    url = str(tmp_path_factory.mktemp("digits"))
+    train_mlp.write_digits(url)
+    return url

@@ -84,6 +84,14 @@ def assert_none_left(tag, within=5.0):
 HELPERS = r"psframe_launcher\.agent|orted"
 
 
+def assert_every_role_ran(job, host, workers=3):
+    """Every worker printed ``DONE``, and the scheduler and server 1 spoke, all from ``host``."""
+    for rank in range(workers):
+        assert f"[worker {rank}@{host}] DONE rank={rank}" in job.lines, job.text()
+    assert any(l.startswith(f"[scheduler@{host}]") for l in job.lines)
+    assert any(l.startswith(f"[server 1@{host}]") for l in job.lines)
+
+
 def assert_no_helpers_left(job):
     """No launcher agent (or Open MPI orted) started during ``job`` is still running."""
     left = set(cmdline_pids(HELPERS)) - job.foreign

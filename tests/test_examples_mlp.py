@@ -10,12 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TIME_FACTOR, require
+from conftest import EXAMPLES, LAUNCH, TIME_FACTOR, require
 from s3_fixtures import aws_env, moto, storage_options  # noqa: F401  (moto: fixture)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(ROOT, "examples")
-LAUNCH = os.path.join(os.path.dirname(sys.executable), "psframe-launch")
 EPOCHS = 10
 GLOBAL_BATCH = 64
 FINAL = re.compile(r"^final test accuracy: (0\.\d{4})$")
@@ -56,16 +53,6 @@ def check_outputs(out_dir, lines, epochs=EPOCHS):
     assert len(metrics["test_acc"]) == epochs
     assert float(m.group(1)) == pytest.approx(metrics["final_test_acc"], abs=1e-4)
     return metrics
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    require(os.path.exists(LAUNCH), "psframe-launch in the venv")
-    sys.path.insert(0, EXAMPLES)
-    import train_mlp
-    url = str(tmp_path_factory.mktemp("digits"))
-    train_mlp.write_digits(url)
-    return url
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import optional_import, require, requires
-from test_examples_mlp import EXAMPLES, LAUNCH, check_outputs, rank0_lines, run
+from conftest import EXAMPLES, LAUNCH, optional_import, require, requires
+from test_examples_mlp import check_outputs, rank0_lines, run
 
 import psframe
 import psframe.torch            # imports torch only when used
@@ -73,16 +73,6 @@ def reference(x, y, steps):
                                           y[s * gb:(s + 1) * gb]).backward()
         opt.step()
     return {k: v.numpy() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    require(os.path.exists(LAUNCH), "psframe-launch in the venv")
-    sys.path.insert(0, EXAMPLES)
-    import train_mlp
-    url = str(tmp_path_factory.mktemp("digits"))
-    train_mlp.write_digits(url)
-    return url
 
 
 def test_torch_cluster_reaches_95(digits, tmp_path):

@@ -9,8 +9,8 @@ import hashlib
 import pytest
 
 from conftest import require_exe
-from launcher_fixtures import (WORKER, ArgvWatcher, Launch, assert_no_helpers_left, assert_none_left,
-                               check_fails_fast, cmdline_pids, kill_9, new_tag)
+from launcher_fixtures import (WORKER, ArgvWatcher, Launch, assert_every_role_ran, assert_no_helpers_left,
+                               assert_none_left, check_fails_fast, cmdline_pids, kill_9, new_tag)
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +38,7 @@ def test_real_job_under_mpirun(mpirun, tmp_path):
         finally:
             job.stop()
     assert rc == 0, job.text()
-    for rank in range(3):
-        assert f"[worker {rank}@127.0.0.1] DONE rank={rank}" in job.lines, job.text()
-    assert any(l.startswith("[scheduler@127.0.0.1]") for l in job.lines)
-    assert any(l.startswith("[server 1@127.0.0.1]") for l in job.lines)
+    assert_every_role_ran(job, "127.0.0.1")
     sha = hashlib.sha256(secret.encode()).hexdigest()[:12]
     assert sum(f"secret_sha={sha}" in l for l in job.lines) == 3
     assert watcher.seen == []

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import require
-from launcher_fixtures import (WORKER, Launch, assert_no_helpers_left, assert_none_left, check_fails_fast,
-                               cmdline_pids, kill_9, new_tag)
+from launcher_fixtures import (WORKER, Launch, assert_every_role_ran, assert_no_helpers_left, assert_none_left,
+                               check_fails_fast, cmdline_pids, kill_9, new_tag)
 from psframe.transport.addresses import free_port
 
 pytestmark = pytest.mark.integration
@@ -128,10 +128,7 @@ def test_real_job_inside_allocation_uses_srun(slurm, tmp_path):
     finally:
         job.stop()
     assert rc == 0, job.text()
-    for rank in range(3):
-        assert f"[worker {rank}@localhost] DONE rank={rank}" in job.lines, job.text()
-    assert any(l.startswith("[scheduler@localhost]") for l in job.lines)
-    assert any(l.startswith("[server 1@localhost]") for l in job.lines)
+    assert_every_role_ran(job, "localhost")
     assert_none_left(job.tag)
     assert_no_helpers_left(job)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".psframe-launch-")]

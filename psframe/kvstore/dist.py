@@ -315,13 +315,11 @@ class DistKVStore(KVStore):
                 acks.append((info, k, i))
                 if (k, p.part) in targets:
                     tg[(k, p.part)] = targets[(k, p.part)]
-        limit = self.config.max_steps_ahead
         for g, vals in fused:
             flats = []
             for info, v in zip(g.infos, vals):
-                if info.pushes - info.acked >= limit:
-                    self._backpressure(info)
-                flats.append((v if type(v) is np.ndarray and v.flags.c_contiguous else self._host(v)[0]).reshape(-1))
+                self._backpressure(info)
+                flats.append(self._host(v)[0].reshape(-1))
                 info.pushes += 1
             buf, slot = g.pack(flats)           # our copy, reused once zmq has sent it
             descs, bufs, acks, tg, slots = batches.add(g.server, buf.nbytes)

@@ -3,7 +3,7 @@ import logging
 import time
 
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import ProtocolError
+from ..errors import ProtocolError, as_reply
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
 from .membership import MembershipState
@@ -50,10 +50,7 @@ class SchedulerService:
                 msg_id = msg.id
                 self._send(self._dispatch(peer, msg))
             except Exception as exc:   # a bad message must never take the job down
-                if not isinstance(exc, ProtocolError):
-                    logger.exception("unexpected error handling a message")
-                    exc = ProtocolError(f"the scheduler could not handle this message: "
-                                        f"{type(exc).__name__}: {exc}")
+                exc = as_reply(exc, "scheduler")
                 logger.warning("rejected a message: %s", exc)
                 self._send_raw(peer, codec.encode_error(msg_id, "scheduler", exc))
 

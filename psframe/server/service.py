@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import OptimizerError, ProtocolError, PSError
+from ..errors import OptimizerError, ProtocolError, as_reply
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
 from .shard import ShardState
@@ -136,10 +136,7 @@ class ServerService:
                     self._arrived = timeline.now_us()
                 self.handle(peer, msg)
             except Exception as exc:   # a bad request must never take the server down
-                if not isinstance(exc, PSError):
-                    logger.exception("unexpected error handling a request")
-                    exc = ProtocolError(f"the server could not handle this request: "
-                                        f"{type(exc).__name__}: {exc}")
+                exc = as_reply(exc, "server")
                 logger.warning("error reply to a request: %s", exc)
                 self.pending.pop((peer, msg_id), None)
                 self._reply_error(peer, msg_id, exc)
