@@ -48,3 +48,26 @@ def test_batches_bound_message_bytes_per_server():
     assert all(len(m) <= 3 for _, m in msgs)
     assert sorted(x for _, m in msgs for x in m if x != "huge") == list(range(10))
     assert ("huge" in msgs[-1][1]) and msgs[-1][1] == ["huge"]
+
+
+def test_zmq_echo_round_trips_over_every_local_transport_and_reaps_its_process():
+    import numpy as np
+    from psframe.bench.baselines import ZmqEcho
+    payload = np.arange(3 << 20, dtype=np.uint64).view(np.uint8)[: 3 << 20]
+    landing = np.zeros_like(payload)
+    echo = ZmqEcho("ipc")
+    try:
+        times = echo.roundtrips(payload, landing, 1 << 20)
+        assert set(times) == {"tcp", "tcp_chunked", "ipc", "ipc_chunked"}
+        assert all(t > 0 for t in times.values())
+        assert np.array_equal(landing, payload)
+        small = payload[:4096]
+        assert set(echo.roundtrips(small, landing[:4096], 1 << 20)) == {"tcp", "ipc"}   # one frame only
+    finally:
+        echo.close()
+    assert echo.proc.returncode == 0       # told to stop, exited, reaped
+
+
+def test_bench_rejects_a_zero_size():
+    from psframe.bench import cli
+    assert cli.main(["--sizes", "4KiB", "--allreduce-sizes", "0"]) == 1

@@ -6,7 +6,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -19,61 +18,83 @@ logger = logging.getLogger(__name__)
 ECHO_TIMEOUT_MS = 30000
 
 
-def _echo(ctx, address, ready, stop):
-    """ROUTER that sends every message straight back (zero-copy both ways)."""
+def _echo_main(addresses_json):
+    """The echo process: a ROUTER bound to every address, sending each message straight back
+    (zero-copy both ways) until told to stop, its parent is gone, or nothing came for
+    ``ECHO_TIMEOUT_MS`` (run as ``python -m psframe.bench.baselines echo ADDRESSES``)."""
+    ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(address)
-    ready.set()
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
+    for address in json.loads(addresses_json):
+        sock.bind(address)
+    parent, idle = os.getppid(), 0
+    print("READY", flush=True)
     try:
-        while not stop.is_set():
-            if poller.poll(100):
-                sock.send_multipart(sock.recv_multipart(copy=False), copy=False)
+        while idle < ECHO_TIMEOUT_MS and os.getppid() == parent:
+            if not sock.poll(1000):
+                idle += 1000
+                continue
+            idle = 0
+            frames = sock.recv_multipart(copy=False)
+            if len(frames) == 2 and len(frames[1]) == 0:     # an empty message: stop
+                return
+            sock.send_multipart(frames, copy=False)
     finally:
-        sock.close(0)
+        ctx.destroy(0)
 
 
 class ZmqEcho:
-    """A raw pyzmq DEALER -> ROUTER echo on 127.0.0.1, or over an abstract unix socket with
-    ``transport="ipc"`` (the echo runs in a thread: zmq's I/O threads move the bytes, so the GIL
-    is not in the way). Use as a context manager."""
+    """Raw pyzmq DEALER -> ROUTER round trips to an echo in its own process on this machine,
+    over every transport psframe may use there: TCP on 127.0.0.1, and with ``transport="ipc"``
+    also an abstract unix socket. ``roundtrips`` times each, so the bench can take the best raw
+    figure. Use as a context manager."""
 
     def __init__(self, transport="tcp"):
+        self.addresses = {"tcp": f"tcp://127.0.0.1:{addresses.free_port()}"}
+        local = addresses.new_local() if transport == "ipc" else None
+        if local:
+            self.addresses["ipc"] = local
+        self.proc = subprocess.Popen([sys.executable, "-m", "psframe.bench.baselines", "echo",
+                                      json.dumps(list(self.addresses.values()))],
+                                     stdout=subprocess.PIPE, text=True)
         self.ctx = zmq.Context()
-        self.address = (transport == "ipc" and addresses.new_local()) or f"tcp://127.0.0.1:{addresses.free_port()}"
-        ready, self.stop = threading.Event(), threading.Event()
-        self.thread = threading.Thread(target=_echo, args=(self.ctx, self.address, ready, self.stop),
-                                       name="psframe-bench-echo", daemon=True)
-        self.thread.start()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVTIMEO, ECHO_TIMEOUT_MS)
-        self.sock.setsockopt(zmq.SNDTIMEO, ECHO_TIMEOUT_MS)
-        if not ready.wait(10):
+        self.socks = {}
+        try:
+            if self.proc.stdout.readline().strip() != "READY":
+                raise RuntimeError(f"the pyzmq echo process failed (exit {self.proc.wait(10)})")
+            for name, address in self.addresses.items():
+                sock = self.socks[name] = self.ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.RCVTIMEO, ECHO_TIMEOUT_MS)
+                sock.setsockopt(zmq.SNDTIMEO, ECHO_TIMEOUT_MS)
+                sock.connect(address)
+        except BaseException:
             self.close()
-            raise TimeoutError("the pyzmq echo socket did not start within 10 s")
-        self.sock.connect(self.address)
+            raise
 
-    def roundtrip(self, payload, landing, chunk=0):
-        """Seconds to send ``payload`` (uint8) and receive it back into ``landing``: as one
-        frame, or as frames of ``chunk`` bytes. Zero-copy sends, no allocation on receive."""
-        t0 = time.perf_counter()
-        n = payload.nbytes
-        if chunk and n > chunk:
-            self.sock.send_multipart([payload[i:i + chunk] for i in range(0, n, chunk)], copy=False)
-            for i in range(0, n, chunk):
-                self.sock.recv_into(landing[i:i + chunk])
-        else:
-            self.sock.send(payload, copy=n < 65536)
-            self.sock.recv_into(landing)
-        return time.perf_counter() - t0
+    def roundtrips(self, payload, landing, chunk):
+        """Seconds to send ``payload`` (uint8) and receive it back into ``landing``, per
+        transport, as one frame and (when bigger) as frames of ``chunk`` bytes: ``{"tcp": s,
+        "tcp_chunked": s, ...}``. Zero-copy sends, no allocation on receive."""
+        ways = [("", 0)] + ([("_chunked", chunk)] if payload.nbytes > chunk else [])
+        return {name + suffix: _roundtrip(sock, payload, landing, c)
+                for name, sock in self.socks.items() for suffix, c in ways}
 
     def close(self):
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close(0)
+        for sock in self.socks.values():
+            sock.close(0)
+        if self.proc.poll() is None:
+            try:
+                stop = self.ctx.socket(zmq.DEALER)
+                stop.setsockopt(zmq.LINGER, 1000)
+                stop.connect(self.addresses["tcp"])
+                stop.send(b"")
+                stop.close()
+                self.proc.wait(5)
+            except (zmq.ZMQError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
         self.ctx.term()
 
     def __enter__(self):
@@ -81,6 +102,19 @@ class ZmqEcho:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _roundtrip(sock, payload, landing, chunk=0):
+    t0 = time.perf_counter()
+    n = payload.nbytes
+    if chunk and n > chunk:
+        sock.send_multipart([payload[i:i + chunk] for i in range(0, n, chunk)], copy=False)
+        for i in range(0, n, chunk):
+            sock.recv_into(landing[i:i + chunk])
+    else:
+        sock.send(payload, copy=n < 65536)
+        sock.recv_into(landing)
+    return time.perf_counter() - t0
 
 
 def numpy_copy(nbytes, rounds):
@@ -174,4 +208,7 @@ def _gloo_main(arg):
 
 
 if __name__ == "__main__":
-    _gloo_main(sys.argv[1])
+    if sys.argv[1] == "echo":
+        _echo_main(sys.argv[2])
+    else:
+        _gloo_main(sys.argv[1])

@@ -35,7 +35,7 @@ class Case:
         self.values = [np.ones(tuple(s), dtype=np.float32) for s in spec["shapes"]]
         self.outs = [np.empty_like(v) for v in self.values]
         self.times = {op: [] for op in spec["ops"]}
-        self.base = {"zmq": [], "zmq_chunked": []} if spec.get("baseline") else None
+        self.base = {} if spec.get("baseline") else None     # "tcp", "tcp_chunked", ... -> times
         self.payload = self.landing = None
 
     def push(self):
@@ -56,14 +56,14 @@ class Case:
                 if self.payload is None:
                     self.payload = np.ones(self.spec["nbytes"], dtype=np.uint8)
                     self.landing = np.zeros_like(self.payload)
-                self.base["zmq"].append(echo.roundtrip(self.payload, self.landing))
-                self.base["zmq_chunked"].append(echo.roundtrip(self.payload, self.landing, chunk))
+                for name, t in echo.roundtrips(self.payload, self.landing, chunk).items():
+                    self.base.setdefault(name, []).append(t)
         for op in self.spec["ops"]:       # push before pull: a pull never waits for a step
             self.times[op].append(_timed(kv, getattr(self, op)))
 
     def result(self, warmup):
         out = {"label": self.label, "times": {op: t[warmup:] for op, t in self.times.items()}}
-        if self.base and self.base["zmq"]:
+        if self.base:
             out["baseline"] = {k: v[warmup:] for k, v in self.base.items()}
         return out
 
