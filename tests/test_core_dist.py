@@ -115,10 +115,19 @@ def test_workers_that_group_keys_differently_get_a_clear_error():
 
 
 @pytest.mark.parametrize("ipc", ["1", "0"])
-def test_workers_reach_servers_on_their_machine_over_a_unix_socket(ipc):
+def test_big_entries_reach_servers_on_their_machine_over_a_unix_socket(ipc):
+    """With PSFRAME_IPC=1 a big key-part travels over the server's unix socket and a small key
+    over TCP (which moves small messages faster); with 0 everything is TCP. Sums are exact."""
     res = run_job(os.path.join(HERE, "bin", "server_addresses.py"), 2, 2, timeout=60,
                   env={"PSFRAME_IPC": ipc, "PSFRAME_BIGARRAY_BOUND": "1000"}).check().results()
     for r in range(2):
-        assert res[r]["sum"] == 3.0 and res[r]["uniform"]
-        schemes = {a.partition("://")[0] for a in res[r]["addresses"]}
-        assert schemes == ({"ipc"} if ipc == "1" else {"tcp"}), res[r]
+        assert res[r]["sum"] == 3.0 and res[r]["uniform"], res[r]
+        assert res[r]["small_sum"] == 3.0 and res[r]["small_uniform"], res[r]
+        assert {a.partition("://")[0] for a in res[r]["addresses"]} == {"tcp"}, res[r]
+        if ipc == "1":
+            assert all(a.startswith("ipc://@psframe-") for a in res[r]["local"]), res[r]
+            assert res[r]["big_sent"] == {"tcp": 0, "unix": 2}, res[r]     # one part per server
+        else:
+            assert res[r]["local"] == [None, None], res[r]
+            assert res[r]["big_sent"] == {"tcp": 2, "unix": 0}, res[r]
+        assert res[r]["small_sent"] == {"tcp": 1, "unix": 0}, res[r]

@@ -104,6 +104,20 @@ class ZmqEcho:
         self.close()
 
 
+def zmq_roundtrips(sizes, transport, rounds, warmup, chunk):
+    """Median seconds of raw pyzmq round trips of each size in ``sizes`` to an echo process:
+    ``{nbytes: {way: s}}`` (ways as ``ZmqEcho.roundtrips``). Sizes are interleaved per round."""
+    payloads = {n: (np.ones(n, np.uint8), np.zeros(n, np.uint8)) for n in sizes}
+    samples = {n: {} for n in sizes}
+    with ZmqEcho(transport) as echo:
+        for r in range(warmup + rounds):
+            for n, (payload, landing) in payloads.items():
+                for way, t in echo.roundtrips(payload, landing, chunk).items():
+                    if r >= warmup:
+                        samples[n].setdefault(way, []).append(t)
+    return {n: {way: statistics.median(ts) for way, ts in by_way.items()} for n, by_way in samples.items()}
+
+
 def _roundtrip(sock, payload, landing, chunk=0):
     t0 = time.perf_counter()
     n = payload.nbytes

@@ -1,12 +1,13 @@
 """``psframe-bench``: run real jobs through ``psframe-launch`` and compare them with baselines
 measured in the same run (raw pyzmq round trip, raw pyzmq moving the same traffic, numpy
-copy, gloo allreduce). Raw pyzmq baselines use the transport the jobs use (``--transport``)."""
+copy, gloo allreduce). Baselines run while no job does, before and after the jobs, and the
+faster run counts. The raw pyzmq round trip is the best of every transport psframe may use on
+the machine (``--transport ipc``: TCP and the unix socket; ``tcp``: TCP only)."""
 import argparse
 import json
 import logging
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -43,7 +44,8 @@ def build_parser():
     p.add_argument("--no-gloo", action="store_true", help="skip the torch gloo baseline")
     p.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
                    help="how workers reach servers on this machine (PSFRAME_IPC), and what the raw "
-                        "pyzmq baselines use: ipc (psframe's default) or tcp")
+                        "pyzmq baselines may use: ipc (psframe's default: big entries over the unix "
+                        "socket, the rest over TCP) or tcp (TCP only)")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot bandwidth vs size")
     p.add_argument("--timeline", metavar="FILE.json",
@@ -99,17 +101,22 @@ def run_job(num_workers, num_servers, kind, spec, ns, tag=""):
     return sorted(results, key=lambda r: r["rank"])
 
 
-def _rows(job, kind, spec, results):
+def _rows(job, kind, spec, results, raw_rt=None):
+    """Report rows of one job; a size case gets the best raw pyzmq round trip of its bytes."""
     rows = []
     for case in spec["cases"]:
         row = {"job": job, "kind": kind, "case": case["label"], "nbytes": case["nbytes"],
                "ms": report.round_medians(results, case["label"])}
-        base = next(c for c in results[0]["cases"] if c["label"] == case["label"]).get("baseline")
-        if base:
-            row["zmq_by_way"] = {way: statistics.median(times) for way, times in base.items()}
-            row["zmq_way"], row["zmq"] = min(row["zmq_by_way"].items(), key=lambda kv: kv[1])   # the best raw figure
+        if raw_rt and case["label"].startswith("size-"):
+            row["zmq_by_way"] = raw_rt[case["nbytes"]]
+            row["zmq_way"], row["zmq"] = min(row["zmq_by_way"].items(), key=lambda kv: kv[1])
         rows.append(row)
     return rows
+
+
+def _faster(runs):
+    """Per size and way, the faster of several ``zmq_roundtrips`` results (strict baseline)."""
+    return {n: {way: min(r[n][way] for r in runs) for way in runs[0][n]} for n in runs[0]}
 
 
 def _memory(results):
@@ -122,8 +129,8 @@ def measure(ns):
     """Run every job and baseline; returns the report dict."""
     sizes, big = _sizes(ns.sizes), _sizes(ns.allreduce_sizes)
     key_bytes = parse_size(ns.key_size)
-    common = {"rounds": ns.rounds, "warmup": ns.warmup, "chunk": CHUNK, "transport": ns.transport}
-    spec1 = dict(common, cases=[dict(cases.size_case(n, OPS), baseline=True) for n in sizes])
+    common = {"rounds": ns.rounds, "warmup": ns.warmup}
+    spec1 = dict(common, cases=[cases.size_case(n, OPS) for n in sizes])
     if ns.keys:
         spec1["cases"] += [cases.keys_case(ns.keys, key_bytes, ["pushpull"]),
                            cases.one_key_case("onekey-of-keys", ns.keys * key_bytes, ["pushpull"])]
@@ -136,8 +143,10 @@ def measure(ns):
            "config": vars(ns)}
     kinds = [k for k in ns.kinds.split(",") if k]
     job1 = f"1x{ns.num_workers}"
-    for kind in kinds:
-        rep["rows"] += _rows(job1, kind, spec1, run_job(ns.num_workers, 1, kind, spec1, ns))
+    # raw pyzmq round trips on a quiet machine, before and after the jobs; the faster counts
+    all_sizes = sorted(set(sizes) | set(big))
+    zmq_runs = [baselines.zmq_roundtrips(all_sizes, ns.transport, ns.rounds, ns.warmup, CHUNK)]
+    results1 = [(kind, run_job(ns.num_workers, 1, kind, spec1, ns)) for kind in kinds]
     if sizes:
         # memory on its own: only the largest key is held, so RSS / held means what it says
         mem_spec = dict(common, rounds=3, warmup=1, cases=[cases.size_case(max(sizes), ["pushpull"])])
@@ -148,18 +157,21 @@ def measure(ns):
     if big and not ns.no_gloo and baselines.torch_available():
         others["gloo"] = lambda: baselines.gloo_allreduce(big, ns.num_workers, ns.rounds, ns.warmup)
     runs = {name: [fn()] for name, fn in others.items()}
+    results2 = []
     if big:
-        spec2 = dict(common, cases=[dict(cases.size_case(n, OPS), baseline=True) for n in big])
-        for kind in kinds:
-            rep["rows"] += _rows(f"{ns.num_servers}x{ns.num_workers}", kind, spec2,
-                                 run_job(ns.num_workers, ns.num_servers, kind, spec2, ns))
+        spec2 = dict(common, cases=[cases.size_case(n, OPS) for n in big])
+        results2 = [(kind, run_job(ns.num_workers, ns.num_servers, kind, spec2, ns)) for kind in kinds]
     for name, fn in others.items():
         runs[name].append(fn())
         rep["baselines"][name] = {n: min(r[n] for r in runs[name]) for n in big}
-    all_sizes = sorted(set(sizes) | set(big))
+    zmq_runs.append(baselines.zmq_roundtrips(all_sizes, ns.transport, ns.rounds, ns.warmup, CHUNK))
+    raw_rt = _faster(zmq_runs)
+    for kind, results in results1:
+        rep["rows"] += _rows(job1, kind, spec1, results, raw_rt)
+    for kind, results in results2:
+        rep["rows"] += _rows(f"{ns.num_servers}x{ns.num_workers}", kind, spec2, results, raw_rt)
     rep["baselines"]["numpy_copy"] = {n: baselines.numpy_copy(n, ns.rounds) for n in all_sizes}
-    rep["baselines"]["zmq"] = {r["nbytes"]: r["zmq"] for r in rep["rows"]
-                               if r.get("zmq") and r["job"] == job1 and r["kind"] == kinds[0]}
+    rep["baselines"]["zmq"] = {n: min(ways.values()) for n, ways in raw_rt.items()}
     for row in rep["rows"]:
         if row["case"].startswith("size-") and row["job"] != job1:
             row["gloo"] = rep["baselines"].get("gloo", {}).get(row["nbytes"])

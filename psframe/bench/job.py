@@ -1,10 +1,8 @@
 """The worker script ``psframe-bench`` runs under the launcher: times push, pull and pushpull.
 
-Argument 1 is a JSON spec ``{"cases": [{"label", "shapes", "ops", "baseline"}], "rounds",
-"warmup", "chunk"}``. Rounds are interleaved over the cases (round 1 of every case, then round
-2, ...), so a burst of load on a shared machine hits every case alike; a case with
-``baseline`` also times, in the same round, a raw pyzmq round trip of its bytes on worker 0.
-Every timed call starts right after a barrier; each worker prints its times as one
+Argument 1 is a JSON spec ``{"cases": [{"label", "shapes", "ops"}], "rounds", "warmup"}``.
+Rounds are interleaved over the cases (round 1 of every case, then round 2, ...), so a burst of
+load on a shared machine hits every case alike. Every timed call starts right after a barrier; each worker prints its times as one
 ``RESULT {json}`` line, and the bench takes the slowest worker of each round.
 """
 import json
@@ -35,8 +33,6 @@ class Case:
         self.values = [np.ones(tuple(s), dtype=np.float32) for s in spec["shapes"]]
         self.outs = [np.empty_like(v) for v in self.values]
         self.times = {op: [] for op in spec["ops"]}
-        self.base = {} if spec.get("baseline") else None     # "tcp", "tcp_chunked", ... -> times
-        self.payload = self.landing = None
 
     def push(self):
         self.kv.push(self.keys, self.values)
@@ -48,50 +44,30 @@ class Case:
     def pushpull(self):
         self.kv.pushpull(self.keys, self.values, self.outs)
 
-    def round(self, echo, chunk):
-        kv = self.kv
-        if self.base is not None:
-            kv.barrier()
-            if echo is not None:
-                if self.payload is None:
-                    self.payload = np.ones(self.spec["nbytes"], dtype=np.uint8)
-                    self.landing = np.zeros_like(self.payload)
-                for name, t in echo.roundtrips(self.payload, self.landing, chunk).items():
-                    self.base.setdefault(name, []).append(t)
+    def round(self):
         for op in self.spec["ops"]:       # push before pull: a pull never waits for a step
-            self.times[op].append(_timed(kv, getattr(self, op)))
+            self.times[op].append(_timed(self.kv, getattr(self, op)))
 
     def result(self, warmup):
-        out = {"label": self.label, "times": {op: t[warmup:] for op, t in self.times.items()}}
-        if self.base:
-            out["baseline"] = {k: v[warmup:] for k, v in self.base.items()}
-        return out
+        return {"label": self.label, "times": {op: t[warmup:] for op, t in self.times.items()}}
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
     logging.basicConfig(level=logging.WARNING)
-    echo = None
     with psframe.create() as kv:
-        try:
-            if kv.rank == 0 and any(c.get("baseline") for c in spec["cases"]):
-                from psframe.bench.baselines import ZmqEcho
-                echo = ZmqEcho(spec.get("transport", "tcp"))
-            idle = kv.server_stats() if kv.rank == 0 else None
-            cases = [Case(kv, c) for c in spec["cases"]]
+        idle = kv.server_stats() if kv.rank == 0 else None
+        cases = [Case(kv, c) for c in spec["cases"]]
+        for case in cases:
+            kv.init(case.keys, case.values)
+        for _ in range(spec["warmup"] + spec["rounds"]):
             for case in cases:
-                kv.init(case.keys, case.values)
-            for _ in range(spec["warmup"] + spec["rounds"]):
-                for case in cases:
-                    case.round(echo, spec.get("chunk", 1 << 20))
-            kv.barrier()
-            out = {"rank": kv.rank, "kind": kv.type, "cases": [c.result(spec["warmup"]) for c in cases]}
-            if kv.rank == 0:
-                out["idle_servers"], out["servers"] = idle, kv.server_stats()
-        finally:
-            if echo is not None:
-                echo.close()
+                case.round()
+        kv.barrier()
+        out = {"rank": kv.rank, "kind": kv.type, "cases": [c.result(spec["warmup"]) for c in cases]}
+        if kv.rank == 0:
+            out["idle_servers"], out["servers"] = idle, kv.server_stats()
     print("RESULT " + json.dumps(out), flush=True)
     return 0
 
