@@ -6,11 +6,13 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import zmq
 
+from ..server.heap import keep_freed_memory
 from ..transport import addresses
 
 logger = logging.getLogger(__name__)
@@ -20,49 +22,67 @@ ECHO_TIMEOUT_MS = 30000
 
 def _echo_main(addresses_json):
     """The echo process: a ROUTER bound to every address, sending each message straight back
-    (zero-copy both ways) until told to stop, its parent is gone, or nothing came for
-    ``ECHO_TIMEOUT_MS`` (run as ``python -m psframe.bench.baselines echo ADDRESSES``)."""
+    until told to stop, its parent is gone, or nothing came for ``ECHO_TIMEOUT_MS`` (run as
+    ``python -m psframe.bench.baselines echo ADDRESSES``)."""
+    keep_freed_memory()      # as psframe's servers do: the baseline gets the same warm heap
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    for address in json.loads(addresses_json):
-        sock.bind(address)
-    parent, idle = os.getppid(), 0
+    sock = _echo_socket(ctx, json.loads(addresses_json))
+    parent = os.getppid()
     print("READY", flush=True)
     try:
-        while idle < ECHO_TIMEOUT_MS and os.getppid() == parent:
-            if not sock.poll(1000):
-                idle += 1000
-                continue
-            idle = 0
-            frames = sock.recv_multipart(copy=False)
-            if len(frames) == 2 and len(frames[1]) == 0:     # an empty message: stop
-                return
-            sock.send_multipart(frames, copy=False)
+        _serve_echo(sock, lambda: os.getppid() != parent)
     finally:
         ctx.destroy(0)
 
 
+def _echo_socket(ctx, bind_to):
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    for address in bind_to:
+        sock.bind(address)
+    return sock
+
+
+def _serve_echo(sock, stopped):
+    """Send every message straight back (zero-copy both ways) until an empty message comes,
+    ``stopped()`` turns true, or nothing came for ``ECHO_TIMEOUT_MS``."""
+    idle = 0
+    while idle < ECHO_TIMEOUT_MS and not stopped():
+        if not sock.poll(100):
+            idle += 100
+            continue
+        idle = 0
+        frames = sock.recv_multipart(copy=False)
+        if len(frames) == 2 and len(frames[1]) == 0:
+            return
+        sock.send_multipart(frames, copy=False)
+
+
 class ZmqEcho:
-    """Raw pyzmq DEALER -> ROUTER round trips to an echo in its own process on this machine,
-    over every transport psframe may use there: TCP on 127.0.0.1, and with ``transport="ipc"``
-    also an abstract unix socket. ``roundtrips`` times each, so the bench can take the best raw
-    figure. Use as a context manager."""
+    """Raw pyzmq DEALER -> ROUTER round trips on this machine, to an echo in its own process
+    and to an echo thread of this process (sharing its zmq context, the way a 100 MiB payload
+    goes fastest here), over every transport psframe may use: TCP on 127.0.0.1, and with
+    ``transport="ipc"`` also an abstract unix socket. ``roundtrips`` times every way, so the
+    bench can take the best raw figure. Use as a context manager."""
 
     def __init__(self, transport="tcp"):
-        self.addresses = {"tcp": f"tcp://127.0.0.1:{addresses.free_port()}"}
-        local = addresses.new_local() if transport == "ipc" else None
-        if local:
-            self.addresses["ipc"] = local
+        names = ["tcp"] + (["ipc"] if transport == "ipc" and addresses.new_local() else [])
+        new = {"tcp": lambda: f"tcp://127.0.0.1:{addresses.free_port()}", "ipc": addresses.new_local}
+        self.addresses = {name: new[name]() for name in names}
+        thread_addresses = {f"{name} echo-thread": new[name]() for name in names}
         self.proc = subprocess.Popen([sys.executable, "-m", "psframe.bench.baselines", "echo",
                                       json.dumps(list(self.addresses.values()))],
                                      stdout=subprocess.PIPE, text=True)
         self.ctx = zmq.Context()
-        self.socks = {}
+        self.socks, self.stop, self.thread = {}, threading.Event(), None
         try:
+            echo = _echo_socket(self.ctx, thread_addresses.values())
+            self.thread = threading.Thread(target=_serve_echo, args=(echo, self.stop.is_set),
+                                           name="psframe-bench-echo", daemon=True)
+            self.thread.start()
             if self.proc.stdout.readline().strip() != "READY":
                 raise RuntimeError(f"the pyzmq echo process failed (exit {self.proc.wait(10)})")
-            for name, address in self.addresses.items():
+            for name, address in {**self.addresses, **thread_addresses}.items():
                 sock = self.socks[name] = self.ctx.socket(zmq.DEALER)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.RCVTIMEO, ECHO_TIMEOUT_MS)
@@ -81,6 +101,9 @@ class ZmqEcho:
                 for name, sock in self.socks.items() for suffix, c in ways}
 
     def close(self):
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(5)
         for sock in self.socks.values():
             sock.close(0)
         if self.proc.poll() is None:
@@ -106,16 +129,19 @@ class ZmqEcho:
 
 def zmq_roundtrips(sizes, transport, rounds, warmup, chunk):
     """Median seconds of raw pyzmq round trips of each size in ``sizes`` to an echo process:
-    ``{nbytes: {way: s}}`` (ways as ``ZmqEcho.roundtrips``). Sizes are interleaved per round."""
-    payloads = {n: (np.ones(n, np.uint8), np.zeros(n, np.uint8)) for n in sizes}
-    samples = {n: {} for n in sizes}
+    ``{nbytes: {way: s}}`` (ways as ``ZmqEcho.roundtrips``). Each size runs its own warm-up
+    and rounds: a size measured between rounds of 100 MiB ran up to three times slower."""
+    keep_freed_memory()      # the receiving side too (this is the bench's own process)
+    out = {}
     with ZmqEcho(transport) as echo:
-        for r in range(warmup + rounds):
-            for n, (payload, landing) in payloads.items():
+        for n in sizes:
+            payload, landing, samples = np.ones(n, np.uint8), np.zeros(n, np.uint8), {}
+            for r in range(warmup + rounds):
                 for way, t in echo.roundtrips(payload, landing, chunk).items():
                     if r >= warmup:
-                        samples[n].setdefault(way, []).append(t)
-    return {n: {way: statistics.median(ts) for way, ts in by_way.items()} for n, by_way in samples.items()}
+                        samples.setdefault(way, []).append(t)
+            out[n] = {way: statistics.median(ts) for way, ts in samples.items()}
+    return out
 
 
 def _roundtrip(sock, payload, landing, chunk=0):
