@@ -13,6 +13,7 @@ import numpy as np
 import zmq
 
 from ..server.heap import keep_freed_memory
+from .cases import rounds_for
 from ..transport import addresses
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def zmq_roundtrips(sizes, transport, rounds, warmup, chunk):
     with ZmqEcho(transport) as echo:
         for n in sizes:
             payload, landing, samples = np.ones(n, np.uint8), np.zeros(n, np.uint8), {}
-            for r in range(warmup + rounds):
+            for r in range(warmup + rounds_for(n, rounds)):
                 for way, t in echo.roundtrips(payload, landing, chunk).items():
                     if r >= warmup:
                         samples.setdefault(way, []).append(t)

@@ -54,6 +54,17 @@ def elements(shape):
     return n
 
 
+ROUND_BYTES = 256 << 20    # a small case runs more rounds, up to this much payload ...
+MAX_ROUNDS_FACTOR = 20     # ... and this many times ``--rounds``
+
+
+def rounds_for(nbytes, rounds):
+    """Timed rounds of a case of ``nbytes``: at least ``rounds``, more for small payloads (a
+    1 MiB round takes about a millisecond, so ten of them are at the mercy of one burst of
+    load on a shared machine)."""
+    return max(rounds, min(MAX_ROUNDS_FACTOR * rounds, ROUND_BYTES // max(nbytes, 1)))
+
+
 def size_case(nbytes, ops, stats=False):
     """One float32 key of ``nbytes``."""
     return {"label": f"size-{nbytes}", "kind": "size", "nbytes": nbytes,

@@ -39,7 +39,9 @@ def build_parser():
     p.add_argument("--model", choices=("resnet50", "none"), default="resnet50",
                    help="model-shaped parameter list case")
     p.add_argument("--model-scale", type=float, default=1.0, help="shrink the model (tests)")
-    p.add_argument("--rounds", type=int, default=10, help="timed rounds per measurement")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="timed rounds per measurement (small payloads get more: up to 256 MiB "
+                        "of payload, at most 20 times this)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--no-gloo", action="store_true", help="skip the torch gloo baseline")
     p.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
@@ -243,7 +245,8 @@ def main(argv=None):
     base = rep["baselines"]["numpy_copy"]
     print("numpy copy GB/s: " + ", ".join(f"{cases.format_size(n)} {report.gbps(n, s):.1f}"
                                           for n, s in sorted(base.items())))
-    print(f"({rep['elapsed_s']:.0f} s; times are medians over {ns.rounds} rounds of the slowest worker)")
+    print(f"({rep['elapsed_s']:.0f} s; times are medians over {ns.rounds} rounds of the slowest worker, "
+          f"up to {cases.MAX_ROUNDS_FACTOR * ns.rounds} for small payloads)")
     if ns.json:
         report.write_json(ns.json, rep)
     if ns.plot:

@@ -1,8 +1,9 @@
 """The worker script ``psframe-bench`` runs under the launcher: times push, pull and pushpull.
 
 Argument 1 is a JSON spec ``{"cases": [{"label", "shapes", "ops"}], "rounds", "warmup"}``.
-Rounds are interleaved over the cases (round 1 of every case, then round 2, ...), so a burst of
-load on a shared machine hits every case alike. Every timed call starts right after a barrier; each worker prints its times as one
+Each case runs its warm-up and timed rounds on its own, as a training loop repeats the same
+sizes every step (and as the raw pyzmq baseline is measured): interleaved with rounds of 100 MiB,
+a 1 MiB round ran from caches that those had just flushed. Every timed call starts right after a barrier; each worker prints its times as one
 ``RESULT {json}`` line, and the bench takes the slowest worker of each round.
 """
 import json
@@ -13,6 +14,7 @@ import time
 import numpy as np
 
 import psframe
+from psframe.bench.cases import rounds_for
 
 logger = logging.getLogger("psframe.bench.job")
 
@@ -61,8 +63,8 @@ def main(argv=None):
         cases = [Case(kv, c) for c in spec["cases"]]
         for case in cases:
             kv.init(case.keys, case.values)
-        for _ in range(spec["warmup"] + spec["rounds"]):
-            for case in cases:
+        for case in cases:
+            for _ in range(spec["warmup"] + rounds_for(case.spec["nbytes"], spec["rounds"])):
                 case.round()
         kv.barrier()
         out = {"rank": kv.rank, "kind": kv.type, "cases": [c.result(spec["warmup"]) for c in cases]}
