@@ -27,6 +27,17 @@ from ..errors import (ConfigError, DoubleInitError, OptimizerError, DTypeMismatc
 from ..protocol import ArrayDesc
 
 
+def _low(a, lo, hi):
+    """``a[lo:hi].min()``; one element is read directly (plain keys are the hot path, and a
+    numpy reduction costs a microsecond or two per call)."""
+    return a[lo] if hi - lo == 1 else a[lo:hi].min()
+
+
+def _high(a, lo, hi):
+    """``a[lo:hi].max()``, like ``_low``."""
+    return a[lo] if hi - lo == 1 else a[lo:hi].max()
+
+
 @dataclasses.dataclass
 class Reply:
     token: object
@@ -197,9 +208,10 @@ class ShardState:
         if err is not None:
             return [Reply(token, error=err)]
         flat = array.reshape(-1)
-        before = st.pushes[rank, lo:hi]
-        if st.sync and (before.min() != desc.step - 1 or before.max() != desc.step - 1):
-            first, last = int(before.min()), int(before.max())
+        row = st.pushes[rank]
+        first, last = _low(row, lo, hi), _high(row, lo, hi)
+        if st.sync and (first != desc.step - 1 or last != desc.step - 1):
+            first, last = int(first), int(last)
             why = (f"expected {first + 1}: a message was lost or a worker restarted" if first == last
                    else f"but its keys are at steps {first + 1}..{last + 1}: a whole-group push needs them in step")
             return [Reply(token, error=ProtocolError(
@@ -207,9 +219,9 @@ class ShardState:
         self.counters["pushes"][rank] += hi - lo
         self.counters["bytes_in"] += flat.nbytes
         if not st.sync:
-            before += 1
+            row[lo:hi] += 1
             return self._apply_async(st, lo, hi, flat, token)
-        before[...] = desc.step
+        row[lo:hi] = desc.step
         merge = st.merges.get(desc.step)
         if merge is None:
             merge = st.merges[desc.step] = _StepMerge(len(st.names))
@@ -229,8 +241,7 @@ class ShardState:
             progress = False
             for entry in list(early):
                 rank, lo, hi, flat = entry
-                turns = next_rank[lo:hi]
-                if turns.min() == rank and turns.max() == rank:
+                if _low(next_rank, lo, hi) == rank and _high(next_rank, lo, hi) == rank:
                     early.remove(entry)
                     if (merge.acc is None and self.owns_pushes and hi - lo == len(st.names)
                             and flat.flags.writeable):
@@ -243,10 +254,10 @@ class ShardState:
                             np.copyto(target, flat)
                         else:
                             np.add(target, flat, out=target)
-                    turns += 1
+                    next_rank[lo:hi] += 1
                     completed_any = completed_any or rank + 1 == self.num_workers
                     progress = True
-                elif hi - lo > 1 and (turns == rank).any():
+                elif hi - lo > 1 and (next_rank[lo:hi] == rank).any():
                     early.remove(entry)
                     start = bounds[lo]
                     early.extend([rank, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start]]
@@ -256,14 +267,19 @@ class ShardState:
 
     def _complete_steps(self, st):
         """Apply every step whose members are complete, in step order per member."""
-        replies, n, progressed = [], self.num_workers, False
+        replies, n, progressed, members = [], self.num_workers, False, len(st.names)
         for step in sorted(st.merges):
             merge = st.merges[step]
-            ready = (merge.next_rank == n) & (st.completed == step - 1)
-            if not ready.any():
-                continue
-            whole = bool(ready.all())
-            done = range(len(st.names)) if whole else np.flatnonzero(ready).tolist()
+            if members == 1:       # a plain key: no numpy round trips
+                if merge.next_rank[0] != n or st.completed[0] != step - 1:
+                    continue
+                whole = True
+            else:
+                ready = (merge.next_rank == n) & (st.completed == step - 1)
+                if not ready.any():
+                    continue
+                whole = bool(ready.all())
+            done = range(members) if whole else np.flatnonzero(ready).tolist()
             try:
                 self._apply_sum(st, merge.acc, done, whole)
             except Exception as exc:
@@ -276,19 +292,19 @@ class ShardState:
             still = []
             for tok in merge.tokens:
                 _, lo, hi = tok
-                if st.completed[lo:hi].min() >= step:
+                if _low(st.completed, lo, hi) >= step:
                     replies.append(Reply(tok[0]))
                 else:
                     still.append(tok)
             merge.tokens = still
-            if st.completed.min() >= step:
+            if _low(st.completed, 0, members) >= step:
                 del st.merges[step]
                 if merge.acc is not None and merge.acc is not st.value:
                     self._release(st, merge.acc)
         if progressed and st.parked_pulls:
-            due = [p for p in st.parked_pulls if st.completed[p[1]:p[2]].min() >= p[0]]
+            due = [p for p in st.parked_pulls if _low(st.completed, p[1], p[2]) >= p[0]]
             if due:
-                st.parked_pulls = [p for p in st.parked_pulls if st.completed[p[1]:p[2]].min() < p[0]]
+                st.parked_pulls = [p for p in st.parked_pulls if _low(st.completed, p[1], p[2]) < p[0]]
                 replies.extend(self._value_reply(st, lo, hi, whole, t) for _, lo, hi, whole, t in due)
         return replies
 
@@ -372,14 +388,14 @@ class ShardState:
             return [Reply(token, error=err)]
         self.counters["pulls"][rank] += hi - lo
         whole = desc.key == st.key
-        if st.sync and desc.step > st.completed[lo:hi].min():
+        if st.sync and desc.step > _low(st.completed, lo, hi):
             st.parked_pulls.append((desc.step, lo, hi, whole, token))
             return []
         return [self._value_reply(st, lo, hi, whole, token)]
 
     def _value_reply(self, st, lo, hi, whole, token):
         if whole:
-            desc = ArrayDesc(st.key, st.part, st.dtype, st.shape, int(st.completed.min()))
+            desc = ArrayDesc(st.key, st.part, st.dtype, st.shape, int(_low(st.completed, 0, len(st.names))))
             value = st.value.reshape(st.shape)
         else:
             desc = ArrayDesc(st.names[lo], 0, st.dtype, st.shapes[lo], int(st.completed[lo]))
@@ -407,7 +423,7 @@ class ShardState:
     def step_complete(self, desc):
         """Whether step ``desc.step`` of what ``desc`` names has been applied (timelines)."""
         st, lo, hi, err = self._lookup(desc, "timeline")
-        return err is None and st.completed[lo:hi].min() >= desc.step
+        return err is None and _low(st.completed, lo, hi) >= desc.step
 
     def _lookup(self, desc, op):
         """``(state, lo, hi, error)``: the entry ``desc`` names and its members ``lo..hi-1``
