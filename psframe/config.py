@@ -29,7 +29,7 @@ HEARTBEAT_TIMEOUT = "PSFRAME_HEARTBEAT_TIMEOUT"
 BIGARRAY_BOUND = "PSFRAME_BIGARRAY_BOUND"  # elements above which a key is sliced over servers
 MAX_STEPS_AHEAD = "PSFRAME_MAX_STEPS_AHEAD"  # sync pushes a worker may have unmerged per key
 FUSE_KEY_BYTES = "PSFRAME_FUSE_KEY_BYTES"  # keys up to this size, initialised together, travel fused
-IPC = "PSFRAME_IPC"                      # 1: workers reach servers on their machine over a unix socket
+IPC = "PSFRAME_IPC"                      # 1: big entries go to servers on this machine over a unix socket
 USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules servers import
 TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
 

@@ -138,7 +138,7 @@ class DistKVStore(KVStore):
                     meta.append(desc.to_wire())
         reqs = [self._send(s, Command.INIT, descs, bufs, {"meta": meta, "sync": self.sync, "groups": groups},
                            wait_for_send=True)
-                for s, (descs, bufs, meta, groups) in batches]   # s: (server, big)
+                for s, (descs, bufs, meta, groups) in batches]
         self._wait(reqs, "init of keys %s" % keys[:5])
 
     def _parts_of(self, info, server):
@@ -575,21 +575,21 @@ def _install_excepthook(store):
 
 
 class _Batches:
-    """Per-server message contents, a new message whenever the current one would pass
-    ``MESSAGE_BYTES`` (a message always takes at least one array). Iterates ``(server, contents)``
-    in the order the messages were opened."""
+    """Message contents per destination (a lane ``(server, big)``, see ``_lane``), a new message
+    whenever the current one would pass ``MESSAGE_BYTES`` (a message always takes at least one
+    array). Iterates ``(destination, contents)`` in the order the messages were opened."""
 
     def __init__(self, make):
         self.make = make
-        self.open = {}        # server -> [contents, bytes]
-        self.all = []         # (server, contents)
+        self.open = {}        # destination -> [contents, bytes]
+        self.all = []         # (destination, contents)
 
-    def add(self, server, nbytes):
-        """The contents of the message to ``server`` that the next ``nbytes`` go into."""
-        cur = self.open.get(server)
+    def add(self, to, nbytes):
+        """The contents of the message to ``to`` that the next ``nbytes`` go into."""
+        cur = self.open.get(to)
         if cur is None or (cur[1] and cur[1] + nbytes > MESSAGE_BYTES):
-            cur = self.open[server] = [self.make(), 0]
-            self.all.append((server, cur[0]))
+            cur = self.open[to] = [self.make(), 0]
+            self.all.append((to, cur[0]))
         cur[1] += nbytes
         return cur[0]
 
