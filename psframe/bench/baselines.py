@@ -13,8 +13,8 @@ import numpy as np
 import zmq
 
 from ..server.heap import keep_freed_memory
-from .cases import rounds_for
 from ..transport import addresses
+from .cases import rounds_for
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class ZmqEcho:
 
 
 def zmq_roundtrips(sizes, transport, rounds, warmup, chunk):
-    """Median seconds of raw pyzmq round trips of each size in ``sizes`` to an echo process:
+    """Median seconds of raw pyzmq round trips of each size in ``sizes`` (``ZmqEcho``):
     ``{nbytes: {way: s}}`` (ways as ``ZmqEcho.roundtrips``). Each size runs its own warm-up
     and rounds: a size measured between rounds of 100 MiB ran up to three times slower."""
     keep_freed_memory()      # the receiving side too (this is the bench's own process)

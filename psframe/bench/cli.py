@@ -214,7 +214,7 @@ def targets(rep, job1, kind):
         label = next((r["case"] for r in rep["rows"] if r["case"].startswith(case)), None)
         if label is None:        # the case was not run (--keys 0, --model none)
             continue
-        a, b = label and _pp(rep, job1, kind, label), _pp(rep, job1, kind, ref)
+        a, b = _pp(rep, job1, kind, label), _pp(rep, job1, kind, ref)
         out.append({"name": f"{job1} pushpull {label} / one key of the same bytes",
                     "ratio": a / b if a and b else None, "limit": limit})
     mem = rep.get("memory")
