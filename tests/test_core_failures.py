@@ -36,3 +36,18 @@ def test_optimizer_that_raises_fails_every_worker_instead_of_hanging():
                   env={"PSFRAME_USER_MODULES": SCRIPT}).check()
     for r, res in job.results().items():
         assert res["error"] and "update blew up" in res["error"], (r, res)
+
+
+def test_a_timed_out_call_leaves_the_job_instead_of_sending_later():
+    """A pushpull that times out while zmq still holds the caller's array must not let those
+    bytes (changed by the caller afterwards) reach the server later: the worker leaves the job,
+    dropping its queued sends, and later calls say why."""
+    job = run_job(SCRIPT, 1, 1, args=["timeout_leaves_the_job"], timeout=60,
+                  env={"PSFRAME_TIMEOUT": "2"})
+    res = job.results()[0]
+    assert res["first"] and "not done within 2s" in res["first"], res
+    assert res["later"] and "closed (a call timed out" in res["later"], res
+    assert job.elapsed < 30, job.elapsed
+    # the job stopped because of the timeout, not because a heartbeat went missing
+    assert job.codes["server:0"] == EXIT_ABORTED_BY_PEER, job.outputs["server:0"][-2000:]
+    assert "PSTimeoutError" in job.outputs["server:0"] + job.outputs["scheduler"]

@@ -70,6 +70,7 @@ class KVStore(abc.ABC):
         self.local_rank, self.local_size = local_rank, local_size
         self._keys = {}
         self._closed = False
+        self._closed_by = None       # why the store closed itself (said by later calls)
 
     # -- public API ---------------------------------------------------------------------
     def init(self, key, value):
@@ -147,7 +148,8 @@ class KVStore(abc.ABC):
     # -- checks -------------------------------------------------------------------------
     def _check_open(self):
         if self._closed:
-            raise ConfigError("this KVStore is closed; create a new one with psframe.create()")
+            why = f" ({self._closed_by})" if self._closed_by else ""
+            raise ConfigError(f"this KVStore is closed{why}; create a new one with psframe.create()")
 
     def _checked(self, key, value, op):
         self._check_open()

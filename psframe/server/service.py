@@ -258,10 +258,10 @@ class ServerService:
 
 
 def process_usage():
-    """``cpu_s`` (user + system seconds), and ``rss_bytes`` and ``peak_rss_bytes`` where Linux
-    /proc tells them, of this process."""
+    """``cpu_s`` (user + system seconds), ``pid``, and ``rss_bytes`` and ``peak_rss_bytes``
+    where Linux /proc tells them, of this process."""
     t = os.times()
-    out = {"cpu_s": t.user + t.system}
+    out = {"cpu_s": t.user + t.system, "pid": os.getpid()}
     try:
         with open("/proc/self/status") as f:
             for line in f:

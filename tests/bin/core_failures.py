@@ -1,5 +1,7 @@
 """Worker script for failure cases of the core, chosen by argv[1]; prints RESULT {json}."""
 import json
+import os
+import signal
 import sys
 
 import numpy as np
@@ -19,6 +21,8 @@ def main(case):
         with_block_raises()
     elif case == "zero_copy_and_0d":
         zero_copy_and_0d()
+    elif case == "timeout_leaves_the_job":
+        timeout_leaves_the_job()
     else:
         optimizer_raises()
 
@@ -51,6 +55,33 @@ def zero_copy_and_0d():
     kv.pull("s", s)
     kv.close()
     print("RESULT " + json.dumps({"ok": ok, "scalar": float(s), "shape": list(s.shape)}))
+
+
+def timeout_leaves_the_job():
+    # the server stops reading mid-pushpull; the call times out while zmq still holds most of
+    # the caller's 64 MiB (its socket buffers take a fraction of it)
+    kv = psframe.create()
+    n = 16 * 2 ** 20
+    kv.init("x", np.zeros(n, np.float32))
+    server = kv.server_stats()[0]["pid"]
+    value, out = np.ones(n, np.float32), np.empty(n, np.float32)
+    os.kill(server, signal.SIGSTOP)
+    try:
+        try:
+            kv.pushpull("x", value, out)
+            first = None
+        except psframe.PSTimeoutError as exc:
+            first = str(exc)
+        value[:] = 7.0                    # the caller reuses its array at once
+    finally:
+        os.kill(server, signal.SIGCONT)
+    try:
+        kv.pull("x", out)
+        later = None                      # the server got the pushpull after all: with what?
+        seen = sorted(float(v) for v in np.unique(out))
+    except psframe.PSError as exc:
+        later, seen = f"{type(exc).__name__}: {exc}", None
+    print("RESULT " + json.dumps({"first": first, "later": later, "seen": seen}), flush=True)
 
 
 def optimizer_raises():
