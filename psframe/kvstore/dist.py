@@ -46,6 +46,11 @@ MESSAGE_BYTES = 4 << 20
 UNIX_LANE_BYTES = 2 << 20
 
 
+def _lane(server, entry_bytes):
+    """``(server, big)``: the socket an entry of ``entry_bytes`` travels on to ``server``."""
+    return server, entry_bytes >= UNIX_LANE_BYTES
+
+
 def _leaves_on_timeout(method):
     """A data call that timed out may leave zmq holding the caller's arrays (queued zero-copy
     sends, replies still to be received into ``out``): the worker leaves the job instead of
@@ -144,8 +149,8 @@ class DistKVStore(KVStore):
                 pieces = [(p.server, ArrayDesc(unit, p.part, info.dtype, self._part_shape(info, p)), None,
                            lambda flat=flat, p=p: flat[p.start:p.stop]) for p in info.parts]
             for where, desc, members, value in pieces:
-                lane = (where, desc.nbytes >= UNIX_LANE_BYTES)
-                descs, bufs, meta, groups = batches.add(lane, desc.nbytes if self.rank == 0 else 64)
+                descs, bufs, meta, groups = batches.add(_lane(where, desc.nbytes),
+                                                        desc.nbytes if self.rank == 0 else 64)
                 groups.append(members)
                 if self.rank == 0:
                     descs.append(desc)
@@ -226,7 +231,7 @@ class DistKVStore(KVStore):
         self._barrier(None)
         error = None
         if self.rank == 0:
-            reqs = [self._send(s, Command.SET_OPTIMIZER, (), (), {"optimizer": spec})
+            reqs = [self._send((s, False), Command.SET_OPTIMIZER, (), (), {"optimizer": spec})
                     for s in range(len(self._servers))]
             try:
                 self._wait(reqs, f"set_optimizer {spec.get('name')!r}")
@@ -272,7 +277,7 @@ class DistKVStore(KVStore):
 
     def server_stats(self, timeout=None):
         """Counters of every server (pushes per worker, bytes, updates): for tests and benches."""
-        reqs = [self._send(s, Command.STATS, (), ()) for s in range(len(self._servers))]
+        reqs = [self._send((s, False), Command.STATS, (), ()) for s in range(len(self._servers))]
         self._wait(reqs, "stats", timeout)
         return [r.body for r in reqs]
 
@@ -411,28 +416,24 @@ class DistKVStore(KVStore):
                                  f"backpressure: {info.pushes - info.acked} unmerged pushes")
 
     def _lane(self, info, part):
-        """``(server, big)``: where a key-part travels; a group's member goes its group's way."""
+        """Where a key-part travels (``_lane``); a group's member goes its group's way."""
         if info.group is not None:
             return self._group_lane(info.group)
-        return part.server, part.size * ITEMSIZE[info.dtype] >= UNIX_LANE_BYTES
+        return _lane(part.server, part.size * ITEMSIZE[info.dtype])
 
     @staticmethod
     def _group_lane(group):
-        return group.server, group.size * ITEMSIZE[group.dtype] >= UNIX_LANE_BYTES
+        return _lane(group.server, group.size * ITEMSIZE[group.dtype])
 
-    def _send(self, server, cmd, descs, bufs, body=None, acks=(), targets=None, wait_for_send=False,
+    def _send(self, lane, cmd, descs, bufs, body=None, acks=(), targets=None, wait_for_send=False,
               slots=()):
-        """Send one request to ``server`` (an index: over TCP; or ``(index, big)``: over the
-        lane of entries that size). ``wait_for_send``: ``bufs`` are the caller's, so
-        ``_wait_sent`` must see zmq done with them; ``slots``: our reused buffers, given the
-        send's tracker."""
+        """Send one request over lane ``(server index, big)`` (see ``_lane``; control messages
+        go as not big). ``wait_for_send``: ``bufs`` are the caller's, so ``_wait_sent`` must
+        see zmq done with them; ``slots``: our reused buffers, given the send's tracker."""
         self._heartbeat.check()
-        if type(server) is tuple:
-            server, big = server
-            sock = self._lanes[server][big]
-        else:
-            sock = self._servers[server]
-        self.sent_messages["tcp" if sock is self._servers[server] else "unix"] += 1
+        server, big = lane
+        tcp, sock = self._lanes[server][0], self._lanes[server][big]
+        self.sent_messages["tcp" if sock is tcp else "unix"] += 1
         msg_id = next(self._ids)
         req = _Request(server, cmd, acks, targets)
         if self._timeline is not None:
