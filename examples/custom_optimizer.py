@@ -16,6 +16,7 @@ from psframe.optim import lr
 @optim.register
 class Lion(optim.Optimizer):
     """Lion: ``w -= lr * (sign(b1*m + (1-b1)*g) + wd*w)``; ``m = b2*m + (1-b2)*g``."""
+    elementwise = True     # the same math on every element: servers update fused keys at once
 
     def __init__(self, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0, **common):
         super().__init__(lr=lr, **common)

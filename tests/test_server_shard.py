@@ -85,6 +85,8 @@ def test_errors_name_key_and_shapes():
 
 
 class _Sgd:
+    elementwise = False
+
     def create_state(self, key, weight):
         return {}
 

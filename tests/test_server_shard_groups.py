@@ -140,6 +140,7 @@ class Tracker:
 
 class Momentum:
     """An optimizer with per-key state, recording what the shard calls it with."""
+    elementwise = False     # the shard calls it key by key
 
     def __init__(self):
         self.calls = []

@@ -23,6 +23,7 @@ class Adam(Optimizer):
         weight_decay: L2 penalty added to the gradient.
         **common: ``rescale_grad``, ``clip_gradient``, ``lr_schedule``, ``multi_precision``.
     """
+    elementwise = True
     decoupled = False
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, **common):

@@ -80,8 +80,14 @@ class Optimizer:
 
     Attributes:
         schedule_fields: constructor arguments that hold a schedule (sent as nested specs).
+        elementwise: True when ``step`` does the same math on every element given ``lr`` and
+            ``t``, and ``create_slots`` returns arrays shaped like the weight, neither looking at
+            ``key``. A server may then update the small keys of a fusion group with one call on
+            their concatenation instead of one call per key (the built-in optimizers are; a
+            custom optimizer opts in by setting it).
     """
     schedule_fields = ("lr_schedule",)
+    elementwise = False
 
     def __init__(self, lr=0.01, rescale_grad=1.0, clip_gradient=None, lr_schedule=None,
                  multi_precision=False):

@@ -15,6 +15,7 @@ class RMSProp(Optimizer):
         weight_decay: L2 penalty added to the gradient.
         **common: ``rescale_grad``, ``clip_gradient``, ``lr_schedule``, ``multi_precision``.
     """
+    elementwise = True
 
     def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0, **common):
         super().__init__(lr=lr, **common)

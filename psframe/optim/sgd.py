@@ -18,6 +18,7 @@ class SGD(Optimizer):
         **common: ``rescale_grad``, ``clip_gradient``, ``lr_schedule``, ``multi_precision``
             (see ``Optimizer``).
     """
+    elementwise = True
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, **common):
         super().__init__(lr=lr, **common)

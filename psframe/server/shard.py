@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import (ConfigError, DoubleInitError, OptimizerError, DTypeMismatchError, ProtocolError, ShapeMismatchError,
                       UninitializedKeyError)
+from ..optim.base import STEP_KEY
 from ..protocol import ArrayDesc
 
 
@@ -61,7 +62,7 @@ class _KeyState:
     ``value[bounds[m]:bounds[m + 1]]`` shaped ``shapes[m]``."""
     __slots__ = ("key", "part", "dtype", "shape", "names", "shapes", "bounds", "sync", "value",
                  "failed", "inited_by", "parked_inits", "pushes", "completed", "merges",
-                 "parked_pulls", "opt_state", "free")
+                 "parked_pulls", "opt_state", "group_state", "group_steps", "free")
 
     def __init__(self, key, part, dtype, shape, sync, num_workers, members=None):
         self.key, self.part, self.dtype, self.shape = key, part, dtype, tuple(shape)
@@ -85,7 +86,12 @@ class _KeyState:
             self.bounds.append(self.bounds[-1] + int(np.prod(s, dtype=np.int64)))
         self.pushes = np.zeros((num_workers, len(members)), np.int64)   # pushes received
         self.completed = np.zeros(len(members), np.int64)               # steps applied
-        self.opt_state = [None] * len(members)
+        self.reset_optimizer_state()
+
+    def reset_optimizer_state(self):
+        self.opt_state = [None] * len(self.names)   # per member: the optimizer's state dict
+        self.group_state = None    # a group under an elementwise optimizer: state of the flat value
+        self.group_steps = None    # ... and every member's update count ("t"), in one array
 
     def layout(self):
         return list(zip(self.names, self.shapes))
@@ -339,6 +345,8 @@ class ShardState:
         """``optimizer.update`` of each member, whose gradient starts at ``grad[bounds[m] - offset]``."""
         self.guard.wait(st.value)
         opt = self.optimizer
+        if opt.elementwise and st.grouped and len(members) == len(st.names) and self._update_group(st, grad):
+            return
         for m in members:
             weight = st.member_view(st.value, m)
             if st.opt_state[m] is None:
@@ -353,6 +361,57 @@ class ShardState:
                     f"the update of key {st.names[m]!r} (step {int(st.completed[m]) + 1}) raised "
                     f"{type(exc).__name__}: {exc}; the key cannot be used any more") from exc
             self.counters["updates"] += 1
+
+    def _update_group(self, st, grad):
+        """One ``optimizer.update`` of a whole group's flat value, for an elementwise optimizer:
+        the same arithmetic on every element as one call per member, without a Python round
+        per key. Only when every member is at the same update count (members pushed on their
+        own may not be); returns False to update member by member."""
+        if st.group_state is None:
+            self._create_group_state(st)
+        steps = st.group_steps
+        t = steps[0]
+        if len(steps) > 1 and (steps != t).any():
+            return False
+        state = st.group_state
+        state[STEP_KEY][...] = t
+        try:
+            self.optimizer.update(self._group_label(st), st.value, grad[:st.bounds[-1]], state)
+        except OptimizerError:
+            raise
+        except Exception as exc:
+            raise OptimizerError(
+                f"the update of keys {self._group_label(st)} (step {int(t) + 1}) raised "
+                f"{type(exc).__name__}: {exc}; the keys cannot be used any more") from exc
+        steps += 1
+        self.counters["updates"] += len(st.names)
+        return True
+
+    def _create_group_state(self, st):
+        """The optimizer's state of a group's flat value; each member's state becomes views of
+        it (its slice of every slot, its entry of ``group_steps``), taking over what a member
+        updated on its own had learnt, so both ways of updating share one state."""
+        opt, flat = self.optimizer, st.value
+        state = opt.create_state(self._group_label(st), flat)
+        for name, a in state.items():
+            if name != STEP_KEY and a.shape != flat.shape:
+                raise OptimizerError(
+                    f"{type(opt).__name__} sets elementwise = True, but its state {name!r} has shape "
+                    f"{a.shape}, not the weight's {flat.shape}; an elementwise optimizer keeps "
+                    f"weight-shaped state only: set elementwise = False on the class")
+        steps = np.zeros(len(st.names), np.int64)
+        views = []
+        for m, old in enumerate(st.opt_state):
+            view = {name: steps[m:m + 1].reshape(()) if name == STEP_KEY else st.member_view(a, m)
+                    for name, a in state.items()}
+            for name, a in (old or {}).items():
+                view[name][...] = a
+            views.append(view)
+        st.opt_state, st.group_state, st.group_steps = views, state, steps
+
+    @staticmethod
+    def _group_label(st):
+        return f"{st.names[0]!r}..{st.names[-1]!r} ({len(st.names)} keys fused)"
 
     def _fail(self, st, exc, step, tokens=()):
         """An update raised: the entry is marked failed, and everyone waiting on it (pushers of
@@ -408,7 +467,7 @@ class ShardState:
         """Install ``optimizer`` for updates from now on; weights stay, state starts fresh."""
         self.optimizer = optimizer
         for st in self.keys.values():
-            st.opt_state = [None] * len(st.names)
+            st.reset_optimizer_state()
 
     def stats(self):
         held = sum(st.value.nbytes for st in self.keys.values() if st.value is not None)
