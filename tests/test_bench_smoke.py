@@ -36,12 +36,29 @@ def test_bench_runs_and_writes_json_plot_and_timeline(tmp_path):
     assert all(v > 0 for r in rep["rows"] for v in r["ms"].values())
     assert set(rep["baselines"]) >= {"zmq", "numpy_copy", "raw_traffic"}
     assert rep["memory"]["held"] > 0 and rep["memory"]["peak_rss"] > 0
+    assert set(rep["server_updates"].values()) == {0}         # no --optimizer: servers only sum
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     merged = tmp_path / "trace.1x2.dist_sync.json"
     events = json.loads(merged.read_text())["traceEvents"]
     cats = {e.get("cat") for e in events}
     assert {"push", "pull", "pushpull", "merge"} <= cats
     assert {e["pid"] for e in events if e.get("cat") == "merge"} == {1000}    # server 0
+
+
+def test_bench_with_an_optimizer_has_the_servers_update(tmp_path):
+    out_json = tmp_path / "b.json"
+    cmd = _bench_command() + [
+        "--sizes", "4KiB", "--allreduce-sizes", "", "--keys", "4", "--key-size", "1KiB", "--model", "none",
+        "--rounds", "2", "--warmup", "1", "--no-gloo", "--optimizer", "sgd", "--json", str(out_json)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSFRAME_")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "servers apply sgd" in proc.stdout
+    rep = json.loads(out_json.read_text())
+    assert rep["config"]["optimizer"] == "sgd"
+    # 1 warm-up + 40 timed rounds (small payloads get 20x --rounds); each updates every key
+    # once per push or pushpull: size-4096 (push, pull, pushpull), 4 keys and one key (pushpull)
+    assert rep["server_updates"]["1x2 dist_sync"] == 41 * (2 + 4 + 1)
 
 
 def test_bench_rejects_a_bad_size(tmp_path):

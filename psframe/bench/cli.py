@@ -14,6 +14,7 @@ import time
 
 import zmq
 
+from .. import optim
 from . import baselines, cases, report, raw_traffic
 from .cases import parse_size
 
@@ -22,6 +23,7 @@ logger = logging.getLogger("psframe.bench")
 JOB_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job.py")
 OPS = ("push", "pull", "pushpull")
 CHUNK = 1 << 20       # frame size of the chunked raw pyzmq baselines (the faster size there)
+OPTIMIZERS = {"none": None, "sgd": lambda: optim.SGD(lr=0.01, momentum=0.9), "adam": lambda: optim.Adam(lr=1e-3)}
 
 
 def build_parser():
@@ -43,6 +45,9 @@ def build_parser():
                    help="timed rounds per measurement (small payloads get more: up to 256 MiB "
                         "of payload, at most 20 times this)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="none",
+                   help="what the servers apply to each step's sum (none: they only sum, as an "
+                        "allreduce does; sgd: momentum 0.9; adam): shows what updates cost")
     p.add_argument("--no-gloo", action="store_true", help="skip the torch gloo baseline")
     p.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
                    help="how workers reach servers on this machine (PSFRAME_IPC), and what the raw "
@@ -131,7 +136,9 @@ def measure(ns):
     """Run every job and baseline; returns the report dict."""
     sizes, big = _sizes(ns.sizes), _sizes(ns.allreduce_sizes)
     key_bytes = parse_size(ns.key_size)
-    common = {"rounds": ns.rounds, "warmup": ns.warmup}
+    make_optimizer = OPTIMIZERS[ns.optimizer]
+    common = {"rounds": ns.rounds, "warmup": ns.warmup,
+              "optimizer": optim.to_spec(make_optimizer()) if make_optimizer else None}
     spec1 = dict(common, cases=[cases.size_case(n, OPS) for n in sizes])
     if ns.keys:
         spec1["cases"] += [cases.keys_case(ns.keys, key_bytes, ["pushpull"]),
@@ -151,7 +158,9 @@ def measure(ns):
     results1 = [(kind, run_job(ns.num_workers, 1, kind, spec1, ns)) for kind in kinds]
     if sizes:
         # memory on its own: only the largest key is held, so RSS / held means what it says
-        mem_spec = dict(common, rounds=3, warmup=1, cases=[cases.size_case(max(sizes), ["pushpull"])])
+        # (and no optimizer state: the target is about the values a server holds)
+        mem_spec = dict(common, rounds=3, warmup=1, optimizer=None,
+                        cases=[cases.size_case(max(sizes), ["pushpull"])])
         rep["memory"] = _memory(run_job(ns.num_workers, 1, kinds[0], mem_spec, ns, tag=".memory"))
     # baselines of the multi-server job, before and after it; the faster run counts (strict)
     others = {"raw_traffic": lambda: raw_traffic.measure(big, ns.num_workers, ns.num_servers, ns.transport,
@@ -159,7 +168,7 @@ def measure(ns):
     if big and not ns.no_gloo and baselines.torch_available():
         others["gloo"] = lambda: baselines.gloo_allreduce(big, ns.num_workers, ns.rounds, ns.warmup)
     runs = {name: [fn()] for name, fn in others.items()}
-    results2 = []
+    results2, spec2 = [], None
     if big:
         spec2 = dict(common, cases=[cases.size_case(n, OPS) for n in big])
         results2 = [(kind, run_job(ns.num_workers, ns.num_servers, kind, spec2, ns)) for kind in kinds]
@@ -168,10 +177,11 @@ def measure(ns):
         rep["baselines"][name] = {n: min(r[n] for r in runs[name]) for n in big}
     zmq_runs.append(baselines.zmq_roundtrips(all_sizes, ns.transport, ns.rounds, ns.warmup, CHUNK))
     raw_rt = _faster(zmq_runs)
-    for kind, results in results1:
-        rep["rows"] += _rows(job1, kind, spec1, results, raw_rt)
-    for kind, results in results2:
-        rep["rows"] += _rows(f"{ns.num_servers}x{ns.num_workers}", kind, spec2, results, raw_rt)
+    rep["server_updates"] = {}
+    for job, spec, results_by_kind in ((job1, spec1, results1), (f"{ns.num_servers}x{ns.num_workers}", spec2, results2)):
+        for kind, results in results_by_kind:
+            rep["rows"] += _rows(job, kind, spec, results, raw_rt)
+            rep["server_updates"][f"{job} {kind}"] = sum(s.get("updates", 0) for s in results[0]["servers"])
     rep["baselines"]["numpy_copy"] = {n: baselines.numpy_copy(n, ns.rounds) for n in all_sizes}
     rep["baselines"]["zmq"] = {n: min(ways.values()) for n, ways in raw_rt.items()}
     for row in rep["rows"]:
@@ -240,11 +250,15 @@ def main(argv=None):
     rep["elapsed_s"] = time.monotonic() - t0
     print(report.table(rep["rows"]))
     print()
-    print("targets (medians of this run):")
+    applied = f"; the servers apply {ns.optimizer}, the targets assume they only sum" if ns.optimizer != "none" else ""
+    print(f"targets (medians of this run{applied}):")
     print(report.targets_text(rep["targets"]))
     base = rep["baselines"]["numpy_copy"]
     print("numpy copy GB/s: " + ", ".join(f"{cases.format_size(n)} {report.gbps(n, s):.1f}"
                                           for n, s in sorted(base.items())))
+    if ns.optimizer != "none":
+        print(f"servers applied {ns.optimizer}: " + ", ".join(f"{n} updates in the {job} job"
+                                                            for job, n in rep["server_updates"].items()))
     print(f"({rep['elapsed_s']:.0f} s; times are medians over {ns.rounds} rounds of the slowest worker, "
           f"up to {cases.MAX_ROUNDS_FACTOR * ns.rounds} for small payloads)")
     if ns.json:

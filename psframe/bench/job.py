@@ -63,6 +63,8 @@ def main(argv=None):
         cases = [Case(kv, c) for c in spec["cases"]]
         for case in cases:
             kv.init(case.keys, case.values)
+        if spec.get("optimizer"):
+            kv.set_optimizer(psframe.optim.from_spec(spec["optimizer"]))
         for case in cases:
             for _ in range(spec["warmup"] + rounds_for(case.spec["nbytes"], spec["rounds"])):
                 case.round()
