@@ -181,7 +181,8 @@ def torch_available():
 
 def gloo_allreduce(sizes, num_processes=2, rounds=10, warmup=2, timeout=300):
     """Median seconds of a gloo allreduce of float32 tensors of each byte size in ``sizes``,
-    with ``num_processes`` processes on 127.0.0.1. Returns {nbytes: seconds} (rank 0's view).
+    with ``num_processes`` processes on 127.0.0.1, over ``rounds_for`` rounds as psframe's case
+    of that size. Returns {nbytes: seconds} (rank 0's view).
 
     Raises:
         RuntimeError: a process failed or did not finish within ``timeout`` seconds.
@@ -236,7 +237,7 @@ def _gloo_main(arg):
         for nbytes in spec["sizes"]:
             t = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
             samples = []
-            for _ in range(spec["warmup"] + spec["rounds"]):
+            for _ in range(spec["warmup"] + rounds_for(nbytes, spec["rounds"])):
                 dist.barrier()
                 t0 = time.perf_counter()
                 dist.all_reduce(t)

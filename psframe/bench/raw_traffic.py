@@ -23,13 +23,15 @@ import zmq
 
 from ..transport import addresses
 from .baselines import run_processes
+from .cases import rounds_for
 
 TIMEOUT_MS = 30000
 
 
 def measure(sizes, num_workers, num_servers, transport="tcp", rounds=10, warmup=2, chunk=1 << 20,
             timeout=300):
-    """Median over rounds of the slowest worker's round, in seconds, per size: ``{nbytes: s}``.
+    """Median over rounds of the slowest worker's round, in seconds, per size: ``{nbytes: s}``
+(as many rounds as psframe's own case of that size: ``rounds_for``).
 
     Raises:
         RuntimeError: a process failed or did not finish within ``timeout`` seconds.
@@ -43,7 +45,7 @@ def measure(sizes, num_workers, num_servers, transport="tcp", rounds=10, warmup=
                             json.dumps(dict(spec, role=role, index=i))], env) for role, i in roles],
                          timeout, "raw pyzmq traffic baseline")
     per_worker = [json.loads(out.split("FLOOR ", 1)[1]) for out in outs[num_servers:]]
-    return {n: statistics.median(max(w[str(n)][i] for w in per_worker) for i in range(rounds))
+    return {n: statistics.median(max(w[str(n)][i] for w in per_worker) for i in range(rounds_for(n, rounds)))
             for n in sizes}
 
 
@@ -93,7 +95,7 @@ def _worker(spec, ctx):
         stops = {i: min(i + chunk, int(bounds[k + 1])) for k in range(len(servers))
                  for i in range(int(bounds[k]), int(bounds[k + 1]), chunk)}
         samples = []
-        for r in range(spec["warmup"] + spec["rounds"]):
+        for r in range(spec["warmup"] + rounds_for(nbytes, spec["rounds"])):
             _barrier(pace, leader, spec["workers"])
             t0 = time.perf_counter()
             for s, i in pieces:
