@@ -240,10 +240,20 @@ class ServerService:
                     self._reply_arrays(peer, msg_id, p.arrays)
 
     def _reply_arrays(self, peer, msg_id, arrays):
-        descs = [d for d, _ in arrays]
-        frames = codec.encode(Command.OK, msg_id, self.name, descs, [a.reshape(-1).view(np.uint8) for _, a in arrays])
-        tracker = self._send(peer, frames, track=bool(arrays))
+        """An array that is a whole received frame (a step's sum is built in rank 0's push)
+        goes as that frame: zmq's own reference, nothing to track, and the shard writes to a
+        copy of it from then on. Any other array goes zero-copy and tracked."""
+        descs, bufs, tracked = [d for d, _ in arrays], [], []
         for _, a in arrays:
+            frame = sockets.received_frame(a)
+            if frame is not None:
+                self.guard.share(a)
+                bufs.append(frame)
+            else:
+                bufs.append(a.reshape(-1).view(np.uint8))
+                tracked.append(a)
+        tracker = self._send(peer, codec.encode(Command.OK, msg_id, self.name, descs, bufs), track=bool(tracked))
+        for a in tracked:
             self.guard.add(a, tracker)
 
     def _reply_error(self, peer, msg_id, exc):

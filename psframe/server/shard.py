@@ -109,6 +109,9 @@ class _NoGuard:
     def busy(self, array):
         return False
 
+    def shared(self, array):
+        return False
+
     def wait(self, array):
         pass
 
@@ -322,10 +325,10 @@ class ShardState:
             self._release(st, st.value)   # reused once no reply is still sending it
             st.value = acc
         else:
-            self.guard.wait(st.value)
+            value = self._writable_value(st)
             for m in members:
                 a, b = st.bounds[m], st.bounds[m + 1]
-                st.value[a:b] = acc[a:b]
+                value[a:b] = acc[a:b]
 
     def _apply_async(self, st, lo, hi, flat, token):
         tokens = [token] if token is not None else []
@@ -333,8 +336,7 @@ class ShardState:
             if self.optimizer is not None:
                 self._update(st, flat, range(lo, hi), st.bounds[lo])
             else:
-                self.guard.wait(st.value)
-                target = st.value[st.bounds[lo]:st.bounds[hi]]
+                target = self._writable_value(st)[st.bounds[lo]:st.bounds[hi]]
                 np.add(target, flat, out=target)
         except Exception as exc:
             return self._fail(st, exc, int(st.completed[lo]) + 1, tokens)
@@ -343,7 +345,7 @@ class ShardState:
 
     def _update(self, st, grad, members, offset=0):
         """``optimizer.update`` of each member, whose gradient starts at ``grad[bounds[m] - offset]``."""
-        self.guard.wait(st.value)
+        self._writable_value(st)
         opt = self.optimizer
         if opt.elementwise and st.grouped and len(members) == len(st.names) and self._update_group(st, grad):
             return
@@ -412,6 +414,16 @@ class ShardState:
     @staticmethod
     def _group_label(st):
         return f"{st.names[0]!r}..{st.names[-1]!r} ({len(st.names)} keys fused)"
+
+    def _writable_value(self, st):
+        """``st.value``, safe to write in place: once its memory went out by zmq's reference
+        (``guard.shared``) it is replaced by a copy (once: the copy is ours), else sends of it
+        still in flight are waited for."""
+        if self.guard.shared(st.value):
+            st.value = st.value.copy()
+        else:
+            self.guard.wait(st.value)
+        return st.value
 
     def _fail(self, st, exc, step, tokens=()):
         """An update raised: the entry is marked failed, and everyone waiting on it (pushers of

@@ -4,10 +4,16 @@ Frames of at least ``COPY_THRESHOLD`` bytes are sent without a copy: zmq keeps a
 the caller's buffer until the bytes are on the wire. ``SendGuard`` remembers which buffers are
 still in flight so their owner waits before writing to them (below the threshold a copy is
 cheaper than the bookkeeping: pyzmq's own measurements put the cross-over near 64 KiB).
+
+A received frame sent on as it is (``received_frame``) costs even less: zmq counts references
+to its own message, with none of pyzmq's per-send bookkeeping for Python buffers (a helper
+thread that must take the GIL once per send to let go of the buffer). Nothing says when that
+send is done, so ``SendGuard`` marks such memory shared for good, and its owner writes to a copy.
 """
 import errno
 import logging
 import time
+import weakref
 
 import numpy as np
 import zmq
@@ -79,13 +85,17 @@ def router_bind_random(ctx, host):
 
 
 def send_frames(sock, frames, track=False):
-    """Send a multipart message; big frames go without a copy. Returns a MessageTracker when
-    ``track`` and some frame went zero-copy, else None."""
+    """Send a multipart message; big frames go without a copy, ``zmq.Frame`` objects by zmq's
+    own reference. Returns a MessageTracker when ``track`` and some buffer went zero-copy, else
+    None."""
     last = len(frames) - 1
     tracker = None
     try:
         for i, frame in enumerate(frames):
             flags = zmq.SNDMORE if i < last else 0
+            if type(frame) is zmq.Frame:         # a received frame: zmq's reference, no copy
+                sock.send(frame, flags, copy=False)
+                continue
             big = memoryview(frame).nbytes >= COPY_THRESHOLD
             if big:
                 t = sock.send(frame, flags, copy=False, track=track)
@@ -102,6 +112,17 @@ def send_frames(sock, frames, track=False):
 def recv_frames(sock):
     """Receive a whole multipart message as zmq Frames (no copy of big frames)."""
     return sock.recv_multipart(copy=False)
+
+
+def received_frame(array):
+    """The zmq Frame whose bytes ``array`` is exactly (a view of a whole received frame, as
+    ``np.frombuffer(frame.buffer)`` makes), or None."""
+    buf = _owner(array).base
+    # a contiguous view as big as the whole buffer it lies in is all of it
+    if (type(buf) is not memoryview or type(buf.obj) is not zmq.Frame or buf.nbytes != array.nbytes
+            or not array.flags.c_contiguous):
+        return None
+    return buf.obj
 
 
 def drain_rest(sock):
@@ -142,6 +163,19 @@ class SendGuard:
     def __init__(self, timeout=60.0):
         self.timeout = timeout
         self._inflight = {}    # id(owning array) -> (array, [trackers])
+        self._shared = {}      # id(owning array) -> weak reference: sent as a received frame
+
+    def share(self, array):
+        """``array``'s memory went out as a received frame (``received_frame``): zmq may read
+        it until some unknown time, so it must never be written again."""
+        owner = _owner(array)
+        key = id(owner)
+        if key not in self._shared:
+            self._shared[key] = weakref.ref(owner, lambda _, key=key: self._shared.pop(key, None))
+
+    def shared(self, array):
+        ref = self._shared.get(id(_owner(array)))
+        return ref is not None and ref() is not None
 
     def add(self, array, tracker):
         if tracker is None:
