@@ -34,7 +34,8 @@ def test_bench_runs_and_writes_json_plot_and_timeline(tmp_path):
     assert ("1x2", "size-4096") in cases and ("2x2", "size-65536") in cases
     assert ("1x2", "keys-8x1024") in cases and ("1x2", "model-resnet50") in cases
     assert all(v > 0 for r in rep["rows"] for v in r["ms"].values())
-    assert set(rep["baselines"]) >= {"zmq", "numpy_copy", "raw_traffic"}
+    assert set(rep["baselines"]) >= {"zmq", "numpy_copy", "raw_traffic", "raw_traffic_1server"}
+    assert all(r["raw_traffic"] > 0 for r in rep["rows"] if r["case"].startswith("size-"))
     assert rep["memory"]["held"] > 0 and rep["memory"]["peak_rss"] > 0
     assert set(rep["server_updates"].values()) == {0}         # no --optimizer: servers only sum
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -155,7 +155,13 @@ def measure(ns):
     # raw pyzmq round trips on a quiet machine, before and after the jobs; the faster counts
     all_sizes = sorted(set(sizes) | set(big))
     zmq_runs = [baselines.zmq_roundtrips(all_sizes, ns.transport, ns.rounds, ns.warmup, CHUNK)]
+    raw1 = (lambda: raw_traffic.measure(sizes, ns.num_workers, 1, ns.transport, ns.rounds, ns.warmup,
+                                        CHUNK)) if sizes else None
+    raw1_runs = [raw1()] if raw1 else []
     results1 = [(kind, run_job(ns.num_workers, 1, kind, spec1, ns)) for kind in kinds]
+    if raw1:
+        raw1_runs.append(raw1())
+        rep["baselines"]["raw_traffic_1server"] = {n: min(r[n] for r in raw1_runs) for n in sizes}
     if sizes:
         # memory on its own: only the largest key is held, so RSS / held means what it says
         # (and no optimizer state: the target is about the values a server holds)
@@ -185,7 +191,11 @@ def measure(ns):
     rep["baselines"]["numpy_copy"] = {n: baselines.numpy_copy(n, ns.rounds) for n in all_sizes}
     rep["baselines"]["zmq"] = {n: min(ways.values()) for n, ways in raw_rt.items()}
     for row in rep["rows"]:
-        if row["case"].startswith("size-") and row["job"] != job1:
+        if not row["case"].startswith("size-"):
+            continue
+        if row["job"] == job1:
+            row["raw_traffic"] = rep["baselines"].get("raw_traffic_1server", {}).get(row["nbytes"])
+        else:
             row["gloo"] = rep["baselines"].get("gloo", {}).get(row["nbytes"])
             row["raw_traffic"] = rep["baselines"].get("raw_traffic", {}).get(row["nbytes"])
     rep["targets"] = targets(rep, job1, kinds[0])
@@ -205,11 +215,15 @@ def targets(rep, job1, kind):
     out = []
     for n in (2 ** 20, 16 * 2 ** 20, 100 * 2 ** 20):
         row = _row(rep, job1, kind, f"size-{n}")
-        pp, z = _pp(rep, job1, kind, f"size-{n}"), row.get("zmq")
+        pp, z, raw = _pp(rep, job1, kind, f"size-{n}"), row.get("zmq"), row.get("raw_traffic")
         way = row.get("zmq_way", "").replace("_chunked", f", {cases.format_size(CHUNK)} frames")
+        note = f"best raw round trip: {way}" if way else ""
+        if raw and z and pp:
+            note += (f"; raw pyzmq moving the same traffic: {raw * 1e3:.2f} ms = {raw / z:.2f}x the "
+                     f"round trip; psframe = {pp / raw:.2f}x that")
         out.append({"name": f"{job1} pushpull {cases.format_size(n)} / pyzmq round trip",
                     "ratio": pp / z if pp and z else None, "limit": 3,
-                    "note": f"  [best raw round trip: {way}]" if way else ""})
+                    "note": f"  [{note}]" if note else ""})
     jobs = sorted({r["job"] for r in rep["rows"]} - {job1})
     for job in jobs:
         for n in (16 * 2 ** 20, 100 * 2 ** 20):

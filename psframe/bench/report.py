@@ -75,6 +75,7 @@ def plot(path, report):
                 (r["nbytes"], gbps(r["nbytes"], r["ms"]["pushpull"])))
     base = report["baselines"]
     for name, key in (("raw pyzmq round trip", "zmq"), ("numpy copy", "numpy_copy"),
+                      ("raw pyzmq moving the 1-server job's traffic", "raw_traffic_1server"),
                       ("raw pyzmq moving the multi-server job's traffic", "raw_traffic"),
                       ("gloo allreduce (2 procs)", "gloo")):
         pts = sorted((int(n), gbps(int(n), s)) for n, s in base.get(key, {}).items())
