@@ -31,7 +31,7 @@ TIMEOUT_MS = 30000
 def measure(sizes, num_workers, num_servers, transport="tcp", rounds=10, warmup=2, chunk=1 << 20,
             timeout=300):
     """Median over rounds of the slowest worker's round, in seconds, per size: ``{nbytes: s}``
-(as many rounds as psframe's own case of that size: ``rounds_for``).
+    (as many rounds as psframe's own case of that size: ``rounds_for``).
 
     Raises:
         RuntimeError: a process failed or did not finish within ``timeout`` seconds.
