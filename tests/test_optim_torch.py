@@ -127,3 +127,57 @@ def test_multi_precision_float16_tracks_float32(name):
 def test_report_max_errors():
     """Not an assertion of its own: prints the largest error per optimizer seen above (-s)."""
     print("max abs err vs torch:", {k: f"{v:.2e}" for k, v in sorted(MAX_ERR.items())})
+
+
+# The optimizers' step() works in one scratch array; these are the same updates written the
+# plain way, one numpy temporary per operation: float32 results must agree bit for bit.
+def _adam_reference(w, g, m, v, t, lr, b1, b2, eps, wd, decoupled):
+    if wd:
+        if decoupled:
+            w *= 1.0 - lr * wd
+        else:
+            g = g + wd * w
+    m += (1.0 - b1) * (g - m)
+    v *= b2
+    v += (1.0 - b2) * g * g
+    n = t + 1
+    denom = np.sqrt(v) / (1.0 - b2 ** n) ** 0.5
+    denom += eps
+    w -= lr / (1.0 - b1 ** n) * (m / denom)
+
+
+def _rmsprop_reference(w, g, sq, buf, lr, alpha, eps, momentum, wd):
+    if wd:
+        g = g + wd * w
+    sq *= alpha
+    sq += (1.0 - alpha) * g * g
+    avg = np.sqrt(sq)
+    avg += eps
+    if momentum:
+        buf *= momentum
+        buf += g / avg
+        w -= lr * buf
+    else:
+        w -= lr * (g / avg)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("Adam", dict(lr=0.01)), ("Adam", dict(lr=0.01, beta1=0.8, eps=1e-6, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+    ("RMSProp", dict(lr=0.01)), ("RMSProp", dict(lr=0.01, momentum=0.9, weight_decay=0.01))])
+def test_scratch_array_updates_are_bitwise_the_plain_formulas(name, kwargs):
+    rng = np.random.default_rng(7)
+    opt = getattr(optim, name)(**kwargs)
+    w = rng.standard_normal(1000).astype(np.float32)
+    ref_w, state = w.copy(), opt.create_state("k", w)
+    ref = {k: np.array(a, copy=True) for k, a in state.items()}
+    for t in range(5):
+        g = (rng.standard_normal(1000) * 10.0 ** rng.integers(-3, 3, 1000)).astype(np.float32)
+        opt.update("k", w, g, state)
+        if name.startswith("Adam"):
+            _adam_reference(ref_w, g, ref["exp_avg"], ref["exp_avg_sq"], t, opt.lr, opt.beta1,
+                            opt.beta2, opt.eps, opt.weight_decay, opt.decoupled)
+        else:
+            _rmsprop_reference(ref_w, g, ref["square_avg"], ref.get("momentum"), opt.lr, opt.alpha,
+                               opt.eps, opt.momentum, opt.weight_decay)
+        assert w.tobytes() == ref_w.tobytes(), (name, kwargs, t)

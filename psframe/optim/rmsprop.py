@@ -35,15 +35,22 @@ class RMSProp(Optimizer):
         xp = array_module(weight)
         if self.weight_decay:
             grad = grad + self.weight_decay * weight
+        # sq = alpha * sq + (1 - alpha) * grad * grad; avg = sqrt(sq) + eps; then
+        # buf = momentum * buf + grad / avg; w -= lr * buf (or w -= lr * (grad / avg)): the same
+        # operations in the same order, with one scratch array instead of a temporary for each
         sq = state["square_avg"]
         sq *= self.alpha
-        sq += (1.0 - self.alpha) * grad * grad
-        avg = xp.sqrt(sq)
-        avg += self.eps
+        s = xp.multiply(grad, 1.0 - self.alpha, out=xp.empty_like(sq))   # (a 0-d result stays an array)
+        s *= grad
+        sq += s
+        xp.sqrt(sq, out=s)
+        s += self.eps
+        xp.divide(grad, s, out=s)
         if self.momentum:
             buf = state["momentum"]
             buf *= self.momentum
-            buf += grad / avg
-            weight -= lr * buf
+            buf += s
+            xp.multiply(buf, lr, out=s)
         else:
-            weight -= lr * (grad / avg)
+            s *= lr
+        weight -= s
