@@ -18,16 +18,22 @@ def _bench_command():
     return [exe] if exe else [sys.executable, "-m", "psframe.bench"]
 
 
+def _run_bench(args):
+    """Run psframe-bench with ``args`` (no PSFRAME_* from this environment); it must succeed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSFRAME_")}
+    proc = subprocess.run(_bench_command() + args, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def test_bench_runs_and_writes_json_plot_and_timeline(tmp_path):
     require(optional_import("matplotlib") is not None, "matplotlib (pip install -e '.[test]')")
     out_json, out_png, trace = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "trace.json"
-    cmd = _bench_command() + [
+    proc = _run_bench([
         "--sizes", "4KiB,64KiB", "--allreduce-sizes", "64KiB", "--keys", "8", "--key-size", "1KiB",
         "--model-scale", "0.005", "--rounds", "2", "--warmup", "1", "--no-gloo",
-        "--json", str(out_json), "--plot", str(out_png), "--timeline", str(trace)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PSFRAME_")}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        "--json", str(out_json), "--plot", str(out_png), "--timeline", str(trace)])
     assert "pushpull ms" in proc.stdout and "targets" in proc.stdout
     rep = json.loads(out_json.read_text())
     cases = {(r["job"], r["case"]) for r in rep["rows"]}
@@ -48,12 +54,9 @@ def test_bench_runs_and_writes_json_plot_and_timeline(tmp_path):
 
 def test_bench_with_an_optimizer_has_the_servers_update(tmp_path):
     out_json = tmp_path / "b.json"
-    cmd = _bench_command() + [
+    proc = _run_bench([
         "--sizes", "4KiB", "--allreduce-sizes", "", "--keys", "4", "--key-size", "1KiB", "--model", "none",
-        "--rounds", "2", "--warmup", "1", "--no-gloo", "--optimizer", "sgd", "--json", str(out_json)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PSFRAME_")}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        "--rounds", "2", "--warmup", "1", "--no-gloo", "--optimizer", "sgd", "--json", str(out_json)])
     assert "servers apply sgd" in proc.stdout
     rep = json.loads(out_json.read_text())
     assert rep["config"]["optimizer"] == "sgd"
