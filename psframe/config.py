@@ -34,6 +34,12 @@ USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules se
 TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
 
 LOG_LEVEL = "PSFRAME_LOG_LEVEL"          # logging level name (INFO)
+SECURITY = "PSFRAME_SECURITY"            # curve | token | none: how connections authenticate
+CREDENTIALS = "PSFRAME_CREDENTIALS"      # this process's credentials (psframe-launch makes them)
+CREDENTIALS_FILE = "PSFRAME_CREDENTIALS_FILE"  # ... or a 0600 file holding them (by hand)
+MAX_MESSAGE_BYTES = "PSFRAME_MAX_MESSAGE_BYTES"  # largest frame a socket accepts (zmq MAXMSGSIZE)
+SERVER_MEMORY_BYTES = "PSFRAME_SERVER_MEMORY_BYTES"  # per-server budget: values + optimizer state
+SEND_TIMEOUT = "PSFRAME_SEND_TIMEOUT"    # seconds a peer may leave its replies unread
 
 # A process that stops because *another* process failed exits with this status, so a launcher
 # can tell the root cause (any other non-zero status) from the processes it took down.
@@ -42,6 +48,7 @@ EXIT_ABORTED_BY_PEER = 75
 ROLES = ("scheduler", "server", "worker")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 KINDS = ("local", "dist_sync", "dist_async", "dist_device_sync")
+SECURITY_MODES = ("curve", "token", "none")
 
 DEFAULTS = {
     START_TIMEOUT: 60.0,
@@ -52,6 +59,8 @@ DEFAULTS = {
     MAX_STEPS_AHEAD: 4,
     FUSE_KEY_BYTES: 64 << 10,
     IPC: 1,
+    MAX_MESSAGE_BYTES: 1 << 30,
+    SEND_TIMEOUT: 60.0,
 }
 
 
@@ -80,6 +89,11 @@ class Config:
     user_modules: tuple = ()
     timeline: str = ""
     log_level: str = "INFO"
+    security: str = "none"
+    credentials: object = dataclasses.field(default=None, repr=False)   # credentials text
+    max_message_bytes: int = DEFAULTS[MAX_MESSAGE_BYTES]
+    server_memory_bytes: int = 0      # 0: the machine's physical memory
+    send_timeout: float = DEFAULTS[SEND_TIMEOUT]
 
     @property
     def launched(self):
@@ -137,7 +151,12 @@ def from_env(env=None):
     log_level = env.get(LOG_LEVEL, "INFO").upper()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"{LOG_LEVEL}={env.get(LOG_LEVEL)!r} is not a level; use one of {', '.join(LOG_LEVELS)}")
+    security, credentials = _security(env)
     return Config(
+        security=security, credentials=credentials,
+        max_message_bytes=_get(env, MAX_MESSAGE_BYTES, int, DEFAULTS[MAX_MESSAGE_BYTES], minimum=1 << 20),
+        server_memory_bytes=_get(env, SERVER_MEMORY_BYTES, int, 0, minimum=0),
+        send_timeout=_get(env, SEND_TIMEOUT, float, DEFAULTS[SEND_TIMEOUT], minimum=0.1),
         role=role, scheduler=scheduler, num_workers=num_workers, num_servers=num_servers,
         kvstore=kvstore, rank=rank, server_rank=server_rank,
         local_rank=_get(env, LOCAL_RANK, int, 0, minimum=0),
@@ -152,3 +171,24 @@ def from_env(env=None):
         fuse_key_bytes=_get(env, FUSE_KEY_BYTES, int, DEFAULTS[FUSE_KEY_BYTES], minimum=0),
         ipc=bool(_get(env, IPC, int, DEFAULTS[IPC], minimum=0)),
         user_modules=modules, timeline=env.get(TIMELINE, ""), log_level=log_level)
+
+
+def _security(env):
+    """``(mode, credentials text or None)``. Without ``PSFRAME_SECURITY`` a process runs with
+    whatever credentials it was given (none: unauthenticated, as a by-hand job without them)."""
+    text = env.get(CREDENTIALS) or None
+    path = env.get(CREDENTIALS_FILE)
+    if text is None and path:
+        text = ("file", path)
+    mode = env.get(SECURITY, "")
+    if mode and mode not in SECURITY_MODES:
+        raise ConfigError(f"{SECURITY}={mode!r} is not a mode; use one of {', '.join(SECURITY_MODES)}")
+    if mode == "none":
+        return "none", None
+    if text is None:
+        if mode:
+            raise ConfigError(f"{SECURITY}={mode} but this process has no credentials: pass them in "
+                              f"{CREDENTIALS} or a 0600 file named by {CREDENTIALS_FILE} "
+                              f"(psframe-launch does this)")
+        return "none", None
+    return mode or "auto", text

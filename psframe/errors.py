@@ -15,6 +15,11 @@ class ConfigError(PSError, ValueError):
     """A missing or malformed setting (environment variable, argument, launcher flag)."""
 
 
+class RefusedError(PSError, PermissionError):
+    """A message its sender may not send: its claimed sender is not the identity its connection
+    authenticated as, or that identity's role may not send the command."""
+
+
 class ProtocolError(PSError, ValueError):
     """A message that breaks the wire rules (version, command, frame count, sizes)."""
 
@@ -108,7 +113,7 @@ class DataError(PSError, OSError):
 _WIRE_ERRORS = {cls.__name__: cls for cls in (
     PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
     ShapeMismatchError, DTypeMismatchError, UnsupportedDTypeError, OptimizerError,
-    PSTimeoutError, PeerLostError, JobAbortedError)}
+    PSTimeoutError, PeerLostError, JobAbortedError, RefusedError)}
 
 
 # Facts an error keeps as attributes; they travel beside the message (all msgpack-able).
