@@ -30,10 +30,16 @@ SENDERS = st.one_of(st.sampled_from(["worker:²", "worker:٣", "worker:+1", "wor
 
 
 def _mutate_desc(draw, desc):
+    if type(desc) is not list or len(desc) != 5:
+        return draw(VALUES)
     desc = list(desc)
     i = draw(st.integers(0, 4))
     desc[i] = draw(st.one_of(VALUES, st.sampled_from([["float32"], {"a": 1}, [2 ** 40] * 9, -1])))
     return desc
+
+
+def _nonempty_list(value):
+    return type(value) is list and bool(value)
 
 
 @st.composite
@@ -46,9 +52,9 @@ def mutated(draw):
             header[draw(st.sampled_from(FIELDS))] = draw(VALUES)
         elif kind == "drop":
             header.pop(draw(st.sampled_from(FIELDS)), None)
-        elif kind == "desc" and isinstance(header.get("arrays"), list) and header["arrays"]:
+        elif kind == "desc" and _nonempty_list(header.get("arrays")):
             header["arrays"][0] = _mutate_desc(draw, header["arrays"][0])
-        elif kind == "desc" and isinstance(header.get("body"), dict) and header["body"].get("meta"):
+        elif kind == "desc" and isinstance(header.get("body"), dict) and _nonempty_list(header["body"].get("meta")):
             header["body"]["meta"][0] = _mutate_desc(draw, header["body"]["meta"][0])
         elif kind == "body":
             body = header.get("body") if isinstance(header.get("body"), dict) else {}
