@@ -34,6 +34,10 @@ def build_parser():
                    help="dist_sync (default), dist_async or dist_device_sync")
     p.add_argument("--start-timeout", type=float, default=envc.DEFAULTS[envc.START_TIMEOUT],
                    metavar="SECONDS", help="every declared process must register within this")
+    p.add_argument("--security", choices=envc.SECURITY_MODES, default=None,
+                   help="how every connection authenticates: curve (encrypted; the default with "
+                        "several hosts), token (a per-process job token, not encrypted; the default "
+                        "on one host), or none (anyone who can reach a port is trusted)")
     p.add_argument("--optimizer-module", action="append", default=[], metavar="PATH_OR_MODULE",
                    help="file or module defining custom optimizers; the servers import it "
                         "(repeatable)")
@@ -59,7 +63,7 @@ def config_from_args(ns):
     return LaunchConfig(
         num_workers=ns.num_workers, num_servers=ns.num_servers, backend=ns.backend,
         hostfile=ns.hostfile, env=parse_env_pairs(ns.env), kvstore=ns.kvstore,
-        start_timeout=ns.start_timeout,
+        start_timeout=ns.start_timeout, security=ns.security,
         optimizer_modules=resolve_modules(ns.optimizer_module, cwd),
         ssh_port=ns.ssh_port, ssh_options=tuple(ns.ssh_option), ssh_identity=ns.ssh_identity and os.path.abspath(ns.ssh_identity),
         log_dir=ns.log_dir and os.path.abspath(ns.log_dir),

@@ -35,6 +35,7 @@ class LaunchConfig:
     kill_grace: float = 3.0             # SIGTERM -> SIGKILL when stopping the job
     scheduler_module: str = "psframe.scheduler"
     server_module: str = "psframe.server"
+    security: str = None                # curve | token | none; None: curve multi-host, else token
 
     def __post_init__(self):
         if self.num_workers < 1:
@@ -46,6 +47,8 @@ class LaunchConfig:
         if self.kvstore not in envc.KINDS or self.kvstore == "local":
             raise ConfigError(f"--kvstore {self.kvstore!r}: use one of "
                               f"{', '.join(k for k in envc.KINDS if k != 'local')}")
+        if self.security is not None and self.security not in envc.SECURITY_MODES:
+            raise ConfigError(f"--security {self.security!r}: use one of {', '.join(envc.SECURITY_MODES)}")
         if not self.start_timeout > 0:
             raise ConfigError(f"--start-timeout {self.start_timeout}: must be > 0 seconds")
         if self.hostfile is not None and not os.access(self.hostfile, os.R_OK):

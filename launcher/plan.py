@@ -14,7 +14,8 @@ from psframe.transport.addresses import tcp
 
 # Variables the launcher owns; --env may not override them (it would break rank assignment).
 RESERVED = (envc.ROLE, envc.SCHEDULER, envc.NUM_WORKERS, envc.NUM_SERVERS, envc.RANK,
-            envc.SERVER_RANK, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST)
+            envc.SERVER_RANK, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST, envc.SECURITY,
+            envc.CREDENTIALS, envc.CREDENTIALS_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,11 @@ class ProcessSpec:
     command: tuple
     env: dict
     cwd: str
+
+    @property
+    def identity(self):
+        """``worker:3`` / ``server:0`` / ``scheduler``: who this process is on the wire."""
+        return self.role if self.role == "scheduler" else f"{self.role}:{self.index}"
 
     @property
     def label(self):
@@ -121,6 +127,19 @@ def make_plan(config, hosts, scheduler_port):
         add("worker", rank, h, worker_local[rank], worker_counts[h],
             (python, config.script, *config.script_args), {envc.RANK: str(rank)})
     return Plan(scheduler, tuple(specs), hosts)
+
+
+def with_security(plan, mode, credentials=None):
+    """``plan`` with each process's security mode and its own credentials (``credentials``:
+    identity -> ``Credentials`` of every spec; None for ``none``) in its job environment, which
+    every backend hands over without an argv (env, ssh stdin, 0600 plan file)."""
+    specs = []
+    for spec in plan.specs:
+        env = dict(spec.env, **{envc.SECURITY: mode})
+        if credentials is not None:
+            env[envc.CREDENTIALS] = credentials[spec.identity].to_text()
+        specs.append(dataclasses.replace(spec, env=env))
+    return dataclasses.replace(plan, specs=tuple(specs))
 
 
 def child_env(spec, base):

@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 
+from psframe.transport import credentials
 from psframe.transport.addresses import free_port
 
 from .backends.base import LaunchError, get_backend
 from .output import LineSink
-from .plan import make_plan
+from .plan import make_plan, with_security
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,25 @@ def _scheduler_port(host):
         return free_port("0.0.0.0")
 
 
+def security_mode(config, hosts):
+    """``--security`` as given, else CURVE when the job spans hosts and a token on one host."""
+    if config.security is not None:
+        return config.security
+    return "curve" if len({h.name for h in hosts}) > 1 else "token"
+
+
+def secure(plan, config):
+    """The plan with fresh credentials of this job in every process's environment."""
+    mode = security_mode(config, plan.hosts)
+    if mode == "none":
+        logger.warning("--security none: the job's sockets accept anyone who can reach them; any "
+                       "local user (and, across hosts, anyone on the network) can read and change "
+                       "the model or stop the job")
+        return with_security(plan, mode)
+    logger.info("security: %s", mode)
+    return with_security(plan, mode, credentials.generate(mode, [s.identity for s in plan.specs]))
+
+
 def launch(config, out=None, err=None):
     """Run the job of ``config`` to its end and return the launcher's exit code.
 
@@ -219,7 +239,7 @@ def launch(config, out=None, err=None):
             previous[sig] = signal.signal(sig, on_signal)
     try:
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            plan = make_plan(config, hosts, _scheduler_port(hosts[0].name))
+            plan = secure(make_plan(config, hosts, _scheduler_port(hosts[0].name)), config)
             logger.info("launching %d workers, %d servers via %s; scheduler at %s",
                         config.num_workers, len(plan.by_role("server")), name, plan.scheduler)
             job = Job(plan, backend if attempt == 1 else get_backend(name, config), config, out, err)

@@ -78,8 +78,11 @@ def test_a_local_unix_socket_is_reachable_only_while_bound():
     import zmq
 
     from psframe.transport import addresses
+    import os
+    import stat
     address = addresses.new_local()
-    assert address.startswith("ipc://@psframe-")
+    directory = os.path.dirname(address[len("ipc://"):])
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700    # no other user gets in
     assert not addresses.local_reachable(address)
     ctx = zmq.Context()
     try:
@@ -93,4 +96,6 @@ def test_a_local_unix_socket_is_reachable_only_while_bound():
         assert not addresses.local_reachable(address)
     finally:
         ctx.term()
+        addresses.remove_local(address)
+    assert not os.path.exists(directory)
     assert not addresses.local_reachable("tcp://127.0.0.1:9")

@@ -15,7 +15,7 @@ import time
 import zmq
 
 from .. import optim
-from . import baselines, cases, report, raw_traffic
+from . import baselines, cases, report, raw_traffic, security
 from .cases import parse_size
 
 logger = logging.getLogger("psframe.bench")
@@ -53,6 +53,10 @@ def build_parser():
                    help="how workers reach servers on this machine (PSFRAME_IPC), and what the raw "
                         "pyzmq baselines may use: ipc (psframe's default: big entries over the unix "
                         "socket, the rest over TCP) or tcp (TCP only)")
+    p.add_argument("--security", default=None, metavar="MODES",
+                   help="instead of the usual jobs: pushpull at 1, 16 and 100 MiB (1 server) under "
+                        "each of these psframe-launch --security modes (e.g. none,token,curve), as "
+                        "ratios to the first")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot bandwidth vs size")
     p.add_argument("--timeline", metavar="FILE.json",
@@ -69,7 +73,7 @@ def _sizes(text):
     return sizes
 
 
-def run_job(num_workers, num_servers, kind, spec, ns, tag=""):
+def run_job(num_workers, num_servers, kind, spec, ns, tag="", mode=None):
     """Run the bench worker script under ``psframe-launch``; returns every worker's RESULT.
 
     Raises:
@@ -78,6 +82,8 @@ def run_job(num_workers, num_servers, kind, spec, ns, tag=""):
     cmd = [sys.executable, "-m", "psframe_launcher", "-n", str(num_workers), "-s", str(num_servers),
            "--kvstore", kind, "--env", "PSFRAME_TIMEOUT=120",
            "--env", f"PSFRAME_IPC={int(ns.transport == 'ipc')}"]
+    if mode is not None:
+        cmd += ["--security", mode]
     trace = None
     if ns.timeline:
         stem, ext = os.path.splitext(os.path.abspath(ns.timeline))
@@ -256,6 +262,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING,
                         format="psframe-bench: %(message)s")
     t0 = time.monotonic()
+    if ns.security:
+        return main_security(ns, t0)
     try:
         rep = measure(ns)
     except (RuntimeError, ValueError, OSError) as exc:
@@ -279,4 +287,25 @@ def main(argv=None):
         report.write_json(ns.json, rep)
     if ns.plot:
         report.plot(ns.plot, rep)
+    return 0
+
+
+def main_security(ns, t0):
+    """``--security MODES``: the same pushpull job under each mode, ratios to the first."""
+    modes = [m for m in ns.security.split(",") if m]
+    kind = ns.kinds.split(",")[0]
+    try:
+        figures = security.measure(
+            lambda spec, mode: run_job(ns.num_workers, 1, kind, spec, ns, tag=f".{mode}", mode=mode),
+            modes, ns)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"psframe-bench: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"1x{ns.num_workers} {kind} pushpull by psframe-launch --security mode "
+          f"(medians over {ns.rounds} rounds of the slowest worker, median of 2 interleaved passes):")
+    print(security.table(figures, base=modes[0]))
+    print(f"({time.monotonic() - t0:.0f} s)")
+    if ns.json:
+        report.write_json(ns.json, {"security": {m: {str(n): s for n, s in f.items()} for m, f in figures.items()},
+                                    "config": vars(ns)})
     return 0

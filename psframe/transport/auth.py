@@ -32,8 +32,9 @@ DOMAIN = "psframe"
 class Security:
     """How this process's sockets authenticate (see module docstring)."""
 
-    def __init__(self, creds=None):
+    def __init__(self, creds=None, max_message_bytes=-1):
         self.creds = creds
+        self.max_message_bytes = max_message_bytes
         self.mechanism = creds.mechanism if creds is not None else "none"
         self._handlers = {}
 
@@ -48,6 +49,7 @@ class Security:
     def bind(self, sock):
         """Make ``sock`` (before ``bind``) authenticate every peer through the ZAP handler of
         its context (started here on first use)."""
+        sock.maxmsgsize = self.max_message_bytes
         if self.creds is None:
             return
         ctx = sock.context
@@ -65,6 +67,7 @@ class Security:
 
     def connect(self, sock, peer):
         """Make ``sock`` (before ``connect``) prove this process's identity to ``peer``."""
+        sock.maxmsgsize = self.max_message_bytes
         if self.creds is None:
             return
         if self.mechanism == "curve":
@@ -158,9 +161,9 @@ def from_config(config):
         ConfigError: unreadable or malformed credentials, or a mechanism other than the one
             ``PSFRAME_SECURITY`` names.
     """
-    raw = config.credentials
+    raw, limit = config.credentials, config.max_message_bytes
     if raw is None:
-        return Security(None)
+        return Security(None, limit)
     if isinstance(raw, tuple):
         creds = credentials.read_file(raw[1])
     else:
@@ -168,7 +171,7 @@ def from_config(config):
     if config.security not in ("auto", creds.mechanism):
         raise ConfigError(f"PSFRAME_SECURITY={config.security} but the credentials are for "
                           f"{creds.mechanism}; generate credentials for {config.security}")
-    return Security(creds)
+    return Security(creds, limit)
 
 
 
