@@ -20,6 +20,10 @@ class RefusedError(PSError, PermissionError):
     authenticated as, or that identity's role may not send the command."""
 
 
+class MemoryBudgetError(PSError, MemoryError):
+    """An init would take a server past its memory budget (``PSFRAME_SERVER_MEMORY_BYTES``)."""
+
+
 class ProtocolError(PSError, ValueError):
     """A message that breaks the wire rules (version, command, frame count, sizes)."""
 
@@ -113,7 +117,8 @@ class DataError(PSError, OSError):
 _WIRE_ERRORS = {cls.__name__: cls for cls in (
     PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
     ShapeMismatchError, DTypeMismatchError, UnsupportedDTypeError, OptimizerError,
-    PSTimeoutError, PeerLostError, JobAbortedError, RefusedError)}
+    PSTimeoutError, PeerLostError, JobAbortedError, RefusedError,
+    MemoryBudgetError)}
 
 
 # Facts an error keeps as attributes; they travel beside the message (all msgpack-able).

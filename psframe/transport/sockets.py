@@ -91,18 +91,25 @@ def router_bind_random(ctx, host, security=None):
     return sock, port
 
 
-def send_frames(sock, frames, track=False):
+class WouldBlock(Exception):
+    """A non-blocking send found the peer's queue full; nothing of the message was sent."""
+
+
+def send_frames(sock, frames, track=False, block=True):
     """Send a multipart message; big frames go without a copy, ``zmq.Frame`` objects by zmq's
     own reference. Returns a MessageTracker when ``track`` and some buffer went zero-copy, else
-    None."""
+    None. ``block=False``: raise ``WouldBlock`` instead of waiting when the queue is full (zmq
+    accepts or refuses a message as a whole at its first frame)."""
     last = len(frames) - 1
     tracker = None
     sizes = [len(f) if type(f) is zmq.Frame else memoryview(f).nbytes for f in frames]
     if max(sizes) >= COPY_THRESHOLD:
         check_size(sock, max(sizes))
+    first = 0 if block else zmq.NOBLOCK
+    i = 0
     try:
         for i, frame in enumerate(frames):
-            flags = zmq.SNDMORE if i < last else 0
+            flags = (zmq.SNDMORE if i < last else 0) | (first if i == 0 else 0)
             if type(frame) is zmq.Frame:         # a received frame: zmq's reference, no copy
                 sock.send(frame, flags, copy=False)
                 continue
@@ -114,6 +121,8 @@ def send_frames(sock, frames, track=False):
             else:
                 sock.send(frame, flags, copy=True)
     except zmq.Again:
+        if not block and i == 0:
+            raise WouldBlock() from None
         raise PSTimeoutError(f"a send blocked for {SEND_TIMEOUT_MS / 1000:g}s: the receiving "
                              f"process stopped reading its messages") from None
     return tracker
