@@ -44,8 +44,23 @@ def messages(claim, size):
     }
 
 
-def attack(info, creds, claim):
-    """Send every command to every endpoint of the job in ``info``; returns
+def as_itself(creds):
+    """What a stolen credential may not do even under its own name: register as a server,
+    tell the job to shut down, answer as if it were the scheduler."""
+    me = creds.identity
+    return {
+        Command.REGISTER: codec.encode(Command.REGISTER, 1, me, body={
+            "role": "server", "rank": 0, "host": "rogue", "address": "tcp://127.0.0.1:9",
+            "local_address": ""}),
+        Command.SHUTDOWN: codec.encode(Command.SHUTDOWN, 6, me),
+        Command.OK: codec.encode(Command.OK, 14, me),
+        Command.ERROR: codec.encode(Command.ERROR, 15, me, body={"name": "PSError", "message": "x"}),
+    }
+
+
+def attack(info, creds, claim, make=None):
+    """Send every command (or those ``make()`` builds) to every endpoint of the job in
+    ``info``; returns
     ``{endpoint: {command: reply}}`` where a reply is ``"ok"``, the error's class name, or
     absent when nothing came back."""
     security = auth.Security(creds)
@@ -67,7 +82,8 @@ def attack(info, creds, claim):
             socks[name] = sock
         by_id = {}
         for name, sock in socks.items():
-            for cmd, frames in messages(claim, info["size"]).items():
+            built = make() if make is not None else messages(claim, info["size"])
+            for cmd, frames in built.items():
                 by_id[(name, codec.decode_header(frames[0]).id)] = cmd.value
                 try:
                     sock.send_multipart(frames, copy=True)

@@ -21,7 +21,7 @@ from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
 from ..protocol import ArrayDesc, Command, codec
 from ..protocol.codec import ITEMSIZE
-from ..transport import addresses, peers, sockets
+from ..transport import addresses, auth, peers, sockets
 from . import fusion
 from .base import KVStore
 
@@ -89,16 +89,18 @@ class DistKVStore(KVStore):
         self._servers = []           # per server: its TCP socket (small entries, control)
         self._lanes = []             # per server: (TCP socket, socket for big entries)
         try:
-            self._sched = sockets.dealer(self._ctx, config.scheduler)
+            security = auth.for_config(config)
+            self._sched = sockets.dealer(self._ctx, config.scheduler, security=security, peer="scheduler")
             book = peers.register(self._sched, config, "worker", config.rank)
             self.server_addresses = list(book["servers"])
             local = book.get("servers_local") or [""] * len(self.server_addresses)
             self.local_addresses = [loc if config.ipc and loc and addresses.local_reachable(loc) else None
                                     for loc in local]     # the server's unix socket, on this machine
-            for address, loc in zip(self.server_addresses, self.local_addresses):
-                tcp = sockets.dealer(self._ctx, address)
+            for i, (address, loc) in enumerate(zip(self.server_addresses, self.local_addresses)):
+                tcp = sockets.dealer(self._ctx, address, security=security, peer=f"server:{i}")
                 self._servers.append(tcp)
-                self._lanes.append((tcp, sockets.dealer(self._ctx, loc) if loc else tcp))
+                self._lanes.append((tcp, sockets.dealer(self._ctx, loc, security=security, peer=f"server:{i}")
+                                    if loc else tcp))
             self._poller = sockets.Poller([*self._servers, *(b for t, b in self._lanes if b is not t),
                                            self._sched])
         except BaseException:

@@ -3,9 +3,10 @@ import logging
 import time
 
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import ProtocolError, as_reply
+from ..errors import ProtocolError, RefusedError, as_reply
 from ..protocol import Command, codec
-from ..transport import addresses, peers, sockets
+from ..transport import addresses, auth, peers, sockets
+from ..transport.outbox import Outbox
 from .membership import MembershipState
 
 logger = logging.getLogger(__name__)
@@ -18,7 +19,13 @@ class SchedulerService:
         self.config = config
         self.ctx = ctx or sockets.new_context()
         _, host, port = addresses.parse(config.scheduler)
-        self.sock = sockets.router_bind(self.ctx, f"tcp://{peers.bind_ip(host)}:{port}")
+        self.security = auth.for_config(config)
+        self.sock = sockets.router_bind(self.ctx, f"tcp://{peers.bind_ip(host)}:{port}", self.security)
+        self.handshakes = auth.HandshakeWatch(self.sock)
+        self.identities = {}
+        self.outbox = Outbox(self.sock, config.send_timeout,
+                             lambda peer: f"{self.identities.get(peer, 'an unknown peer')} (connection {peer.hex()})")
+        self.refused = 0
         self.state = MembershipState(config.num_workers, config.num_servers, config.bigarray_bound,
                                      config.start_timeout, config.heartbeat_timeout, time.monotonic())
 
@@ -29,6 +36,8 @@ class SchedulerService:
             while True:
                 for _ in sockets.poll([self.sock], 0.1):
                     self._drain()
+                self.outbox.flush()
+                self.handshakes.poll()
                 self._send(self.state.tick(time.monotonic()))
                 if self.state.failure:
                     logger.error("job failed: %s", self.state.failure)
@@ -38,19 +47,28 @@ class SchedulerService:
                     logger.info("every worker finished; servers told to shut down")
                     return 0
         finally:
+            logger.info("refused %d connections and %d messages", self.handshakes.poll(), self.refused)
+            self.handshakes.close()
             self.sock.close(sockets.LINGER_MS)
+            self.security.close()
 
     def _drain(self):
         while sockets.readable(self.sock):
             frames = sockets.recv_frames(self.sock)
             peer = frames[0].bytes
+            if peer in self.outbox.cut:
+                continue
             msg_id = 0
             try:
                 msg = codec.decode(frames[1:])
                 msg_id = msg.id
+                codec.check_sender(msg, self.security.sender(frames[0]))
+                self.identities[peer] = msg.sender
                 self._send(self._dispatch(peer, msg))
             except Exception as exc:   # a bad message must never take the job down
                 exc = as_reply(exc, "scheduler")
+                if isinstance(exc, RefusedError):
+                    self.refused += 1
                 logger.warning("rejected a message: %s", exc)
                 self._send_raw(peer, codec.encode_error(msg_id, "scheduler", exc))
 
@@ -60,6 +78,9 @@ class SchedulerService:
         if msg.cmd is Command.HEARTBEAT:
             return st.heartbeat(peer, msg.sender, now)
         if msg.cmd is Command.REGISTER:
+            if f"{_field(b, 'role', str)}:{_field(b, 'rank', int)}" != msg.sender:
+                raise RefusedError(f"refused 'register' from {msg.sender!r}: it registers as "
+                                   f"{b['role']}:{b['rank']}; a process registers only as itself")
             return st.register(peer, msg.id, _field(b, "role", str), _field(b, "rank", int),
                                _field(b, "host", str), _field(b, "address", str, ""), now,
                                _field(b, "local_address", str, ""))
@@ -81,7 +102,7 @@ class SchedulerService:
 
     def _send_raw(self, peer, frames):
         try:
-            sockets.send_frames(self.sock, [peer, *frames])
+            self.outbox.send(peer, frames)
         except Exception as exc:  # the peer is gone; liveness handles it
             logger.debug("could not reach a peer: %s", exc)
 

@@ -13,9 +13,11 @@ import numpy as np
 
 from .. import timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import OptimizerError, ProtocolError, as_reply
+from ..errors import OptimizerError, ProtocolError, RefusedError, as_reply
 from ..protocol import Command, codec
-from ..transport import addresses, peers, sockets
+from ..transport import addresses, auth, peers, sockets
+from ..transport.outbox import Outbox
+from .budget import MemoryBudget
 from .shard import ShardState
 
 logger = logging.getLogger(__name__)
@@ -55,10 +57,16 @@ class ServerService:
         self.guard = sockets.SendGuard(timeout=config.timeout)
         self.shard = ShardState(config.num_workers, guard=self.guard, owns_pushes=True)
         host = config.bind_host or config.host
-        self.sock, port = sockets.router_bind_random(self.ctx, peers.bind_ip(host))
+        self.security = auth.for_config(config)
+        self.sock, port = sockets.router_bind_random(self.ctx, peers.bind_ip(host), self.security)
+        self.handshakes = auth.HandshakeWatch(self.sock)
         self.address = addresses.tcp(config.host, port)
         self.local_address = self._bind_local() if config.ipc else ""
         self.name = f"server:{config.server_rank}"
+        self.budget = MemoryBudget(config.server_memory_bytes, self.name)
+        self.identities = {}         # peer (routing id) -> who it authenticated as
+        self.outbox = Outbox(self.sock, config.send_timeout, self._peer_name)
+        self.refused = 0             # messages refused: wrong claimed sender or role
         self.pending = {}
         self.timeline = timeline.for_process(config, "server", config.server_rank)
         self._merge_start = {}       # (key, part, step) -> first push's arrival (timeline only)
@@ -67,7 +75,7 @@ class ServerService:
     def run(self):
         """Register, then serve until the scheduler says shutdown (0) or abort (1)."""
         import_user_modules(self.config.user_modules)
-        sched = sockets.dealer(self.ctx, self.config.scheduler)
+        sched = sockets.dealer(self.ctx, self.config.scheduler, security=self.security, peer="scheduler")
         try:
             peers.register(sched, self.config, "server", self.config.server_rank, self.address,
                            self.local_address)
@@ -75,13 +83,18 @@ class ServerService:
             return self._loop(sched)
         finally:
             sched.close(0)
+            self.handshakes.close()
             self.sock.close(sockets.LINGER_MS)
+            self.security.close()
+            if self.local_address:
+                addresses.remove_local(self.local_address)
             if self.timeline is not None:
                 self.timeline.save()
 
     def _bind_local(self):
-        """Also listen on an abstract unix socket: workers on this machine skip TCP (about a
-        fifth less time per byte on loopback). Returns the address, or "" if there is none."""
+        """Also listen on a unix socket in a private directory, authenticated as TCP is:
+        workers on this machine skip TCP (about a fifth less time per byte on loopback).
+        Returns the address, or "" if there is none."""
         address = addresses.new_local()
         if address is None:
             return ""
@@ -89,6 +102,7 @@ class ServerService:
             self.sock.bind(address)
         except Exception as exc:   # the TCP address still serves everyone
             logger.info("no local unix socket (%s); workers on this host use TCP", exc)
+            addresses.remove_local(address)
             return ""
         return address
 
@@ -99,10 +113,15 @@ class ServerService:
         while True:
             now = time.monotonic()
             if now >= next_beat:
-                sockets.send_frames(sched, codec.encode(Command.HEARTBEAT, 0, self.name))
+                try:      # never wait in this loop: a scheduler that stops reading shows as silence
+                    sockets.send_frames(sched, codec.encode(Command.HEARTBEAT, 0, self.name), block=False)
+                except sockets.WouldBlock:
+                    pass
                 next_beat = now + cfg.heartbeat_interval
             if now >= next_prune:      # forget sent replies, so their buffers can be freed
                 self.guard.prune()
+                self.outbox.flush(now)
+                self.handshakes.poll()
                 next_prune = now + PRUNE_INTERVAL
             ready = poller.poll(min(cfg.heartbeat_interval, 0.2))
             if self.sock in ready:
@@ -128,26 +147,35 @@ class ServerService:
                 return
             frames = sockets.recv_frames(self.sock)
             peer = frames[0].bytes
+            if peer in self.outbox.cut:
+                continue
             msg_id = 0
             try:
                 msg = codec.decode(frames[1:])
                 msg_id = msg.id
                 if self.timeline is not None:
                     self._arrived = timeline.now_us()
-                self.handle(peer, msg)
+                self.handle(peer, msg, self.security.sender(frames[0]))
             except Exception as exc:   # a bad request must never take the server down
                 exc = as_reply(exc, "server")
+                if isinstance(exc, RefusedError):
+                    self.refused += 1
                 logger.warning("error reply to a request: %s", exc)
                 self.pending.pop((peer, msg_id), None)
                 self._reply_error(peer, msg_id, exc)
 
     # -- dispatch -----------------------------------------------------------------------
-    def handle(self, peer, msg):
+    def handle(self, peer, msg, identity=None):
+        codec.check_sender(msg, identity)
+        self.identities[peer] = msg.sender
         handler = getattr(self, f"handle_{msg.cmd.value}", None)
         if handler is None:
             raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
         handler(peer, msg, rank)
+
+    def _peer_name(self, peer):
+        return f"{self.identities.get(peer, 'an unknown peer')} (connection {peer.hex()})"
 
     def handle_init(self, peer, msg, rank):
         descs = list(msg.arrays) + codec.decode_meta(msg.body)
@@ -157,6 +185,7 @@ class ServerService:
         groups = codec.decode_groups(msg.body, len(descs))
         arrays = [codec.as_array(d, b) for d, b in zip(msg.arrays, msg.buffers)]
         arrays += [None] * (len(descs) - len(arrays))
+        self.budget.charge(descs, self.shard.keys.__contains__)
         token = self._expect(peer, msg, len(descs))
         for desc, array, members in zip(descs, arrays, groups):
             self._deliver(self.shard.init(rank, desc, array, token, sync, members, adopt=True))
@@ -201,12 +230,15 @@ class ServerService:
     def handle_set_optimizer(self, peer, msg, rank):
         from .. import optim   # the registry is the only way a wire name becomes code
         optimizer = optim.from_spec(msg.body.get("optimizer"))   # validates the spec
+        self.budget.set_optimizer(optimizer)
         self.shard.set_optimizer(optimizer)
         logger.info("optimizer set: %s", msg.body["optimizer"]["name"])
         self._send(peer, codec.encode(Command.OK, msg.id, self.name))
 
     def handle_stats(self, peer, msg, rank):
-        body = dict(self.shard.stats(), **process_usage())
+        body = dict(self.shard.stats(), **process_usage(), refused_messages=self.refused,
+                    refused_connections=self.handshakes.poll(), cut_off_peers=self.outbox.cut_count,
+                    budget_bytes=self.budget.limit)
         self._send(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
 
     # -- replies ------------------------------------------------------------------------
@@ -261,7 +293,7 @@ class ServerService:
 
     def _send(self, peer, frames, track=False):
         try:
-            return sockets.send_frames(self.sock, [peer, *frames], track=track)
+            return self.outbox.send(peer, frames, track=track)
         except Exception as exc:  # the worker went away; liveness reports it
             logger.warning("could not reply to a worker: %s", exc)
             return None

@@ -14,6 +14,7 @@ The ZAP handler (``ZapHandler``) answers ZeroMQ's questions from a thread: a CUR
 accepted only if it is one of the job's, and is given that process's identity as its User-Id;
 a PLAIN user name must be one of the job's identities with that process's own token.
 """
+import functools
 import logging
 import threading
 
@@ -151,6 +152,12 @@ class ZapHandler(threading.Thread):
             return None, "token is not this job's token for that identity"
         return None, f"mechanism {mechanism.decode(errors='replace')} is not this job's " \
                      f"({self.creds.mechanism})"
+
+
+@functools.lru_cache(maxsize=8)
+def for_config(config):
+    """The one ``Security`` of a process with ``config`` (``from_config``, made once)."""
+    return from_config(config)
 
 
 def from_config(config):

@@ -9,7 +9,7 @@ import time
 from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import JobAbortedError, PeerLostError, PSTimeoutError, from_body
 from ..protocol import Command, codec
-from . import addresses, sockets
+from . import addresses, auth, sockets
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class HeartbeatThread(threading.Thread):
         self._stop_evt.set()
 
     def run(self):
-        sock = sockets.dealer(self.ctx, self.config.scheduler)
+        sock = sockets.dealer(self.ctx, self.config.scheduler, security=auth.for_config(self.config),
+                              peer="scheduler")
         try:
             self._loop(sock)
         finally:
