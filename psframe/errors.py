@@ -146,8 +146,11 @@ def from_wire(name, message, attrs=None):
     """Rebuild the exception named in an error reply (whitelisted names only), with its
     attributes, without calling its ``__init__``."""
     cls = _WIRE_ERRORS.get(name, RemoteError)
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, message)
+    try:
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, message)
+    except TypeError:      # a built-in base with its own __new__ (MemoryError): no facts to skip
+        exc = cls(message)
     for a, v in (attrs or {}).items():
         if a in _WIRE_ATTRS:
             setattr(exc, a, tuple(v) if isinstance(v, list) else v)

@@ -112,3 +112,41 @@ if __name__ == "__main__":
     info = json.load(open(sys.argv[1]))
     creds = None if sys.argv[2] == "-" else credentials.read_file(sys.argv[2])
     print(json.dumps(attack(info, creds, sys.argv[3])), flush=True)
+
+
+def slow_reader(info, creds, pulls):
+    """Connect as ``creds`` to server 0 and send ``pulls`` pulls of its key ``w`` without
+    ever reading a reply (zmq's receive queue of one message, a small kernel buffer). Returns
+    the context and socket; the caller destroys them."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.rcvhwm = 1
+    sock.rcvbuf = 65536
+    auth.Security(creds).connect(sock, "server:0")
+    sock.connect(info["servers"][0])
+    desc = ArrayDesc("w", 0, "float32", (info["size"],), 0)
+    for i in range(pulls):
+        sock.send_multipart(codec.encode(Command.PULL, 100 + i, creds.identity,
+                                         body={"meta": [desc.to_wire()]}))
+    return ctx, sock
+
+
+def huge_message(info, creds, nbytes):
+    """Send server 0 a push whose one array frame has ``nbytes`` (zero pages: nothing is
+    touched here); returns whatever came back within ``WAIT`` s (None: nothing)."""
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        auth.Security(creds).connect(sock, "server:0")
+        sock.connect(info["servers"][0])
+        frame = np.zeros(nbytes, np.uint8)
+        header = codec.encode_header(Command.PUSH, 1, creds.identity,
+                                     [ArrayDesc("w", 0, "float32", (nbytes // 4,), 1)])
+        sock.send_multipart([header, frame], copy=False)
+        if sock.poll(int(WAIT * 1000)):
+            return codec.decode(sock.recv_multipart())
+        return None
+    finally:
+        ctx.destroy(0)

@@ -61,7 +61,8 @@ class MemoryBudget:
         if not new:
             return
         extra = sum(self._cost(n, dt) for n, dt in new.values())
-        keys = ", ".join(repr(k) for k, _ in list(new)[:3]) + (" ..." if len(new) > 3 else "")
+        names = list(dict.fromkeys(k for k, _ in new))
+        keys = ", ".join(repr(k) for k in names[:3]) + (" ..." if len(names) > 3 else "")
         self._check(self.used() + extra, f"initialising {keys} ({extra} bytes with optimizer state)")
         self.charged.update(new)
 

@@ -416,13 +416,11 @@ class ShardState:
         return f"{st.names[0]!r}..{st.names[-1]!r} ({len(st.names)} keys fused)"
 
     def _writable_value(self, st):
-        """``st.value``, safe to write in place: once its memory went out by zmq's reference
-        (``guard.shared``) it is replaced by a copy (once: the copy is ours), else sends of it
-        still in flight are waited for."""
-        if self.guard.shared(st.value):
+        """``st.value``, safe to write in place: while its memory may still be read by a send
+        (``guard.shared``: it went out by zmq's reference; ``guard.busy``: a zero-copy reply
+        still in flight) it is replaced by a copy, so the loop never waits for a peer to read."""
+        if self.guard.shared(st.value) or self.guard.busy(st.value):
             st.value = st.value.copy()
-        else:
-            self.guard.wait(st.value)
         return st.value
 
     def _fail(self, st, exc, step, tokens=()):
