@@ -42,10 +42,11 @@ with psframe.create() as kv:
         kv.pushpull("w", np.full(SIZE, (kv.rank + 1) * (t + 1), np.float32), out)
         print(f"STEP {t} rank={kv.rank} at={time.time():.3f}", flush=True)
         time.sleep(PAUSE)
-    # SGD lr=1 on the sum of both workers' gradients: w = -sum_t 3 (t + 1), exact in float32
+    # SGD lr=1 on the sum of every worker's gradient: w = -sum_t n(n+1)/2 (t + 1), exact
+    n = kv.num_workers
     expected = np.zeros(SIZE, np.float32)
     for t in range(steps):
-        expected -= np.float32(3 * (t + 1))
+        expected -= np.float32(n * (n + 1) // 2 * (t + 1))
     assert np.array_equal(out, expected), (out[:4], expected[:4])
     print(f"EXACT rank={kv.rank}", flush=True)
     kv.barrier()
