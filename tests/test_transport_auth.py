@@ -118,3 +118,28 @@ def test_a_frame_above_the_limit_is_refused_before_sending():
         sock.close(0)
     finally:
         ctx.term()
+
+
+def test_launcher_gives_each_process_its_own_credentials_and_defaults_by_hosts(tmp_path, caplog):
+    from psframe_launcher.config import LaunchConfig
+    from psframe_launcher.hosts import Host
+    from psframe_launcher.plan import make_plan
+    from psframe_launcher.supervisor import secure, security_mode
+    config = LaunchConfig(num_workers=3, script="train.py", num_servers=2)
+    one, three = [Host("127.0.0.1", 4)], [Host("h1", 1), Host("h2", 1), Host("h3", 1)]
+    assert security_mode(config, one) == "token" and security_mode(config, three) == "curve"
+    plan = secure(make_plan(config, three, 1234), config)
+    seen = set()
+    for spec in plan.specs:
+        creds = credentials.from_text(spec.env[envc.CREDENTIALS])
+        assert spec.env[envc.SECURITY] == "curve" and creds.identity == spec.identity
+        assert not any(creds.secret in part for part in spec.command)
+        seen.add(creds.secret)
+    assert len(seen) == len(plan.specs) == 6
+    none = LaunchConfig(num_workers=1, script="train.py", security="none")
+    with caplog.at_level("WARNING"):
+        plan = secure(make_plan(none, one, 1234), none)
+    assert "--security none" in caplog.text
+    assert all(envc.CREDENTIALS not in s.env and s.env[envc.SECURITY] == "none" for s in plan.specs)
+    with pytest.raises(ConfigError, match="--env PSFRAME_CREDENTIALS"):
+        make_plan(LaunchConfig(num_workers=1, script="t.py", env=(("PSFRAME_CREDENTIALS", "x"),)), one, 1)
