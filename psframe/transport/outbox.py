@@ -1,10 +1,14 @@
 """Replies of a service's ROUTER without ever blocking its loop: a peer whose queue is full
 (zmq's per-peer high-water mark: it stopped reading) gets its replies held here, in order, and
-is cut off, and named, once it leaves them unread for ``send_timeout`` seconds or lets
-``max_held`` pile up; everyone else is served meanwhile."""
+is cut off, and named, once it leaves them unread for ``send_timeout`` seconds or lets more
+than ``max_held`` replies or ``max_held_bytes`` pile up; everyone else is served meanwhile.
+A held reply is a copy (zero-copy buffers would be written by the next step meanwhile), except
+for received zmq frames, which nobody writes."""
 import collections
 import logging
 import time
+
+import zmq
 
 from . import sockets
 
@@ -15,17 +19,19 @@ SEND_HWM = 1000         # zmq's queue per peer, in messages (its default, made e
 
 
 class _Held:
-    __slots__ = ("since", "replies")
+    __slots__ = ("since", "replies", "nbytes")
 
     def __init__(self, since):
-        self.since, self.replies = since, collections.deque()
+        self.since, self.replies, self.nbytes = since, collections.deque(), 0
 
 
 class Outbox:
     """Non-blocking sends to the peers of ``sock``; ``name_of(peer)`` names a peer in logs."""
 
-    def __init__(self, sock, send_timeout, name_of=lambda peer: peer.hex(), max_held=MAX_HELD):
-        self.sock, self.send_timeout, self.name_of, self.max_held = sock, send_timeout, name_of, max_held
+    def __init__(self, sock, send_timeout, name_of=lambda peer: peer.hex(), max_held=MAX_HELD,
+                 max_held_bytes=1 << 30):
+        self.sock, self.send_timeout, self.name_of = sock, send_timeout, name_of
+        self.max_held, self.max_held_bytes = max_held, max_held_bytes
         self.held = {}                # peer -> _Held, oldest reply first
         self.cut = set()              # peers cut off: their messages are dropped
         self.cut_count = 0
@@ -41,9 +47,11 @@ class Outbox:
                 return sockets.send_frames(self.sock, [peer, *frames], track=track, block=False)
             except sockets.WouldBlock:
                 held = self.held[peer] = _Held(time.monotonic())
+        frames = [f if type(f) is zmq.Frame else bytes(f) for f in frames]
         held.replies.append(frames)
-        if len(held.replies) > self.max_held:
-            self._cut(peer, f"{len(held.replies)} replies waited for it to read")
+        held.nbytes += sum(len(f) for f in frames)
+        if len(held.replies) > self.max_held or held.nbytes > self.max_held_bytes:
+            self._cut(peer, f"{len(held.replies)} replies ({held.nbytes} bytes) waited for it to read")
         return None
 
     def flush(self, now=None):
@@ -58,7 +66,7 @@ class Outbox:
                     sockets.send_frames(self.sock, [peer, *held.replies[0]], block=False)
                 except sockets.WouldBlock:
                     break
-                held.replies.popleft()
+                held.nbytes -= sum(len(f) for f in held.replies.popleft())
                 held.since = now
             if not held.replies:
                 del self.held[peer]
