@@ -74,6 +74,8 @@ class MembershipState:
         if len(self.nodes) < sum(self.counts.values()):
             return []
         self.ready = True
+        for node in self.nodes.values():   # nobody could heartbeat while waiting for the book
+            node.last_seen = now
         book = self.address_book()
         sends = [Send(p, "ok", i, book) for p, i in self.waiting_register]
         self.waiting_register = []
