@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import queue
+import secrets
 import signal
 import sys
 import threading
@@ -219,7 +220,7 @@ def launch(config, out=None, err=None):
             previous[sig] = signal.signal(sig, on_signal)
     try:
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            plan = make_plan(config, hosts, _scheduler_port(hosts[0].name))
+            plan = make_plan(config, hosts, _scheduler_port(hosts[0].name), secrets.token_hex(8))
             logger.info("launching %d workers, %d servers via %s; scheduler at %s",
                         config.num_workers, len(plan.by_role("server")), name, plan.scheduler)
             job = Job(plan, backend if attempt == 1 else get_backend(name, config), config, out, err)

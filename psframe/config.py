@@ -19,6 +19,7 @@ RANK = "PSFRAME_RANK"                    # worker rank, 0..num_workers-1 (launch
 LOCAL_RANK = "PSFRAME_LOCAL_RANK"
 LOCAL_SIZE = "PSFRAME_LOCAL_SIZE"
 HOST = "PSFRAME_HOST"                    # this process's host name in the job
+JOB_ID = "PSFRAME_JOB_ID"                # one job's tag: whatever carries it dies with the job
 # --- psframe's own additions (documented in the README) -----------------------------------
 SERVER_RANK = "PSFRAME_SERVER_RANK"      # server index, 0..num_servers-1 (launch order)
 BIND_HOST = "PSFRAME_BIND_HOST"          # interface servers bind to (default: PSFRAME_HOST)

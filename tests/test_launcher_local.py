@@ -183,7 +183,9 @@ def test_busy_scheduler_port_is_retried(monkeypatch, caplog):
 
 
 def test_launcher_kill_9_leaves_nothing():
-    job = _launch(WORKER, "--steps", "1000", "--sleep", "0.05")
+    # not even the children the workers started, in their process group or in a session of
+    # their own (the job's reaper sweeps what carries the job's id)
+    job = _launch(WORKER, "--steps", "1000", "--sleep", "0.05", "--spawn-children")
     try:
         job.wait_for_line(r"\[worker 2@127.0.0.1\] STEP 2 OK", 30)
         launcher = [p for p in cmdline_pids(r"^\S*python\S* \S*/psframe-launch ") if p in tagged_pids(job.tag)]
