@@ -40,6 +40,26 @@ LOG_LEVEL = "PSFRAME_LOG_LEVEL"          # logging level name (INFO)
 # can tell the root cause (any other non-zero status) from the processes it took down.
 EXIT_ABORTED_BY_PEER = 75
 
+# The scheduler prints this line (then the reason) when it ends a job because of another
+# process (a hung one, or one a stall waits on), so the launcher names that process, not the
+# scheduler that noticed, as the root cause.
+BLAME_PREFIX = "psframe-scheduler blames "
+
+
+def blame_line(role, rank, reason):
+    """``psframe-scheduler blames worker 2: <reason>`` (one line)."""
+    return f"{BLAME_PREFIX}{role} {int(rank)}: {' '.join(str(reason).split())}"
+
+
+def parse_blame(line):
+    """``(role, rank, reason)`` of a ``blame_line`` found in ``line``, else None."""
+    at = line.find(BLAME_PREFIX)
+    if at < 0:
+        return None
+    who, _, reason = line[at + len(BLAME_PREFIX):].partition(": ")
+    role, _, rank = who.partition(" ")
+    return (role, int(rank), reason) if rank.isdigit() else None
+
 ROLES = ("scheduler", "server", "worker")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 KINDS = ("local", "dist_sync", "dist_async", "dist_device_sync")

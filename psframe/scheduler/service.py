@@ -1,8 +1,9 @@
 """The scheduler's event loop: receive, decode, hand to MembershipState, send what it returns."""
 import logging
+import sys
 import time
 
-from ..config import EXIT_ABORTED_BY_PEER
+from ..config import EXIT_ABORTED_BY_PEER, blame_line
 from ..errors import ProtocolError, as_reply
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
@@ -32,6 +33,9 @@ class SchedulerService:
                 self._send(self.state.tick(time.monotonic()))
                 if self.state.failure:
                     logger.error("job failed: %s", self.state.failure)
+                    if self.state.blamed:
+                        print(blame_line(*self.state.blamed, self.state.failure), file=sys.stderr,
+                              flush=True)
                     # a node that reported its own failure is the root cause; we only relay it
                     return EXIT_ABORTED_BY_PEER if self.state.failure_reported else 1
                 if self.state.finished:
