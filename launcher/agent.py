@@ -5,8 +5,9 @@ It reads its ``ProcessSpec`` (command, cwd, job env) from stdin (ssh: nothing se
 into an argv) or from a 0600 plan file picked by its MPI/Slurm rank, starts the process in its
 own session with ``merge_env``, forwards its output framed (``output.frame_*``) with start/exit
 events, and stops the whole process group when told to: stdin EOF (the ssh connection ended),
-SIGTERM/SIGINT/SIGHUP (mpirun/srun stopping the job) or its parent dying. Exits with the
-process's code (128+N for signal N).
+SIGTERM/SIGINT/SIGHUP (mpirun/srun stopping the job) or its parent dying. It is a child
+subreaper and kills every descendant left when the process ends. Exits with the process's code
+(128+N for signal N).
 
     python -m psframe_launcher.agent --stdin
     python -m psframe_launcher.agent --plan FILE --rank-var OMPI_COMM_WORLD_RANK
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 
+from . import reaping
 from .backends.local import die_with_parent
 from .output import frame_event, frame_output
 from .plan import merge_env
@@ -88,6 +90,7 @@ class Agent:
                 time.sleep(0.05)
 
     def run(self, watch_stdin=False):
+        reaping.become_subreaper()
         if not self.start():
             return 127
         parent = os.getppid()
@@ -100,11 +103,14 @@ class Agent:
                 self.stop_group()
                 break
         returncode = self.proc.wait()
-        # the group may still hold a grandchild the process forked: never leave it behind
+        # the group may still hold a grandchild the process forked, and a descendant that left
+        # the group was re-parented to us (a subreaper): never leave either behind
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        reaping.kill_all(lambda: reaping.descendants(os.getpid()))
+        reaping.reap_children()
         # let the forwarder pass on the last lines (bounded): the failure report quotes them,
         # and the exit event must follow them
         self.forwarder.join(timeout=FLUSH_TIMEOUT)

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import require, require_exe
 from launcher_fixtures import (WORKER, ArgvWatcher, Launch, assert_no_helpers_left, assert_none_left,
-                               check_fails_fast, kill_9, new_tag)
+                               check_fails_fast, cmdline_pids, kill_9, new_tag, pids_with_env,
+                               tagged_pids)
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +148,24 @@ def test_remote_server_kill_9(netns_hosts):
     kill = kill_9(job.tag, PSFRAME_ROLE="server", PSFRAME_SERVER_RANK=2)
     check_fails_fast(job, r"\[worker 5@10\.200\.0\.13\] STEP 2 OK", 137,
                      lambda: rf"server 2@10\.200\.0\.13 .*pid {kill.pid}\) killed by SIGKILL", act=kill)
+
+
+def test_launcher_kill_9_leaves_no_descendant_on_any_host(netns_hosts):
+    # every worker started two `sleep 300`, one of them in a session of its own: the agents
+    # (child subreapers) must take both down when the ssh connection dies with the launcher
+    job = _launch(netns_hosts, "-n", "6", "-s", "3", WORKER, "--steps", "1000", "--sleep", "0.05",
+                  "--spawn-children")
+    try:
+        job.wait_for_line(r"\[worker 5@10\.200\.0\.13\] STEP 2 OK", 60)
+        assert len(pids_with_env(job.tag, PSFRAME_ROLE="worker")) == 6 * 3   # and the sleeps
+        launcher = [p for p in cmdline_pids(r"^\S*python\S* \S*/psframe-launch ")
+                    if p in tagged_pids(job.tag)]
+        assert len(launcher) == 1
+        os.kill(launcher[0], signal.SIGKILL)
+        job.wait(30)
+        assert_none_left(job.tag, within=10)
+    finally:
+        job.stop()
 
 
 def test_mpirun_across_the_ssh_hosts(netns_hosts):

@@ -53,6 +53,7 @@ class MembershipState:
         self.finished = False             # every worker done: shut down
         self.failure = None               # reason the job was aborted
         self.failure_reported = False     # ... by the failing node itself (not detected here)
+        self.blamed = None                # (role, rank): the node the failure is put on
 
     # -- registration -------------------------------------------------------------------
     def register(self, peer, msg_id, role, rank, host, address, now, local_address=""):
@@ -119,6 +120,7 @@ class MembershipState:
         if self.ready:
             for node in self.nodes.values():
                 if not node.done and now - node.last_seen > self.heartbeat_timeout:
+                    self.blamed = (node.role, node.rank)
                     return self.abort(
                         f"{node.role} {node.rank}@{node.host} stopped responding: no heartbeat "
                         f"for {now - node.last_seen:.1f}s (PSFRAME_HEARTBEAT_TIMEOUT="

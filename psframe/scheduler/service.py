@@ -1,9 +1,10 @@
 """The scheduler's event loop: each request goes to its ``handle_<command>``, which asks
 MembershipState, and the sends it returns go out."""
 import logging
+import sys
 import time
 
-from ..config import EXIT_ABORTED_BY_PEER
+from ..config import EXIT_ABORTED_BY_PEER, blame_line
 from ..errors import ProtocolError
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
@@ -36,6 +37,9 @@ class SchedulerService(RequestLoop):
                 self._send(self.state.tick(time.monotonic()))
                 if self.state.failure:
                     logger.error("job failed: %s", self.state.failure)
+                    if self.state.blamed:
+                        print(blame_line(*self.state.blamed, self.state.failure), file=sys.stderr,
+                              flush=True)
                     # a node that reported its own failure is the root cause; we only relay it
                     return EXIT_ABORTED_BY_PEER if self.state.failure_reported else 1
                 if self.state.finished:
