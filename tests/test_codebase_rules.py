@@ -20,7 +20,7 @@ SIDE_BRANCH = {"data": {"errors", "config", "logs", "arrays"}}
 PACKAGE_LAYER = {
     # the worker client: records and pure grouping, then routes to servers / request tracking /
     # failure handling, the outgoing message builders over those, the API built from them all
-    "kvstore": {"base": 0, "fusion": 0, "local": 1, "routes": 1, "requests": 1, "failures": 1,
+    "kvstore": {"base": 0, "fusion": 0, "call_record": 0, "local": 1, "routes": 1, "requests": 1, "failures": 1,
                 "messages": 2, "dist": 3},
 }
 
