@@ -67,6 +67,24 @@ def test_real_job_over_three_ssh_hosts(netns_hosts, tmp_path):
     assert_no_helpers_left(job)
 
 
+def test_clean_job_over_ssh_ends_without_an_error(netns_hosts):
+    """A clean multi-host run prints no interpreter error at shutdown (the launch agents once
+    died in ``Fatal Python error: _enter_buffered_busy`` while a thread still read stdin)."""
+    job = _launch(netns_hosts, "-n", "4", "-s", "2", WORKER)
+    try:
+        rc, _ = job.wait(90)
+    finally:
+        job.stop()
+    text = job.text()
+    assert rc == 0, text
+    for rank in range(4):
+        assert f"[worker {rank}@{ADDRS[rank // 2]}] DONE rank={rank}" in job.lines, text
+    for bad in ("Fatal Python error", "Traceback", "Exception ignored"):
+        assert bad not in text, text
+    assert_none_left(job.tag)
+    assert_no_helpers_left(job)
+
+
 def test_remote_worker_failure_stops_every_host(netns_hosts):
     job = _launch(netns_hosts, "-n", "6", "-s", "3", WORKER, "--fail-rank", "3", "--fail-code", "7")
     check_fails_fast(job, r"\[worker 3@10\.200\.0\.12\] rank 3 failing on purpose", 7,
