@@ -72,7 +72,7 @@ class _KeyState:
         self.inited_by = set()
         self.parked_inits = []   # (token, rank, dtype, shape, members)
         self.merges = {}         # step -> _StepMerge
-        self.parked_pulls = []   # (step, lo, hi, whole, token)
+        self.parked_pulls = []   # (step, lo, hi, whole, token, rank)
         self.free = []           # a spare flat buffer (no page faults per step)
         self.set_members(members, num_workers)
 
@@ -129,8 +129,10 @@ class ShardState:
         self.keys = {}                 # (key, part) -> _KeyState (a key-part or a group)
         self.members = {}              # key of a group member -> (its group's _KeyState, index)
         self.optimizer = None
+        # bytes per worker rank too: with the ranks' hosts, what crossed between hosts
         self.counters = {"pushes": [0] * num_workers, "pulls": [0] * num_workers,
-                         "bytes_in": 0, "bytes_out": 0, "updates": 0}
+                         "bytes_in": 0, "bytes_out": 0, "updates": 0,
+                         "bytes_in_by_rank": [0] * num_workers, "bytes_out_by_rank": [0] * num_workers}
 
     # -- init ---------------------------------------------------------------------------
     def init(self, rank, desc, array, token, sync=None, members=None, adopt=False):
@@ -227,6 +229,7 @@ class ShardState:
                 f"push of key {desc.key!r} from worker {rank} is step {desc.step}, {why}"))]
         self.counters["pushes"][rank] += hi - lo
         self.counters["bytes_in"] += flat.nbytes
+        self.counters["bytes_in_by_rank"][rank] += flat.nbytes
         if not st.sync:
             row[lo:hi] += 1
             return self._apply_async(st, lo, hi, flat, token)
@@ -314,7 +317,7 @@ class ShardState:
             due = [p for p in st.parked_pulls if _low(st.completed, p[1], p[2]) >= p[0]]
             if due:
                 st.parked_pulls = [p for p in st.parked_pulls if _low(st.completed, p[1], p[2]) < p[0]]
-                replies.extend(self._value_reply(st, lo, hi, whole, t) for _, lo, hi, whole, t in due)
+                replies.extend(self._value_reply(st, lo, hi, whole, t, r) for _, lo, hi, whole, t, r in due)
         return replies
 
     def _apply_sum(self, st, acc, members, whole):
@@ -460,11 +463,11 @@ class ShardState:
         self.counters["pulls"][rank] += hi - lo
         whole = desc.key == st.key
         if st.sync and desc.step > _low(st.completed, lo, hi):
-            st.parked_pulls.append((desc.step, lo, hi, whole, token))
+            st.parked_pulls.append((desc.step, lo, hi, whole, token, rank))
             return []
-        return [self._value_reply(st, lo, hi, whole, token)]
+        return [self._value_reply(st, lo, hi, whole, token, rank)]
 
-    def _value_reply(self, st, lo, hi, whole, token):
+    def _value_reply(self, st, lo, hi, whole, token, rank):
         if whole:
             desc = ArrayDesc(st.key, st.part, st.dtype, st.shape, int(_low(st.completed, 0, len(st.names))))
             value = st.value.reshape(st.shape)
@@ -472,6 +475,7 @@ class ShardState:
             desc = ArrayDesc(st.names[lo], 0, st.dtype, st.shapes[lo], int(st.completed[lo]))
             value = st.member_view(st.value, lo)
         self.counters["bytes_out"] += value.nbytes
+        self.counters["bytes_out_by_rank"][rank] += value.nbytes
         return Reply(token, arrays=[(desc, value)])
 
     # -- optimizer and checks -----------------------------------------------------------
