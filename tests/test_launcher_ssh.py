@@ -4,6 +4,7 @@ first host's namespace, so no packet ever leaves for the root namespace's defaul
 import hashlib
 import os
 import re
+import subprocess
 import uuid
 
 import pytest
@@ -28,7 +29,8 @@ def netns_hosts(tmp_path_factory):
                           subnet=SUBNET, prefix="pl") as hosts:
         assert hosts.addresses == ADDRS
         yield hosts
-    assert not hosts.made and not hosts.pids()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20).stdout
+    assert not [n for n in hosts.names + [hosts.bridge] if n in listed], listed
 
 
 def _launch(hosts, *args, tag=None, timeout=90, env=None):

@@ -257,9 +257,10 @@ def _gloo_main(arg):
 
 
 def _link_bytes(dist, iface):
-    """``(received, sent)`` of this rank's link once every rank got here (multi-host bench)."""
+    """Bytes this rank's link received and sent, once every rank got here (multi-host bench)."""
     dist.barrier()
-    return interface_bytes(iface)
+    received, sent = interface_bytes(iface)
+    return {"received": received, "sent": sent}
 
 
 if __name__ == "__main__":

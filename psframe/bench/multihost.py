@@ -103,10 +103,8 @@ def crossing(before, after, workers, servers, host=0):
 
 def _wire(link, rounds):
     """Bytes per round ``(out, in)`` of a host link from a ``[before, after]`` pair."""
-    (b, a) = link
-    if isinstance(b, dict):
-        return (a["sent"] - b["sent"]) / rounds, (a["received"] - b["received"]) / rounds
-    return (a[1] - b[1]) / rounds, (a[0] - b[0]) / rounds
+    b, a = link
+    return (a["sent"] - b["sent"]) / rounds, (a["received"] - b["received"]) / rounds
 
 
 def run_gloo(ns, hosts, sizes, workers):
@@ -156,8 +154,8 @@ def measure(ns, hosts, sizes, num_workers, num_servers, rate):
             row["gloo"] = times[row["nbytes"]]
             row["gloo_wire"] = _wire(links[row["nbytes"]], row["rounds"])
     return {"hosts": len(hosts.names), "namespaces": hosts.names, "rate_bits": rate,
-            "num_workers": num_workers, "num_servers": num_servers, "workers_hosts": workers,
-            "servers_hosts": servers, "rounds": ns.rounds, "warmup": ns.warmup, "rows": rows}
+            "num_workers": num_workers, "num_servers": num_servers, "worker_hosts": workers,
+            "server_hosts": servers, "rounds": ns.rounds, "warmup": ns.warmup, "rows": rows}
 
 
 def _progress(text):
@@ -174,7 +172,7 @@ def _rate_text(bits):
 def text(rep):
     """The printed report: one block per size, the floors' legend, and one summary line each."""
     rate = rep["rate_bits"]
-    per_host = max(rep["workers_hosts"].count(h) for h in set(rep["workers_hosts"]))
+    per_host = max(rep["worker_hosts"].count(h) for h in set(rep["worker_hosts"]))
     lines = [f"multi-host: {rep['hosts']} namespace hosts ({', '.join(rep['namespaces'])}), every "
              f"host link shaped to {_rate_text(rate)} each way (tc tbf); psframe: "
              f"{rep['num_workers']} workers ({per_host} per host) + {rep['num_servers']} servers over "

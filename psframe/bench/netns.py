@@ -205,8 +205,8 @@ class NetnsHosts:
 
     def _wait_listening(self, timeout):
         deadline = time.monotonic() + timeout
-        for ns, proc in zip(self.names, self.sshd):
-            while f":{SSH_PORT}" not in _run(*self.exec_prefix(self.names.index(ns)), "ss", "-ltn"):
+        for i, (ns, proc) in enumerate(zip(self.names, self.sshd)):
+            while f":{SSH_PORT}" not in _run(*self.exec_prefix(i), "ss", "-ltn"):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     with open(os.path.join(self.dir, f"sshd_{ns}.log")) as f:
                         raise NetnsError(f"sshd in {ns} is not listening on port {SSH_PORT} "
