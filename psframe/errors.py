@@ -70,9 +70,11 @@ class DTypeMismatchError(PSError, TypeError):
 class UnsupportedDTypeError(PSError, TypeError):
     """An array dtype psframe does not carry."""
 
-    def __init__(self, dtype, supported):
-        self.dtype = str(dtype)
-        super().__init__(f"dtype {self.dtype} is not supported; use one of {', '.join(supported)}")
+    def __init__(self, dtype, supported, key=None, op=None):
+        self.dtype, self.key = str(dtype), key
+        where = f"{op or 'value'} of key {key!r}: " if key is not None else ""
+        super().__init__(f"{where}dtype {self.dtype} is not supported; use one of "
+                         f"{', '.join(supported)} (e.g. .astype('float32'))")
 
 
 class OptimizerError(PSError, ValueError):
@@ -147,3 +149,5 @@ def from_wire(name, message, attrs=None):
 def from_body(body):
     """The exception carried by an error reply's body."""
     return from_wire(body.get("name", ""), body.get("message", ""), body.get("attrs"))
+
+
