@@ -151,3 +151,10 @@ def from_body(body):
     return from_wire(body.get("name", ""), body.get("message", ""), body.get("attrs"))
 
 
+
+def stopped_by_peer_line(exc):
+    """The one line a process prints when ``exc`` (a ``PeerLostError``) stopped it. It failed
+    because another process did, so its own traceback would only bury the report of the real
+    cause (the failed process's own output and psframe-launch's ROOT CAUSE block)."""
+    return (f"psframe: stopped because another process of the job failed: {type(exc).__name__}: "
+            f"{exc}\n")

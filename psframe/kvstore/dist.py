@@ -19,6 +19,7 @@ import numpy as np
 from .. import arrays, sharding, timeline
 from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
+from ..errors import stopped_by_peer_line
 from ..protocol import ArrayDesc, Command, codec
 from ..protocol.codec import ITEMSIZE
 from ..transport import addresses, peers, sockets
@@ -583,7 +584,7 @@ def _excepthook(exc_type, exc, tb):
     heartbeat timeout); a worker stopped by another's failure exits EXIT_ABORTED_BY_PEER so the
     launcher does not take it for the root cause."""
     if issubclass(exc_type, PeerLostError):
-        _prev_hook(exc_type, exc, tb)
+        sys.stderr.write(stopped_by_peer_line(exc))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_ABORTED_BY_PEER)

@@ -110,9 +110,11 @@ class HeartbeatThread(threading.Thread):
     def _abort(self, reason, error_cls):
         self.error_cls = error_cls
         self.reason = reason
-        logger.error("%s", reason)
+        # said once, by whoever ends the process: the main thread's next KVStore call raises
+        # it (one line, errors.stopped_by_peer_line), or this thread after the grace period
+        logger.info("%s", reason)
         if not self._stop_evt.wait(self.grace):
-            logger.error("exiting: the job was aborted and this process did not stop by itself")
+            logger.error("exiting: %s (this process did not stop by itself within %gs)", reason, self.grace)
             os._exit(EXIT_ABORTED_BY_PEER)
 
     def check(self):
