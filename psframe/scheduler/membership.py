@@ -6,6 +6,7 @@ Every method takes the event (and the time, passed in) and returns a list of ``S
 """
 import dataclasses
 
+from ..logs import count
 from ..sharding import PlacementState
 
 
@@ -97,8 +98,8 @@ class MembershipState:
             workers, servers = self.missing()
             return self.abort(
                 f"start-up timed out after {self.start_timeout:g}s: {len(workers)} of "
-                f"{self.num_workers} workers (ranks {workers}) and {len(servers)} of "
-                f"{self.num_servers} servers (ranks {servers}) never registered; check that they "
+                f"{count(self.num_workers, 'worker')} (ranks {workers}) and {len(servers)} of "
+                f"{count(self.num_servers, 'server')} (ranks {servers}) never registered; check that they "
                 f"were started and can reach the scheduler, or raise PSFRAME_START_TIMEOUT")
         if self.ready:
             for node in self.nodes.values():

@@ -111,7 +111,7 @@ class ServerService:
                 msg = codec.decode(sockets.recv_frames(sched))
                 last_answer = time.monotonic()
                 if msg.cmd is Command.SHUTDOWN:
-                    logger.info("shutdown: %s", self.shard.stats()["pushes"])
+                    logger.info("shutdown: pushes received per worker rank: %s", self.shard.stats()["pushes"])
                     return 0
                 if msg.cmd is Command.ABORT:
                     logger.error("job aborted by the scheduler: %s", msg.body.get("reason"))
