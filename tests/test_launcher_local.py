@@ -1,5 +1,5 @@
 """psframe-launch with the local backend running REAL jobs (scheduler, servers, workers of
-psframe's core): success, and every failure case of issue 3, each ending fast with the right exit
+psframe's core): success, and every failure case of docs/operations.md, each ending fast with the right exit
 code and report and nothing left running."""
 import io
 import logging
