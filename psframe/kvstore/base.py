@@ -129,7 +129,7 @@ def _dtype_name(key, a, op):
 
 
 class KVStore(abc.ABC):
-    """A key-value store of arrays shared by the workers of a job (see README "API")."""
+    """A key-value store of arrays shared by the workers of a job (docs/api.md)."""
 
     type = "base"
 
