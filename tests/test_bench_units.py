@@ -78,6 +78,8 @@ def test_bench_rejects_a_zero_size():
 def test_help_shows_every_default():
     from psframe.bench.cli import build_parser
     text = " ".join(build_parser().format_help().split())
+    assert "compare them with baselines measured in the same run (raw pyzmq round trip," in text
+    assert "the default cases take about 2-3 minutes" in text
     for default in ("(default: 4KiB,64KiB,1MiB,16MiB,100MiB)", "(default: 16MiB,100MiB)",
                     "(default: 1000)", "(default: 10)", "(default: resnet50)", "(default: ipc)"):
         assert default in text, (default, text)

@@ -31,7 +31,8 @@ OPTIMIZERS = {"none": None, "sgd": lambda: optim.SGD(lr=0.01, momentum=0.9), "ad
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="psframe-bench", description=__doc__.split("\n")[0],
+    first_sentence = " ".join(__doc__.split(". ")[0].split()) + "."
+    p = argparse.ArgumentParser(prog="psframe-bench", description=first_sentence, epilog=f"Time: {ESTIMATE}.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", default="4KiB,64KiB,1MiB,16MiB,100MiB",
                    help="key sizes of the 1-server job (comma list; KiB/MiB suffixes)")
