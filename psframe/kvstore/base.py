@@ -67,10 +67,10 @@ _ACCEPTED = ("pass a numpy/cupy/torch array, a list of them (one per local devic
              "or plain Python numbers (a number or a list of numbers is one array)")
 
 
-def _devices(key, v, what, dtype, output):
+def _devices(key, v, what, known, output):
     """The list of arrays one key's ``v`` stands for: an array is one entry, a list of arrays is
-    one per local device, and plain numbers are one array (of the key's dtype when ``dtype``
-    names it and they convert without changing kind)."""
+    one per local device, and plain numbers are one array (of the key's dtype when ``known``
+    holds the key and they convert without changing kind)."""
     if _is_array(v):
         return [v]
     if isinstance(v, (list, tuple)) and v and all(_is_array(x) for x in v):
@@ -80,6 +80,7 @@ def _devices(key, v, what, dtype, output):
                         f"local device) to write the value into, not {type(v).__name__}")
     if _is_numbers(v):
         a = np.asarray(v)
+        dtype = np.dtype(known[key].dtype) if key in known else None
         if dtype is not None and a.dtype != dtype and np.can_cast(a.dtype, dtype, "same_kind"):
             a = a.astype(dtype)
         return [a]
@@ -88,9 +89,9 @@ def _devices(key, v, what, dtype, output):
     raise TypeError(f"{what} of key {key!r}: cannot use a {type(v).__name__}{held}; {_ACCEPTED}")
 
 
-def normalise(key, value, what, dtypes=None, output=False):
+def normalise(key, value, what, known=None, output=False):
     """``(keys, per_key_values)``: single key -> one entry; list key -> a list of equal length.
-    Each value entry is a list of arrays (one per local device). ``dtypes`` (key -> dtype name)
+    Each value entry is a list of arrays (one per local device). ``known`` (key -> KeyInfo)
     gives plain Python numbers the key's dtype; ``output``: the values are ``out`` arrays."""
     if isinstance(key, (list, tuple)):
         keys = [_check_key(k) for k in key]
@@ -101,12 +102,8 @@ def normalise(key, value, what, dtypes=None, output=False):
         keys, vals = [_check_key(key)], [value]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{what}: a key appears twice in {keys}")
-    dtypes = dtypes or {}
-    return keys, [_devices(k, v, what, _dtype_of(dtypes.get(k)), output) for k, v in zip(keys, vals)]
-
-
-def _dtype_of(info):
-    return None if info is None else np.dtype(info.dtype)
+    known = known or {}
+    return keys, [_devices(k, v, what, known, output) for k, v in zip(keys, vals)]
 
 
 # the ops whose arrays are outputs (written into, so they must be arrays)
