@@ -18,6 +18,7 @@ import time
 
 from psframe import config as envc
 from psframe.config import parse_blame
+from psframe.logs import count
 from psframe.transport.addresses import free_port
 
 from .backends.base import LaunchError, get_backend
@@ -250,8 +251,8 @@ def launch(config, out=None, err=None):
     try:
         for attempt in range(1, PORT_ATTEMPTS + 1):
             plan = make_plan(config, hosts, _scheduler_port(hosts[0].name), secrets.token_hex(8))
-            logger.info("launching %d workers, %d servers via %s; scheduler at %s",
-                        config.num_workers, len(plan.by_role("server")), name, plan.scheduler)
+            logger.info("launching %s, %s via %s; scheduler at %s", count(config.num_workers, "worker"),
+                        count(len(plan.by_role("server")), "server"), name, plan.scheduler)
             job = Job(plan, backend if attempt == 1 else get_backend(name, config), config, out, err)
             if pending:   # a signal that came before this job existed still stops it
                 job.request_stop(pending[0])

@@ -9,7 +9,8 @@ import socket
 
 from .errors import ConfigError
 
-# --- the contract of DESIGN.md -------------------------------------------------------------
+# --- the environment contract, every name in docs/operations.md "Environment variables" -------
+# the job and this process's place in it
 ROLE = "PSFRAME_ROLE"                    # scheduler | server | worker
 SCHEDULER = "PSFRAME_SCHEDULER"          # tcp://host:port of the scheduler
 NUM_WORKERS = "PSFRAME_NUM_WORKERS"
@@ -20,7 +21,7 @@ LOCAL_RANK = "PSFRAME_LOCAL_RANK"
 LOCAL_SIZE = "PSFRAME_LOCAL_SIZE"
 HOST = "PSFRAME_HOST"                    # this process's host name in the job
 JOB_ID = "PSFRAME_JOB_ID"                # one job's tag: whatever carries it dies with the job
-# --- psframe's own additions (documented in the README) -----------------------------------
+# tuning, timeouts and tools
 SERVER_RANK = "PSFRAME_SERVER_RANK"      # server index, 0..num_servers-1 (launch order)
 BIND_HOST = "PSFRAME_BIND_HOST"          # interface servers bind to (default: PSFRAME_HOST)
 START_TIMEOUT = "PSFRAME_START_TIMEOUT"  # seconds for every declared process to register

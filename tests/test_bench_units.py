@@ -118,3 +118,35 @@ def test_multihost_crossing_counts_only_bytes_between_hosts():
     # host 0 (ranks 0, 1): out = its pushes to server 1 + server 0's answers to ranks 2, 3
     assert multihost.crossing([zero, zero], after, [0, 0, 1, 1], [0, 1]) == (300 + 120, 3000 + 12)
     assert multihost.crossing([zero, zero], after, [0, 0, 1, 1], [0, 1], host=1) == (3000 + 12, 300 + 120)
+
+
+def test_help_shows_every_default():
+    from psframe.bench.cli import build_parser
+    text = " ".join(build_parser().format_help().split())
+    assert "compare them with baselines measured in the same run (raw pyzmq round trip," in text
+    assert "the default cases take about 2-3 minutes" in text
+    for default in ("(default: 4KiB,64KiB,1MiB,16MiB,100MiB)", "(default: 16MiB,100MiB)",
+                    "(default: 1000)", "(default: 10)", "(default: resnet50)", "(default: ipc)"):
+        assert default in text, (default, text)
+
+
+def test_an_estimate_comes_first_for_the_default_cases(monkeypatch, capsys):
+    """The default run takes minutes: it says how long before measuring (stopped here at once)."""
+    from psframe.bench import cli
+
+    def measure(ns):
+        raise RuntimeError("stopped by the test")
+    monkeypatch.setattr(cli, "measure", measure)
+    assert cli.main([]) == 1
+    assert "about 2-3 minutes" in capsys.readouterr().err
+    assert cli.main(["--sizes", "4KiB"]) == 1           # a custom set: no promise about its time
+    assert "minutes" not in capsys.readouterr().err
+
+
+def test_make_bench_writes_the_plot():
+    """``make bench`` passes --plot (and --json), so it leaves the plot the docs show."""
+    import pathlib
+    import re
+    makefile = (pathlib.Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    recipe = re.search(r"^bench:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert re.search(r"psframe-bench .*--plot \S+\.png", recipe), recipe

@@ -5,8 +5,9 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("psframe", "launcher", "examples") for p in (ROOT / d).rglob("*.py")]
 
-# lower layers never import higher ones (STYLE.md "Import direction"); every top-level module or
-# package of psframe/ must be here (except __init__, the public API, which may import anything)
+# lower layers never import higher ones (each layer can be read and tested without those above);
+# every top-level module or package of psframe/ must be here (except __init__, the public API,
+# which may import anything)
 LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "protocol": 2,
          "transport": 3, "sharding": 4, "optim": 4, "aggregation": 4, "server": 5, "scheduler": 5,
          "kvstore": 6,

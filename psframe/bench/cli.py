@@ -22,11 +22,17 @@ logger = logging.getLogger("psframe.bench")
 
 OPS = ("push", "pull", "pushpull")
 CHUNK = 1 << 20       # frame size of the chunked raw pyzmq baselines (the faster size there)
+ESTIMATE = ("the default cases take about 2-3 minutes on an idle 2-core machine, longer when "
+            "other jobs share it (fewer --sizes, --keys 0 or --model none take less); the table "
+            "comes at the end")
+DEFAULT_CASES = ("sizes", "allreduce_sizes", "keys", "model", "rounds", "kinds")
 OPTIMIZERS = {"none": None, "sgd": lambda: optim.SGD(lr=0.01, momentum=0.9), "adam": lambda: optim.Adam(lr=1e-3)}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="psframe-bench", description=__doc__.split("\n")[0])
+    first_sentence = " ".join(__doc__.split(". ")[0].split()) + "."
+    p = argparse.ArgumentParser(prog="psframe-bench", description=first_sentence, epilog=f"Time: {ESTIMATE}.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", default="4KiB,64KiB,1MiB,16MiB,100MiB",
                    help="key sizes of the 1-server job (comma list; KiB/MiB suffixes)")
     p.add_argument("--allreduce-sizes", default="16MiB,100MiB",
@@ -167,7 +173,7 @@ def _pp(rep, job, kind, label):
 
 
 def targets(rep, job1, kind):
-    """The issue's targets as ratios of figures of this run."""
+    """The targets (docs/performance.md) as ratios of figures of this run."""
     out = []
     for n in (2 ** 20, 16 * 2 ** 20, 100 * 2 ** 20):
         row = _row(rep, job1, kind, f"size-{n}")
@@ -215,6 +221,9 @@ def main(argv=None):
         return multihost.main(ns)
     ns.num_workers = 2 if ns.num_workers is None else ns.num_workers
     ns.num_servers = 2 if ns.num_servers is None else ns.num_servers
+    default = build_parser().parse_args([])
+    if all(getattr(ns, a) == getattr(default, a) for a in DEFAULT_CASES):
+        print(f"psframe-bench: {ESTIMATE}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     try:
         rep = measure(ns)

@@ -7,6 +7,7 @@ Every method takes the event (and the time, passed in) and returns a list of ``S
 import dataclasses
 
 from ..config import ROLES
+from ..logs import count
 from ..sharding import PlacementState
 
 REGISTERING = [r for r in ROLES.values() if r.registers]
@@ -111,7 +112,7 @@ class MembershipState:
         if self.failure or self.finished:
             return []
         if not self.ready and now - self.started_at > self.start_timeout:
-            absent = " and ".join(f"{len(ranks)} of {self.counts[role]} {role}s (ranks {ranks})"
+            absent = " and ".join(f"{len(ranks)} of {count(self.counts[role], role)} (ranks {ranks})"
                                   for role, ranks in self.missing().items())
             return self.abort(
                 f"start-up timed out after {self.start_timeout:g}s: {absent} never registered; "

@@ -6,6 +6,7 @@ import time
 
 from ..config import EXIT_ABORTED_BY_PEER, blame_line
 from ..errors import ProtocolError
+from ..logs import count
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
 from ..transport.requests import RequestLoop
@@ -28,8 +29,8 @@ class SchedulerService(RequestLoop):
                                      config.start_timeout, config.heartbeat_timeout, time.monotonic())
 
     def run(self):
-        logger.info("scheduler at %s waiting for %d workers and %d servers", self.config.scheduler,
-                    self.config.num_workers, self.config.num_servers)
+        logger.info("scheduler at %s waiting for %s and %s", self.config.scheduler,
+                    count(self.config.num_workers, "worker"), count(self.config.num_servers, "server"))
         try:
             while True:
                 for _ in sockets.poll([self.sock], 0.1):
