@@ -13,10 +13,11 @@ import numpy as np
 
 from .. import timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import OptimizerError, ProtocolError, RefusedError, as_reply
+from ..errors import OptimizerError, ProtocolError
 from ..protocol import Command, codec
-from ..transport import addresses, auth, peers, sockets
-from ..transport.outbox import Outbox
+from ..transport import addresses, peers, sockets
+from ..transport.link import SchedulerLink
+from ..transport.requests import RequestLoop
 from .budget import MemoryBudget
 from .shard import ShardState
 
@@ -48,7 +49,9 @@ def import_user_modules(paths):
         logger.info("imported user module %s", path)
 
 
-class ServerService:
+class ServerService(RequestLoop):
+    who = "server"
+
     def __init__(self, config, ctx=None):
         self.config = config
         # two I/O threads: workers' connections are spread over them, so the bytes of two
@@ -57,16 +60,12 @@ class ServerService:
         self.guard = sockets.SendGuard(timeout=config.timeout)
         self.shard = ShardState(config.num_workers, guard=self.guard, owns_pushes=True)
         host = config.bind_host or config.host
-        self.security = auth.for_config(config)
-        self.sock, port = sockets.router_bind_random(self.ctx, peers.bind_ip(host), self.security)
-        self.handshakes = auth.HandshakeWatch(self.sock)
+        _, port = self.bind_router(config, lambda security: sockets.router_bind_random(
+            self.ctx, peers.bind_ip(host), security))
         self.address = addresses.tcp(config.host, port)
         self.local_address = self._bind_local() if config.ipc else ""
         self.name = f"server:{config.server_rank}"
         self.budget = MemoryBudget(config.server_memory_bytes, self.name)
-        self.identities = {}         # peer (routing id) -> who it authenticated as
-        self.outbox = Outbox(self.sock, config.send_timeout, self._peer_name)
-        self.refused = 0             # messages refused: wrong claimed sender or role
         self.pending = {}
         self.timeline = timeline.for_process(config, "server", config.server_rank)
         self._merge_start = {}       # (key, part, step) -> first push's arrival (timeline only)
@@ -83,9 +82,7 @@ class ServerService:
             return self._loop(sched)
         finally:
             sched.close(0)
-            self.handshakes.close()
-            self.sock.close(sockets.LINGER_MS)
-            self.security.close()
+            self.close_router(sockets.LINGER_MS)
             if self.local_address:
                 addresses.remove_local(self.local_address)
             if self.timeline is not None:
@@ -107,75 +104,41 @@ class ServerService:
         return address
 
     def _loop(self, sched):
-        cfg = self.config
-        last_answer = next_beat = next_prune = time.monotonic()
+        link = SchedulerLink(self.ctx, self.config, self.name, sock=sched)
+        next_prune = time.monotonic()
         poller = sockets.Poller([self.sock, sched])
-        while True:
+        while not link.ended:
             now = time.monotonic()
-            if now >= next_beat:
-                try:      # never wait in this loop: a scheduler that stops reading shows as silence
-                    sockets.send_frames(sched, codec.encode(Command.HEARTBEAT, 0, self.name), block=False)
-                except sockets.WouldBlock:
-                    pass
-                next_beat = now + cfg.heartbeat_interval
+            link.beat(now)
             if now >= next_prune:      # forget sent replies, so their buffers can be freed
                 self.guard.prune()
-                self.outbox.flush(now)
-                self.handshakes.poll()
+                self.housekeeping(now)
                 next_prune = now + PRUNE_INTERVAL
-            ready = poller.poll(min(cfg.heartbeat_interval, 0.2))
+            ready = poller.poll(link.poll_interval)
             if self.sock in ready:
-                self._drain()
+                self.drain(limit=1000)   # bounded, so heartbeats still go out under a flood
             if sched in ready:
-                msg = codec.decode(sockets.recv_frames(sched))
-                last_answer = time.monotonic()
-                if msg.cmd is Command.SHUTDOWN:
-                    logger.info("shutdown: %s", self.shard.stats()["pushes"])
-                    return 0
-                if msg.cmd is Command.ABORT:
-                    logger.error("job aborted by the scheduler: %s", msg.body.get("reason"))
-                    return EXIT_ABORTED_BY_PEER
-            elif time.monotonic() - last_answer > cfg.heartbeat_timeout:
-                logger.error("lost the scheduler at %s: no answer for %gs", cfg.scheduler,
-                             cfg.heartbeat_timeout)
-                return EXIT_ABORTED_BY_PEER
+                link.receive()
+            else:
+                link.check_silence(time.monotonic())
+        if link.shutdown:
+            logger.info("shutdown: pushes received per worker rank: %s", self.shard.stats()["pushes"])
+            return 0
+        logger.error("%s", link.reason)
+        return EXIT_ABORTED_BY_PEER
 
-    def _drain(self):
-        # Bounded so heartbeats still go out under a flood of requests.
-        for _ in range(1000):
-            if not sockets.readable(self.sock):
-                return
-            frames = sockets.recv_frames(self.sock)
-            peer = frames[0].bytes
-            if peer in self.outbox.cut:
-                continue
-            msg_id = 0
-            try:
-                msg = codec.decode(frames[1:])
-                msg_id = msg.id
-                if self.timeline is not None:
-                    self._arrived = timeline.now_us()
-                self.handle(peer, msg, self.security.sender(frames[0]))
-            except Exception as exc:   # a bad request must never take the server down
-                exc = as_reply(exc, "server")
-                if isinstance(exc, RefusedError):
-                    self.refused += 1
-                logger.warning("error reply to a request: %s", exc)
-                self.pending.pop((peer, msg_id), None)
-                self._reply_error(peer, msg_id, exc)
+    # -- the receive-and-reply loop's hooks and the handlers --------------------------------
+    def received(self, msg):
+        if self.timeline is not None:
+            self._arrived = timeline.now_us()
 
-    # -- dispatch -----------------------------------------------------------------------
-    def handle(self, peer, msg, identity=None):
-        codec.check_sender(msg, identity)
-        self.identities[peer] = msg.sender
-        handler = getattr(self, f"handle_{msg.cmd.value}", None)
-        if handler is None:
-            raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
+    def failed(self, peer, msg_id, exc):
+        self.pending.pop((peer, msg_id), None)   # its other parts' answers are dropped
+        super().failed(peer, msg_id, exc)
+
+    def handle(self, peer, msg):
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
-        handler(peer, msg, rank)
-
-    def _peer_name(self, peer):
-        return f"{self.identities.get(peer, 'an unknown peer')} (connection {peer.hex()})"
+        self.handler(msg)(peer, msg, rank)
 
     def handle_init(self, peer, msg, rank):
         descs = list(msg.arrays) + codec.decode_meta(msg.body)
@@ -233,13 +196,12 @@ class ServerService:
         self.budget.set_optimizer(optimizer)
         self.shard.set_optimizer(optimizer)
         logger.info("optimizer set: %s", msg.body["optimizer"]["name"])
-        self._send(peer, codec.encode(Command.OK, msg.id, self.name))
+        self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
 
     def handle_stats(self, peer, msg, rank):
-        body = dict(self.shard.stats(), **process_usage(), refused_messages=self.refused,
-                    refused_connections=self.handshakes.poll(), cut_off_peers=self.outbox.cut_count,
+        body = dict(self.shard.stats(), **process_usage(), **self.security_counters(),
                     budget_bytes=self.budget.limit)
-        self._send(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
+        self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
 
     # -- replies ------------------------------------------------------------------------
     def _expect(self, peer, msg, n):
@@ -247,7 +209,7 @@ class ServerService:
         if token in self.pending:
             raise ProtocolError(f"request id {msg.id} is already in flight from this peer")
         if n == 0:
-            self._send(peer, codec.encode(Command.OK, msg.id, self.name))
+            self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
             return token
         self.pending[token] = _Pending(msg.cmd, n)
         return token
@@ -267,7 +229,7 @@ class ServerService:
                 del self.pending[r.token]
                 peer, msg_id = r.token
                 if p.error is not None:
-                    self._reply_error(peer, msg_id, p.error)
+                    self.failed(peer, msg_id, p.error)
                 else:
                     self._reply_arrays(peer, msg_id, p.arrays)
 
@@ -284,19 +246,10 @@ class ServerService:
             else:
                 bufs.append(a.reshape(-1).view(np.uint8))
                 tracked.append(a)
-        tracker = self._send(peer, codec.encode(Command.OK, msg_id, self.name, descs, bufs), track=bool(tracked))
+        frames = codec.encode(Command.OK, msg_id, self.name, descs, bufs)
+        tracker = self.send_raw(peer, frames, track=bool(tracked))
         for a in tracked:
             self.guard.add(a, tracker)
-
-    def _reply_error(self, peer, msg_id, exc):
-        self._send(peer, codec.encode_error(msg_id, self.name, exc))
-
-    def _send(self, peer, frames, track=False):
-        try:
-            return self.outbox.send(peer, frames, track=track)
-        except Exception as exc:  # the worker went away; liveness reports it
-            logger.warning("could not reply to a worker: %s", exc)
-            return None
 
 
 def process_usage():
