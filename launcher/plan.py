@@ -34,7 +34,7 @@ class ProcessSpec:
     @property
     def identity(self):
         """``worker:3`` / ``server:0`` / ``scheduler``: who this process is on the wire."""
-        return self.role if self.role == "scheduler" else f"{self.role}:{self.index}"
+        return f"{self.role}:{self.index}" if envc.ROLES[self.role].rank_env else self.role
 
     @property
     def label(self):

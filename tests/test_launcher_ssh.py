@@ -186,7 +186,7 @@ def test_rogue_client_across_hosts_with_curve(netns_hosts, tmp_path):
                                credentials.generate("curve", credentials.identities(6, 3))["worker:1"])
 
         def rogue(creds, claim):
-            out = subprocess.run(["ip", "netns", "exec", netns_hosts["names"][0], sys.executable,
+            out = subprocess.run([*netns_hosts.exec_prefix(0), sys.executable,
                                   os.path.join(here, "rogue_client.py"), str(tmp_path / "info.json"),
                                   creds, claim], capture_output=True, text=True, timeout=60,
                                  cwd=here)
