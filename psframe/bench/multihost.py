@@ -128,7 +128,9 @@ def measure(ns, hosts, sizes, num_workers, num_servers, rate):
     the gloo allreduce of all sizes. Returns the report dict."""
     workers = worker_hosts(num_workers, len(hosts.names))
     servers = server_hosts(num_servers, len(hosts.names))
-    launch = ["--launcher", "ssh", "-H", hosts.hostfile, *hosts.launch_args]
+    # token, not the multi-host default CURVE: gloo does not encrypt either, so both move the
+    # same plain bytes (docs/operations.md#security gives CURVE's cost)
+    launch = ["--launcher", "ssh", "-H", hosts.hostfile, *hosts.launch_args, "--security", "token"]
     rows = []
     for nbytes in sizes:
         case = size_case(nbytes, ["pushpull"])
