@@ -40,10 +40,6 @@ class Security:
         self._handlers = {}
 
     @property
-    def enabled(self):
-        return self.creds is not None
-
-    @property
     def identity(self):
         return self.creds.identity if self.creds is not None else None
 
@@ -99,8 +95,6 @@ class ZapHandler(threading.Thread):
     def __init__(self, ctx, creds):
         super().__init__(name="psframe-zap", daemon=True)
         self.creds = creds
-        self.accepted = 0
-        self.refused = 0
         self._logged = set()
         self._stop_evt = threading.Event()
         self._sock = ctx.socket(zmq.REP)
@@ -128,14 +122,12 @@ class ZapHandler(threading.Thread):
         version, request_id, _domain, address, _routing, mechanism = request[:6]
         user, why = self.check(mechanism, request[6:])
         if user is None:
-            self.refused += 1
             where = address.decode(errors="replace")
             if (where, why) not in self._logged and len(self._logged) < 1000:
                 self._logged.add((where, why))
                 logger.warning("refused a connection from %s: %s", where or "a local socket", why)
             reply = [version, request_id, b"400", why.encode(), b"", b""]
         else:
-            self.accepted += 1
             reply = [version, request_id, b"200", b"OK", user.encode(), b""]
         self._sock.send_multipart(reply)
 

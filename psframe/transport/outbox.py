@@ -15,7 +15,6 @@ from . import sockets
 logger = logging.getLogger(__name__)
 
 MAX_HELD = 256          # replies held for one peer before it is cut off regardless of time
-SEND_HWM = 1000         # zmq's queue per peer, in messages (its default, made explicit)
 
 
 class _Held:
