@@ -25,7 +25,7 @@ CHUNK = 1 << 20       # frame size of the chunked raw pyzmq baselines (the faste
 ESTIMATE = ("the default cases take about 2-3 minutes on an idle 2-core machine, longer when "
             "other jobs share it (fewer --sizes, --keys 0 or --model none take less); the table "
             "comes at the end")
-DEFAULT_CASES = ("sizes", "allreduce_sizes", "keys", "model", "rounds", "kinds")
+DEFAULT_CASES = ("sizes", "allreduce_sizes", "keys", "model", "rounds", "kinds", "security")
 OPTIMIZERS = {"none": None, "sgd": lambda: optim.SGD(lr=0.01, momentum=0.9), "adam": lambda: optim.Adam(lr=1e-3)}
 
 
