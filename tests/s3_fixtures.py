@@ -1,6 +1,7 @@
 """A real AWS endpoint for tests: ``moto_server`` in a subprocess on 127.0.0.1 (or, with ``prefix``,
 inside a test network namespace), with moto's request recorder so tests can see which client
 (User-Agent) fetched which object, or which API calls were made."""
+import base64
 import json
 import os
 import subprocess
@@ -102,8 +103,11 @@ class MotoServer:
             return out
         with open(self.recording) as f:
             for line in f:
-                body = json.loads(line).get("body") or ""
-                fields = dict(urllib.parse.parse_qsl(body if isinstance(body, str) else ""))
+                entry = json.loads(line)
+                body = entry.get("body") or ""
+                if entry.get("body_encoded"):
+                    body = base64.b64decode(body).decode(errors="replace")
+                fields = dict(urllib.parse.parse_qsl(body))
                 if "Action" in fields:
                     out.append(fields)
         return out

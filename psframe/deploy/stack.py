@@ -173,7 +173,11 @@ def down(ns, out=print):
     except Exception as exc:
         if error_code(exc) != "ParameterNotFound":
             raise DeployError(f"cannot delete {name}: {describe(exc)}; delete it by hand") from None
-    cfn.delete_stack(StackName=ns.stack)
+    try:
+        cfn.delete_stack(StackName=ns.stack)
+    except Exception as exc:
+        raise DeployError(f"CloudFormation could not delete stack {ns.stack}: {describe(exc)}; "
+                          f"see psframe-deploy status --stack {ns.stack}") from None
     out(f"deleting stack {ns.stack}")
     wait(cfn, ns.stack, {"DELETE_COMPLETE"}, ns.timeout, ns.poll, out, gone_ok=True)
     left = nodelib.fetch(client(sess, "ec2"), ns.stack, states=("pending", "running", "stopping",
