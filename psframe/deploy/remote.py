@@ -74,6 +74,7 @@ def launch(ns):
     argv = [sys.executable, "-m", "psframe_launcher", "-H", state["hostfile"],
             "--ssh-identity", state["identity"],
             "--ssh-option", "StrictHostKeyChecking=accept-new",
-            "--ssh-option", f"UserKnownHostsFile={state['known_hosts']}", *args]
+            "--ssh-option", f"UserKnownHostsFile={state['known_hosts']}",
+            "--ssh-option", "LogLevel=ERROR", *args]
     sys.stdout.flush()
     os.execv(sys.executable, argv)
