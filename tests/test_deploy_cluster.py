@@ -124,9 +124,9 @@ def test_bootstrap_without_metadata_asks_for_the_instance_id(cluster):
     assert "pass --instance-id or set PSFRAME_INSTANCE_ID" in result.stderr
 
 
-def _run(cluster, *launch_args, timeout=240):
+def _run(cluster, *launch_args, timeout=240, sync=()):
     head = cluster["nodes"][0]
-    return deploy(["run", "--stack", cluster["stack"], "--private", "--user", "root",
+    return deploy(["run", "--stack", cluster["stack"], "--private", "--user", "root", *sync,
                    "-i", cluster["user_key"], "--ssh-port", str(SSH_PORT), *SSH_CLIENT,
                    "--state-dir", head["state_dir"], "--remote-command", DEPLOY, "--",
                    "--ssh-port", str(SSH_PORT), *launch_args],
@@ -136,13 +136,19 @@ def _run(cluster, *launch_args, timeout=240):
 
 def test_run_trains_the_mlp_across_the_nodes_to_the_serial_accuracy(cluster, digits, serial,
                                                                      tmp_path):
-    out_dir = str(tmp_path)
+    """The examples directory goes to every node with --sync (the namespaces share one file
+    system, so this shows the copies run, not that they land on separate disks)."""
+    out_dir, job = str(tmp_path / "out"), str(tmp_path / "job")
     with ArgvWatcher("PRIVATE KEY") as watch:
-        result = _run(cluster, "-n", "4", "-s", "3", os.path.join(EXAMPLES, "train_mlp.py"),
+        result = _run(cluster, "-n", "4", "-s", "3", os.path.join(job, "train_mlp.py"),
                       "--data", digits, "--out", out_dir, "--epochs", str(EPOCHS),
-                      "--batch-size", str(GLOBAL_BATCH // 4))
+                      "--batch-size", str(GLOBAL_BATCH // 4), sync=("--sync", f"{EXAMPLES}:{job}"))
     out = result.stdout
     assert result.returncode == 0, out[-4000:]
+    assert f"copied {EXAMPLES} to the head's {job}" in out
+    assert f"psframe-deploy launch: copied {job} to every node" in out
+    with open(os.path.join(job, "train_mlp.py")) as a, open(os.path.join(EXAMPLES, "train_mlp.py")) as b:
+        assert a.read() == b.read()
     assert watch.seen == [] and not secrets_in(out)
     # rank 0's own lines (not its ssh connection's stderr)
     metrics = check_outputs(out_dir, [l for l in rank0_lines(out, True) if not l.startswith("(ssh)")])

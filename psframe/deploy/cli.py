@@ -70,6 +70,9 @@ def build_parser():
                    help="ssh to the head's private address (from inside the VPC)")
     r.add_argument("--head", help="ssh to this address instead of looking the head up")
     r.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="bootstrap's directory on the head")
+    r.add_argument("--sync", metavar="LOCAL_DIR[:REMOTE_DIR]",
+                   help="copy a directory (your scripts) to every node first (default REMOTE_DIR: "
+                        "psframe-job in the login user's home, the job's working directory)")
     r.add_argument("--remote-command", default="psframe-deploy",
                    help="psframe-deploy on the head (default: from its PATH)")
     r.add_argument("launch_args", nargs=argparse.REMAINDER, help="-- psframe-launch arguments")
@@ -77,6 +80,7 @@ def build_parser():
     la = sub.add_parser("launch", help="on the head: psframe-launch with the cluster's hostfile "
                                        "and key (what run calls)")
     la.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    la.add_argument("--sync-dir", help="copy this directory of the head to every other node")
     la.add_argument("launch_args", nargs=argparse.REMAINDER, help="-- psframe-launch arguments")
 
     b = sub.add_parser("bootstrap", help="on a node at boot: discover the nodes, write the "
