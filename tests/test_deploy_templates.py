@@ -133,3 +133,24 @@ def test_no_private_key_or_credential_in_deploy_files():
     assert secrets_in("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n")   # the scan can fail
     assert secrets_in("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
     assert secrets_in("AKIAIOSFODNN7EXAMPLE")
+
+
+def test_readme_commands_parse_with_the_cli():
+    """Every psframe-deploy command line in deploy/README.md is one the CLI accepts."""
+    import shlex
+
+    from psframe.deploy.cli import build_parser
+    with open(os.path.join(DEPLOY_DIR, "README.md")) as f:
+        text = f.read()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = []
+    for block in blocks:
+        for cmd in block.replace("\\\n", " ").splitlines():
+            if cmd.startswith("psframe-deploy "):
+                commands.append(re.sub(r"\"\$\(.*?\)/32\"", "203.0.113.7/32", cmd))
+    assert len(commands) >= 6, commands
+    verbs = set()
+    for cmd in commands:
+        ns = build_parser().parse_args(shlex.split(cmd)[1:])
+        verbs.add(ns.command)
+    assert {"up", "run", "down", "bake"} <= verbs

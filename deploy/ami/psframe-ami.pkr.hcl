@@ -18,7 +18,7 @@ variable "instance_type" {
 
 variable "psframe_source" {
   type        = string
-  default     = "psframe[deploy,s3,torch]==0.1.0"
+  default     = "psframe[deploy,s3,examples,torch]==0.1.0"
   description = "pip requirement of psframe to install: a pinned version or a git+https URL with a ref."
 }
 
