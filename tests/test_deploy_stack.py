@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 
-from conftest import require
+from conftest import optional_import, require
 from deploy_fixtures import (aws_env, deploy, moto_template, secrets_in, shell_checks)
 from s3_fixtures import KEY, MOTO, REGION, SECRET, MotoServer
 
-boto3 = pytest.importorskip("boto3") if not os.environ.get("CI") else __import__("boto3")
+boto3 = optional_import("boto3")
 
 BUCKET = "psframe-data"
 CIDR = "203.0.113.7/32"
@@ -27,6 +27,7 @@ WORKERS, SERVERS, SLOTS = 3, 2, 2
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory):
     require(os.path.exists(MOTO), "moto_server (pip install 'moto[server]')")
+    require(boto3 is not None, "python package boto3 (pip install 'psframe[deploy]')")
     server = MotoServer(str(tmp_path_factory.mktemp("moto")))
     try:
         yield server

@@ -5,8 +5,6 @@ import os
 import re
 import subprocess
 
-import pytest
-
 from conftest import require, require_exe
 from deploy_fixtures import (AMI_TEMPLATE, DEPLOY, DEPLOY_DIR, ROOT, TEMPLATE, VENV_BIN, deploy,
                              secrets_in, shell_checks, userdata_of_template)

@@ -47,5 +47,8 @@ def describe(exc):
     """One line for an AWS error: code and message (never request parameters)."""
     err = getattr(exc, "response", {}).get("Error", {})
     if err:
-        return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"
+        text = f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
