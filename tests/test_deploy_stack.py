@@ -327,6 +327,24 @@ def test_up_refuses_an_existing_stack_and_half_a_network(moto, stack):
     assert half.returncode == 2 and "--vpc and --subnet go together" in half.stdout
 
 
+def test_aws_profile_gives_region_and_credentials(moto, stack, tmp_path):
+    """AWS_PROFILE alone (no AWS_REGION, no key variables) reaches the stack; a missing profile
+    is named in the error."""
+    (tmp_path / "config").write_text(f"[profile psf-test]\nregion = {REGION}\n")
+    (tmp_path / "credentials").write_text(
+        f"[psf-test]\naws_access_key_id = {KEY}\naws_secret_access_key = {SECRET}\n")
+    env = {k: v for k, v in stack["env"].items() if k not in
+           ("AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env.update(AWS_PROFILE="psf-test", AWS_CONFIG_FILE=str(tmp_path / "config"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"))
+    ok = deploy(["status", "--stack", stack["name"]], env=env)
+    assert ok.returncode == 0 and f"stack {stack['name']}: CREATE_COMPLETE" in ok.stdout, ok.stdout
+    assert not secrets_in(ok.stdout)
+    missing = deploy(["status", "--stack", stack["name"]], env=dict(env, AWS_PROFILE="psf-nope"))
+    assert missing.returncode == 2
+    assert "The config profile (psf-nope) could not be found; set AWS_PROFILE" in missing.stdout
+
+
 def test_status_then_down_deletes_everything(moto, stack):
     name = stack["name"]
     status = deploy(["status", "--stack", name], env=stack["env"])

@@ -22,9 +22,10 @@ def session(region=None):
     try:
         # boto3 reads AWS_DEFAULT_REGION and the profile's region, not AWS_REGION
         s = boto3.session.Session(region_name=region or os.environ.get("AWS_REGION") or None)
+        region_name = s.region_name
     except botocore.exceptions.ProfileNotFound as exc:
         raise DeployError(f"{exc}; set AWS_PROFILE to a profile in ~/.aws/config") from None
-    if not s.region_name:
+    if not region_name:
         raise DeployError("no AWS region: pass --region, or set AWS_REGION or a region in your "
                           "AWS profile")
     return s
