@@ -168,9 +168,11 @@ def write_state(state_dir, stack, order, slots, key):
 
 
 def _signal(cfn, stack, me, instance_id, status, log):
-    resource = nodelib.SIGNAL_RESOURCE[me.kind] if me else None
+    """Signal the stack resource ``me`` belongs to (its creation policy counts the signals)."""
+    resource = nodelib.SIGNAL_RESOURCE.get(me.kind)
     if resource is None:
-        return
+        raise DeployError(f"instance {instance_id} has no {nodelib.ROLE_TAG} tag of worker or server; "
+                          f"it is not a node this stack's template made")
     try:
         cfn.signal_resource(StackName=stack, LogicalResourceId=resource, UniqueId=instance_id,
                             Status=status)
@@ -191,10 +193,11 @@ def bootstrap(ns, log=lambda m: print(f"psframe-deploy bootstrap: {m}", flush=Tr
     try:
         me = own_node(ec2, ns.stack, instance_id)
         order = wait_for_nodes(ec2, ns.stack, ns.workers, ns.servers, ns.timeout, ns.poll, log)
-        me = next((n for n in order if n.instance_id == instance_id), None)
-        if me is None:
+        placed = next((n for n in order if n.instance_id == instance_id), None)
+        if placed is None:
             raise DeployError(f"instance {instance_id} is not one of stack {ns.stack!r}'s nodes "
                               f"({', '.join(n.instance_id for n in order)}); check --instance-id")
+        me = placed
         if not me.head:
             ec2.create_tags(Resources=[instance_id],
                             Tags=[{"Key": nodelib.INDEX_TAG, "Value": str(me.index)}])
