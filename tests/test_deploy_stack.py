@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -225,8 +226,7 @@ def test_rendered_userdata_is_short_clean_and_calls_bootstrap(moto, stack, tmp_p
 
 def _bootstrap(stack, inst, node_dir, *extra):
     return subprocess.Popen(
-        ["timeout", "-s", "KILL", "60", os.path.join(os.path.dirname(__import__("sys").executable),
-                                                     "psframe-deploy"),
+        ["timeout", "-s", "KILL", "60", os.path.join(os.path.dirname(sys.executable), "psframe-deploy"),
          "bootstrap", "--stack", stack["name"], "--workers", str(WORKERS), "--servers", str(SERVERS),
          "--slots", str(SLOTS), "--instance-id", inst["InstanceId"], "--ssh-user", "",
          "--ssh-dir", str(node_dir / "ssh"), "--state-dir", str(node_dir / "state"),
@@ -293,6 +293,39 @@ def test_bootstrap_of_a_foreign_instance_is_refused(moto, stack, tmp_path):
         ec2.terminate_instances(InstanceIds=[stray["InstanceId"]])
     assert p.returncode == 2
     assert (f"instance {stray['InstanceId']} is not a node of stack {stack['name']!r}") in out, out
+
+
+def test_bootstrap_that_cannot_see_every_node_signals_failure_with_the_cause(moto, stack, tmp_path):
+    """Told to expect 9 worker nodes, the head gives up after --timeout, says what the EC2 API
+    showed, and sends a FAILURE signal for its resource (recorded: moto does not implement it)."""
+    head = next(i for i in _instances(moto, stack["name"]) if _tags(i).get("psframe:head") == "true")
+    cmd = ["timeout", "-s", "KILL", "60", os.path.join(os.path.dirname(sys.executable), "psframe-deploy"),
+           "bootstrap", "--stack", stack["name"], "--workers", "9", "--servers", str(SERVERS),
+           "--instance-id", head["InstanceId"], "--ssh-user", "", "--ssh-dir", str(tmp_path / "ssh"),
+           "--state-dir", str(tmp_path / "state"), "--poll", "0.2", "--timeout", "1"]
+    moto.start_recording()
+    result = subprocess.run(cmd, env=stack["env"], capture_output=True, text=True, timeout=90)
+    moto.stop_recording()
+    assert result.returncode == 2
+    assert (f"bootstrap failed: after 1s the EC2 API shows {WORKERS}/9 worker nodes, "
+            f"{SERVERS}/{SERVERS} server nodes, 1 head(s) of stack {stack['name']!r}") in result.stderr
+    signals = [c for c in moto.calls() if c["Action"] == "SignalResource"]
+    assert [(c["LogicalResourceId"], c["UniqueId"], c["Status"]) for c in signals] == [
+        ("Head", head["InstanceId"], "FAILURE")]
+    assert not (tmp_path / "state").exists()
+
+
+def test_launch_and_run_name_what_is_missing(tmp_path):
+    launch = deploy(["launch", "--state-dir", str(tmp_path / "none"), "--", "-n", "1", "x.py"],
+                    env=dict(os.environ))
+    assert launch.returncode == 2
+    assert f"cannot read {tmp_path / 'none' / 'cluster.json'}" in launch.stdout
+    assert "is this the head node of a cluster" in launch.stdout
+    run = deploy(["run", "--stack", "s", "--head", "127.0.0.1", "--sync", str(tmp_path / "nodir"),
+                  "--", "-n", "1", "x.py"], env=dict(os.environ))
+    assert run.returncode == 2 and f"{str(tmp_path / 'nodir')!r} is not a directory" in run.stdout
+    empty = deploy(["run", "--stack", "s", "--head", "127.0.0.1"], env=dict(os.environ))
+    assert empty.returncode == 2 and "nothing to run" in empty.stdout
 
 
 def test_up_with_defaults_makes_a_new_vpc_and_only_the_head(moto, template):
