@@ -29,7 +29,10 @@ def head_address(sess, stack, private=False):
 
 
 def ssh_command(ns, address, remote_argv):
-    cmd = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={ns.connect_timeout:g}"]
+    """ssh to the head: never prompts, and gives up on a head that stops answering (2 minutes)
+    instead of waiting forever."""
+    cmd = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={ns.connect_timeout:g}",
+           "-o", "ServerAliveInterval=30", "-o", "ServerAliveCountMax=4"]
     if ns.identity:
         cmd += ["-i", ns.identity]
     if ns.ssh_port:
