@@ -9,6 +9,7 @@ import dataclasses
 from ..config import ROLES
 from ..logs import count
 from ..sharding import PlacementState
+from .stalls import StallWatch
 
 REGISTERING = [r for r in ROLES.values() if r.registers]
 
@@ -33,12 +34,14 @@ class _Node:
     control: bytes = b""          # the peer it registered from (a worker's request socket)
     last_seen: float = 0.0
     done: bool = False
+    calls: dict = None            # a worker's call record, from its last heartbeat
 
 
 class MembershipState:
     """Registration -> address book -> barriers/placements -> done/shutdown, with deadlines."""
 
-    def __init__(self, num_workers, num_servers, bigarray_bound, start_timeout, heartbeat_timeout, now):
+    def __init__(self, num_workers, num_servers, bigarray_bound, start_timeout, heartbeat_timeout, now,
+                 stall_timeout=30.0, stall_action="abort"):
         self.num_workers, self.num_servers = num_workers, num_servers
         sizes = {"num_workers": num_workers, "num_servers": num_servers}
         self.counts = {r.name: sizes[r.count] for r in REGISTERING}   # role -> how many
@@ -55,6 +58,8 @@ class MembershipState:
         self.failure = None               # reason the job was aborted
         self.failure_reported = False     # ... by the failing node itself (not detected here)
         self.blamed = None                # (role, rank): the node the failure is put on
+        self.stalls = StallWatch(stall_timeout, stall_action)
+        self.warnings = []                # stall reports to log (not failures)
 
     # -- registration -------------------------------------------------------------------
     def register(self, peer, msg_id, role, rank, host, address, now, local_address=""):
@@ -100,11 +105,13 @@ class MembershipState:
                 for role, n in self.counts.items()}
 
     # -- liveness -----------------------------------------------------------------------
-    def heartbeat(self, peer, name, now):
+    def heartbeat(self, peer, name, now, calls=None):
         node = self.nodes.get(name)
         if node is None:
             return []
         node.peer, node.last_seen = peer, now
+        if calls is not None:
+            node.calls = calls
         return [Send(peer, "heartbeat")]
 
     def tick(self, now):
@@ -126,7 +133,21 @@ class MembershipState:
                         f"{node.role} {node.rank}@{node.host} stopped responding: no heartbeat "
                         f"for {now - node.last_seen:.1f}s (PSFRAME_HEARTBEAT_TIMEOUT="
                         f"{self.heartbeat_timeout:g}); it died or hung")
+            return self._check_stalls()
         return []
+
+    def _check_stalls(self):
+        workers = [n for n in self.nodes.values() if n.role == "worker"]
+        records = {n.rank: n.calls or {} for n in workers if not n.done}
+        stall, abort = self.stalls.check(records, [n.rank for n in workers if n.done])
+        if stall is None:
+            return []
+        if not abort:
+            self.warnings.append(stall.report)
+            return []
+        if stall.blamed is not None:
+            self.blamed = ("worker", stall.blamed)
+        return self.abort(stall.report)
 
     def abort(self, reason):
         """Fail the job: everyone still attached is told why."""

@@ -20,8 +20,9 @@ class SchedulerLink:
     scheduler went silent for ``heartbeat_timeout``) ``reason`` says why and ``error_cls`` is
     the error a blocked call raises."""
 
-    def __init__(self, ctx, config, name, sock=None):
+    def __init__(self, ctx, config, name, sock=None, status=None):
         self.config, self.name = config, name
+        self.status = status     # () -> a msgpack-able dict each heartbeat carries, or None
         self.sock = sock if sock is not None else sockets.dealer(ctx, config.scheduler)
         self.poll_interval = min(config.heartbeat_interval, 0.2)
         self.shutdown = False
@@ -37,7 +38,8 @@ class SchedulerLink:
     def beat(self, now):
         """Send a heartbeat when one is due."""
         if now >= self._next_beat:
-            sockets.send_frames(self.sock, codec.encode(Command.HEARTBEAT, 0, self.name))
+            body = self.status() if self.status is not None else None
+            sockets.send_frames(self.sock, codec.encode(Command.HEARTBEAT, 0, self.name, body=body))
             self._next_beat = now + self.config.heartbeat_interval
 
     def receive(self):
@@ -84,9 +86,9 @@ class HeartbeatThread(threading.Thread):
     (it may be busy computing), the process exits with status 1 so no job hangs.
     """
 
-    def __init__(self, ctx, config, name, grace=5.0):
+    def __init__(self, ctx, config, name, grace=5.0, status=None):
         super().__init__(name="psframe-heartbeat", daemon=True)
-        self.ctx, self.config, self.node = ctx, config, name
+        self.ctx, self.config, self.node, self.status = ctx, config, name, status
         self.grace = grace
         self.link = None
         self._stop_evt = threading.Event()
@@ -103,7 +105,7 @@ class HeartbeatThread(threading.Thread):
         self._stop_evt.set()
 
     def run(self):
-        link = SchedulerLink(self.ctx, self.config, self.node)
+        link = SchedulerLink(self.ctx, self.config, self.node, status=self.status)
         self.link = link
         try:
             while not self._stop_evt.is_set() and not link.ended:

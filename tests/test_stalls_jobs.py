@@ -1,0 +1,54 @@
+"""A job that cannot progress says which rank and which call, within PSFRAME_STALL_TIMEOUT
+(+ a few seconds), and the launcher's ROOT CAUSE names that rank (real processes)."""
+import os
+import re
+import time
+
+import pytest
+
+from launcher_fixtures import BIN, Launch, assert_none_left, new_tag
+
+pytestmark = pytest.mark.integration
+
+STALL = 2.0
+SCRIPT = os.path.join(BIN, "stall_worker.py")
+
+
+def _run(case, *env):
+    job = Launch(["-n", "3", "-s", "2", "--env", f"PSFRAME_STALL_TIMEOUT={STALL}",
+                  "--env", "PSFRAME_HEARTBEAT_INTERVAL=0.2", *env, SCRIPT, "--case", case],
+                 new_tag(), timeout=90)
+    try:
+        job.wait_for_line(r"READY rank=2", 60)
+        ready = time.monotonic()
+        rc, _ = job.wait(60)
+        took = time.monotonic() - ready
+    finally:
+        job.stop()
+    assert_none_left(job.tag)
+    return rc, took, "\n".join(job.err_lines), job
+
+
+def test_rank_that_skips_an_init_is_named():
+    rc, took, report, job = _run("skip-init")
+    assert rc != 0, job.text()
+    assert took < STALL + 5, f"{took:.1f}s"
+    assert re.search(r"ROOT CAUSE: worker 2@127\.0\.0\.1 \(role worker, rank 2, .*ranks 0,1 "
+                     r"have waited \d+ s in pushpull\('w', 'big', step 1\); rank 2 is in "
+                     r"pushpull\('w', step 2\) and never called init\('big'\)", report), report
+
+
+def test_set_optimizer_on_one_rank_is_named():
+    rc, took, report, job = _run("optimizer-once")
+    assert rc != 0, job.text()
+    assert took < STALL + 5, f"{took:.1f}s"
+    assert re.search(r"ROOT CAUSE: worker 1@.*rank 0 has waited \d+ s in set_optimizer\(\); "
+                     r"rank 1 is in pushpull\('w', step 1\) and never called set_optimizer\(\)",
+                     report), report
+
+
+def test_worker_that_finished_early_is_named():
+    rc, took, report, job = _run("uneven")
+    assert rc != 0, job.text()
+    assert took < STALL + 5, f"{took:.1f}s"
+    assert re.search(r"ROOT CAUSE: worker 0@.*rank 0 has finished", report), report
