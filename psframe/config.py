@@ -102,7 +102,6 @@ DEFAULTS = {
     HEARTBEAT_INTERVAL: 1.0,
     HEARTBEAT_TIMEOUT: 10.0,
     STALL_TIMEOUT: 30.0,
-    STALL_ACTION: "abort",
     BIGARRAY_BOUND: 1_000_000,
     MAX_STEPS_AHEAD: 4,
     FUSE_KEY_BYTES: 64 << 10,
@@ -129,7 +128,7 @@ class Config:
     heartbeat_interval: float = DEFAULTS[HEARTBEAT_INTERVAL]
     heartbeat_timeout: float = DEFAULTS[HEARTBEAT_TIMEOUT]
     stall_timeout: float = DEFAULTS[STALL_TIMEOUT]
-    stall_action: str = DEFAULTS[STALL_ACTION]
+    stall_action: str = "abort"
     bigarray_bound: int = DEFAULTS[BIGARRAY_BOUND]
     max_steps_ahead: int = DEFAULTS[MAX_STEPS_AHEAD]
     fuse_key_bytes: int = DEFAULTS[FUSE_KEY_BYTES]
@@ -192,7 +191,7 @@ def from_env(env=None):
     host = env.get(HOST) or socket.gethostname()
     modules = tuple(m for m in env.get(USER_MODULES, "").split(os.pathsep) if m)
     log_level = env.get(LOG_LEVEL, "INFO").upper()
-    stall_action = env.get(STALL_ACTION, DEFAULTS[STALL_ACTION]) or DEFAULTS[STALL_ACTION]
+    stall_action = env.get(STALL_ACTION) or "abort"
     if stall_action not in ("abort", "warn"):
         raise ConfigError(f"{STALL_ACTION}={stall_action!r}: use abort (end the job with the "
                           f"stall report) or warn (log it and keep waiting)")
