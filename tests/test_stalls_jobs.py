@@ -4,6 +4,7 @@ import os
 import re
 import time
 
+import numpy as np
 import pytest
 
 from launcher_fixtures import BIN, Launch, assert_none_left, new_tag
@@ -47,8 +48,22 @@ def test_set_optimizer_on_one_rank_is_named():
                      report), report
 
 
-def test_worker_that_finished_early_is_named():
-    rc, took, report, job = _run("uneven")
+def test_worker_that_finished_early_fails_the_next_step_at_once():
+    # no stall timeout needed: the servers hear that rank 0 left and fail step 6 right away
+    rc, took, report, job = _run("uneven", "--env", "PSFRAME_STALL_TIMEOUT=60")
     assert rc != 0, job.text()
-    assert took < STALL + 5, f"{took:.1f}s"
-    assert re.search(r"ROOT CAUSE: worker 0@.*rank 0 has finished", report), report
+    assert took < 10, f"{took:.1f}s"
+    assert re.search(r"ROOT CAUSE: worker [12]@.*UnevenStepsError: step 6 of key 'w' cannot "
+                     r"complete: worker 0 finished \(closed its KVStore\) after pushing it 5 "
+                     r"times.*kv\.join\(\)", report, re.S), report
+
+
+def test_join_lets_the_others_finish_with_zero_for_the_joined_rank():
+    rc, _, _, job = _run("join")
+    assert rc == 0, job.text()
+    # servers apply SGD lr=1 to each step's sum: steps 1-5 sum 1+2+3, steps 6-10 only 2+3
+    w = np.float32(0)
+    for step in range(1, 11):
+        w = np.float32(w - np.float32(6 if step <= 5 else 5))
+    values = [l.split("VALUE ")[1] for l in job.lines if "VALUE " in l]
+    assert values == [repr(w)] * 3, job.text()

@@ -6,11 +6,12 @@ reply while waiting on one); ``failures`` connects the worker's failures and the
 """
 import atexit
 import logging
+import time
 
 import numpy as np
 
 from .. import timeline
-from ..errors import PeerLostError, PSError, from_wire, to_wire
+from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, from_body, from_wire, to_wire
 from ..protocol import Command, codec
 from ..transport import peers, sockets
 from . import fusion, messages
@@ -144,6 +145,27 @@ class DistKVStore(KVStore):
         body = {"rank": self.rank, "note": note} if note is not None else None
         reply = self._ask_scheduler(Command.BARRIER, body, "barrier", timeout)
         return (reply or {}).get("notes", {})
+
+    def _join(self, timeout):
+        with self.calls.call("join"):
+            self._flush(timeout)          # every push is in before the servers hear we left
+            ask = self.config.timeout if timeout is None else timeout
+            deadline = None if timeout is None else time.monotonic() + timeout
+            msg_id = self._customer.next_id()
+            sockets.send_frames(self._sched, codec.encode(Command.JOIN, msg_id, self.name))
+            while True:     # as long as the job lives: the others may train for hours
+                self._failures.check()
+                left = ask if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise PSTimeoutError(f"join: not every worker joined within {timeout:g}s")
+                if sockets.poll([self._sched], min(left, 1.0)):
+                    reply = codec.decode(sockets.recv_frames(self._sched))
+                    if reply.cmd is Command.ABORT:
+                        raise JobAbortedError(f"job aborted by the scheduler: {reply.body.get('reason')}")
+                    if reply.cmd is Command.ERROR:
+                        raise from_body(reply.body)
+                    if reply.id == msg_id:
+                        return
 
     def _close(self):
         error = None

@@ -76,6 +76,9 @@ class SchedulerService(RequestLoop):
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
         return self.state.place(peer, msg.id, rank, _placements(msg.body))
 
+    def handle_join(self, peer, msg):
+        return self.state.join(peer, msg.id, msg.sender)
+
     def handle_done(self, peer, msg):
         return self.state.done(peer, msg.id, msg.sender)
 

@@ -20,8 +20,9 @@ class SchedulerLink:
     scheduler went silent for ``heartbeat_timeout``) ``reason`` says why and ``error_cls`` is
     the error a blocked call raises."""
 
-    def __init__(self, ctx, config, name, sock=None, status=None):
+    def __init__(self, ctx, config, name, sock=None, status=None, on_message=None):
         self.config, self.name = config, name
+        self.on_message = on_message   # (msg) -> None: what else the scheduler sends
         self.status = status     # () -> a msgpack-able dict each heartbeat carries, or None
         self.sock = sock if sock is not None else sockets.dealer(ctx, config.scheduler)
         self.poll_interval = min(config.heartbeat_interval, 0.2)
@@ -54,6 +55,8 @@ class SchedulerLink:
             self._abort(f"job aborted by the scheduler: {msg.body.get('reason')}", JobAbortedError)
         elif msg.cmd is Command.SHUTDOWN:
             self.shutdown = True
+        elif self.on_message is not None:
+            self.on_message(msg)
 
     def check_silence(self, now):
         """Call when nothing came: past ``heartbeat_timeout`` the scheduler counts as lost."""
