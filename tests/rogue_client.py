@@ -22,7 +22,7 @@ def messages(claim, size):
     evil = np.full(size, 1e6, np.float32)
     role, _, rank = claim.partition(":")
     sgd = {"name": "sgd", "config": {"lr": 1000.0}}
-    return {
+    built = {
         Command.REGISTER: codec.encode(Command.REGISTER, 1, claim, body={
             "role": role if role in ("worker", "server") else "server", "rank": int(rank or 0),
             "host": "rogue", "address": "tcp://127.0.0.1:9", "local_address": ""}),
@@ -42,6 +42,9 @@ def messages(claim, size):
         Command.OK: codec.encode(Command.OK, 14, claim),
         Command.ERROR: codec.encode(Command.ERROR, 15, claim, body={"name": "PSError", "message": "x"}),
     }
+    for i, cmd in enumerate(c for c in Command if c not in built):   # any command added later
+        built[cmd] = codec.encode(cmd, 100 + i, claim, body={"rank": 0})
+    return built
 
 
 def as_itself(creds):
