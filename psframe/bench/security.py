@@ -1,9 +1,10 @@
 """``psframe-bench --security none,token,curve``: the cost of authentication and encryption.
 
 The same 1-server pushpull job runs once per mode, the modes interleaved over ``repeats``
-passes (so a burst of machine load does not land on one mode only); each mode's figure is the
-faster of its passes' medians (as the bench's baselines: load only ever slows a run down), and
-every mode is reported as a ratio to the first mode (``none``) of this run."""
+passes in rotated order (so neither a burst of load nor following another job lands on one
+mode only); each mode's figure is the faster of its passes' medians (as the bench's
+baselines: load only ever slows a run down), and every mode is reported as a ratio to the
+first mode (``none``) of this run."""
 from . import cases, report
 
 SIZES = (2 ** 20, 16 * 2 ** 20, 100 * 2 ** 20)
@@ -15,8 +16,10 @@ def measure(run_job, modes, ns, repeats=3):
     spec = {"rounds": ns.rounds, "warmup": ns.warmup, "optimizer": None,
             "cases": [cases.size_case(n, ["pushpull"]) for n in SIZES]}
     passes = {m: [] for m in modes}
-    for _ in range(repeats):
-        for mode in modes:
+    for r in range(repeats):
+        # rotate the order: a job that follows another runs slower (the last one still exiting),
+        # so every mode gets a pass in each position
+        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
             results = run_job(spec, mode)
             passes[mode].append({n: report.round_medians(results, f"size-{n}")["pushpull"]
                                  for n in SIZES})
