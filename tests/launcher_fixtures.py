@@ -81,7 +81,9 @@ def assert_none_left(tag, within=5.0):
         raise AssertionError(f"processes left running: {list(zip(left, desc))}")
 
 
-HELPERS = r"psframe_launcher\.agent|orted"
+# launch agents of *this* suite's interpreter (and ssh/mpirun command lines starting them): other
+# test runs on the machine have interpreters of their own
+HELPERS = rf"{re.escape(VENV_BIN)}/python\S* -m psframe_launcher\.agent|orted"
 
 
 def assert_every_role_ran(job, host, workers=3):
