@@ -1,0 +1,85 @@
+"""2-bit quantization with error feedback (MXNet's ``2bit``), vectorised for numpy and cupy.
+
+Per element, ``r = residual + grad``: ``r >= threshold`` is sent as ``+threshold`` (code 0b11),
+``r <= -threshold`` as ``-threshold`` (0b10), anything else as 0 (0b00), and the residual keeps
+``r`` minus what was sent. On the wire, element ``i`` takes bits ``7 - 2j`` and ``6 - 2j``
+(``j = i % 4``) of byte ``i // 4``, so 16 elements fill one 32-bit word; the last word is
+zero-padded. This is MXNet's layout, so its expected values apply bit for bit::
+
+    byte:   | e0 e0 | e1 e1 | e2 e2 | e3 e3 |     e = [nonzero, positive]
+    bits:     7  6    5  4    3  2    1  0
+"""
+import functools
+import sys
+
+import numpy as np
+
+from .. import arrays
+from .spec import ELEMENTS_PER_WORD
+
+
+def array_module(a):
+    """numpy, or cupy for a cupy array (imported by whoever made that array)."""
+    return sys.modules["cupy"] if arrays.backend(a) == "cupy" else np
+
+
+def quantize(grad, residual, threshold):
+    """Add ``grad`` into ``residual`` (in place), quantize it and keep the error there.
+
+    Args:
+        grad: flat float array (not modified).
+        residual: flat array of the same size and dtype as the key, updated in place.
+        threshold: the positive threshold.
+    Returns:
+        The packed codes: a uint8 array of ``4 * ceil(size / 16)`` bytes (same module as
+        ``residual``).
+    """
+    xp = array_module(residual)
+    t = residual.dtype.type(threshold)
+    residual += grad
+    pos = residual >= t
+    neg = residual <= -t
+    if xp is np:
+        np.subtract(residual, t, out=residual, where=pos)
+        np.add(residual, t, out=residual, where=neg)
+    else:   # cupy ufuncs take no ``where``; subtracting 0 leaves the others as they are
+        residual -= xp.where(pos, t, xp.where(neg, -t, residual.dtype.type(0)))
+    return pack(pos, neg)
+
+
+def pack(pos, neg):
+    """Codes of elements at or above (``pos``) and at or below (``neg``) the threshold, packed
+    four to a byte, first element in the high bits (see module docstring)."""
+    xp = array_module(pos)
+    n = pos.size
+    bits = xp.zeros((-(-n // ELEMENTS_PER_WORD) * ELEMENTS_PER_WORD, 2), dtype=bool)
+    xp.logical_or(pos, neg, out=bits[:n, 0])
+    bits[:n, 1] = pos
+    return xp.packbits(bits.reshape(-1))
+
+
+@functools.lru_cache(maxsize=64)
+def _table(threshold, dtype):
+    """The four values of every possible byte: ``table[byte, j]`` is element ``j`` of it.
+    Code 0b01 never occurs in a packed array; like MXNet it reads as 0."""
+    t = np.dtype(dtype).type(threshold)
+    codes = np.array([0, 0, -t, t], dtype=dtype)
+    b = np.arange(256)
+    return np.stack([codes[(b >> (6 - 2 * j)) & 3] for j in range(4)], axis=1)
+
+
+def dequantize(packed, size, threshold, dtype):
+    """The ``size`` values ``packed`` holds, as a new flat array of ``dtype`` (same module as
+    ``packed``): ``+threshold``, ``-threshold`` or 0 each.
+
+    Raises:
+        ValueError: ``packed`` is not exactly ``4 * ceil(size / 16)`` bytes.
+    """
+    xp = array_module(packed)
+    expected = 4 * -(-size // ELEMENTS_PER_WORD)
+    if packed.size != expected:
+        raise ValueError(f"2bit data of {size} elements is {expected} bytes, got {packed.size}")
+    table = _table(float(threshold), np.dtype(dtype).name)
+    if xp is not np:
+        table = xp.asarray(table)
+    return table[packed].reshape(-1)[:size]
