@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import arrays, sharding, timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
+from ..errors import ConfigError, JobAbortedError, PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
 from ..protocol import ArrayDesc, Command, codec
 from ..protocol.codec import ITEMSIZE
 from ..transport import addresses, peers, sockets
@@ -241,6 +241,20 @@ class DistKVStore(KVStore):
         if notes.get("0"):
             raise from_wire(*notes["0"])
 
+    def _set_compression(self, spec):
+        # Every worker must send the same encoding: the scheduler gathers each one's config at
+        # a barrier, and every worker compares them the same way (so all raise, or none).
+        self._flush()
+        mine = spec.to_wire() if spec is not None else {"type": "none"}
+        notes = self._barrier(None, note={"compression": mine})
+        configs = {int(r): n.get("compression") if isinstance(n, dict) else None for r, n in notes.items()}
+        if len(configs) != self.num_workers or any(c != configs.get(0) for c in configs.values()):
+            raise ConfigError(
+                f"set_gradient_compression differs between workers: "
+                f"{'; '.join(f'worker {r}: {configs.get(r)}' for r in range(self.num_workers))}; "
+                f"call it with the same config on every worker, before the first push")
+        super()._set_compression(spec)
+
     def _barrier(self, timeout, note=None):
         """Wait for every worker; returns the notes workers attached, by rank (as str)."""
         self._flush(timeout)
@@ -351,17 +365,26 @@ class DistKVStore(KVStore):
 
     def _send_pushes(self, cmd, plain, fused, targets):
         batches, owned = _Batches(lambda: ([], [], [], {}, [])), True
+        comp = self._compressor
         for k, v in plain:
             info = self._keys[k]
             self._backpressure(info)
-            host, copied = self._host(v)
-            owned = owned and copied            # our copy: no need to wait for the wire
+            spec = comp.spec if comp is not None and comp.applies_to(info.dtype) else None
+            if spec is not None and arrays.backend(v) == "cupy":
+                host, copied = v, True          # compressed on the device; only the codes move
+            else:
+                host, copied = self._host(v)
+            owned = owned and (copied or spec is not None)   # our copy: no need to wait for the wire
             info.pushes += 1
             flat = host.reshape(-1)
+            g = info.group     # a group member pushed alone keeps to its slice of the group's residual
+            entry, entry_size, offset = (g.key, g.size, g.bounds[info.member]) if g else (k, info.size, 0)
             for i, p in enumerate(info.parts):
                 buf = flat[p.start:p.stop]
+                if spec is not None:
+                    buf = comp.encode(entry, entry_size, buf, offset + p.start)
                 descs, bufs, acks, tg, _ = batches.add(self._lane(info, p), buf.nbytes)
-                descs.append(ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p), info.pushes))
+                descs.append(ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p), info.pushes, spec))
                 bufs.append(buf)
                 acks.append((info, k, i))
                 if (k, p.part) in targets:
@@ -373,17 +396,23 @@ class DistKVStore(KVStore):
                 flats.append(self._host(v)[0].reshape(-1))
                 info.pushes += 1
             buf, slot = g.pack(flats)           # our copy, reused once zmq has sent it
+            spec = comp.spec if comp is not None and comp.applies_to(g.dtype) else None
+            if spec is not None:
+                buf, slot = comp.encode(g.key, g.size, buf), None
             descs, bufs, acks, tg, slots = batches.add(self._group_lane(g), buf.nbytes)
-            descs.append(ArrayDesc(g.key, 0, g.dtype, (g.size,), g.infos[0].pushes))
+            descs.append(ArrayDesc(g.key, 0, g.dtype, (g.size,), g.infos[0].pushes, spec))
             bufs.append(buf)
             acks.append((g, g.key, 0))
-            slots.append(slot)
+            if slot is not None:
+                slots.append(slot)
             if (g.key, 0) in targets:
                 tg[(g.key, 0)] = targets[(g.key, 0)]
         # A pushpull's reply proves its bytes left (the server answers only once it has them
         # all), so only a push must track zero-copy sends of the caller's arrays.
         wait = not owned and cmd is Command.PUSH
-        return [self._send(s, cmd, descs, bufs, acks=acks, targets=tg, wait_for_send=wait, slots=slots)
+        spec = comp.spec if comp is not None else None
+        return [self._send(s, cmd, descs, bufs, acks=acks, targets=tg, wait_for_send=wait, slots=slots,
+                           compression=spec)
                 for s, (descs, bufs, acks, tg, slots) in batches]
 
     @staticmethod
@@ -426,7 +455,7 @@ class DistKVStore(KVStore):
         return _lane(group.server, group.size * ITEMSIZE[group.dtype])
 
     def _send(self, lane, cmd, descs, bufs, body=None, acks=(), targets=None, wait_for_send=False,
-              slots=()):
+              slots=(), compression=None):
         """Send one request over lane ``(server index, big)`` (see ``_lane``; control messages
         go as not big). ``wait_for_send``: ``bufs`` are the caller's, so ``_wait_sent`` must
         see zmq done with them; ``slots``: our reused buffers, given the send's tracker."""
@@ -438,7 +467,8 @@ class DistKVStore(KVStore):
         req = _Request(server, cmd, acks, targets)
         if self._timeline is not None:
             req.t0 = timeline.now_us()
-        frames = codec.encode(cmd, msg_id, self.name, descs, [b.view(np.uint8) for b in bufs], body)
+        frames = codec.encode(cmd, msg_id, self.name, descs, [b.view(np.uint8) for b in bufs], body,
+                              compression)
         tracker = sockets.send_frames(sock, frames, track=wait_for_send or bool(slots))
         for slot in slots:
             slot[1] = tracker

@@ -1,6 +1,11 @@
 """The ``local`` kind: the same API in one process, driving a server shard directly (no
-sockets, no threads), so a serial training script runs unchanged."""
-from .. import arrays
+sockets, no threads), so a serial training script runs unchanged.
+
+Gradient compression applies here too: each push goes through the same quantization and
+residual as it would on a worker of a dist job (compressed, then decoded), so a serial run sees
+the numerics of a one-worker job.
+"""
+from .. import arrays, compression
 from ..protocol import ArrayDesc
 from ..server.shard import ShardState
 from .base import KVStore
@@ -31,7 +36,11 @@ class LocalKVStore(KVStore):
         for k, v in zip(keys, values):
             info = self._keys[k]
             info.pushes += 1
-            self._run(self.shard.push(0, self._desc(k, info.pushes), arrays.to_host(v), token=k))
+            host = arrays.to_host(v)
+            if self._compressor is not None and self._compressor.applies_to(info.dtype):
+                host = compression.roundtrip(self._compressor, k, info.size, host.reshape(-1))
+                host = host.reshape(info.shape)
+            self._run(self.shard.push(0, self._desc(k, info.pushes), host, token=k))
             info.acked = info.pushes
 
     def _pull(self, keys, outs, priority):
