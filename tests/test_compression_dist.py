@@ -2,6 +2,7 @@
 2bit test sequence over 4 workers x 2 servers with exactly its expected values, random gradients
 against a plain numpy simulation of quantize + residual (fused, sliced, float64 and int keys;
 dist_sync and dist_async), fp16 sums, and workers that disagree on the config."""
+import inspect
 import json
 import math
 import os
@@ -69,12 +70,17 @@ import psframe
 kind, config, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 SHAPES = json.loads(sys.argv[4])
 DTYPES = json.loads(sys.argv[5])
+lr = float(sys.argv[6])
 kv = psframe.create(kind)
 kv.set_gradient_compression(config)
 small = [k for k in SHAPES if k.startswith("s")]
 kv.init(small, [np.zeros(SHAPES[k], DTYPES[k]) for k in small])       # one fusion group
-rest = [k for k in SHAPES if k not in small]
+rest = [k for k in SHAPES if k not in small and k != "i32"]
 kv.init(rest, [np.zeros(SHAPES[k], DTYPES[k]) for k in rest])
+kv.init("i32", np.zeros(SHAPES["i32"], DTYPES["i32"]))
+if lr:
+    kv.set_optimizer(psframe.optim.SGD(lr=lr))     # int keys: only with no optimizer
+    del SHAPES["i32"]
 saved = {}
 for step in range(5):
     keys = list(SHAPES) if step != 2 else ["s1", "big"]    # step 2: a group member alone
@@ -104,21 +110,19 @@ STEPS = [list(SHAPES), list(SHAPES), ["s1", "big"], list(SHAPES), list(SHAPES)]
 
 
 def gradient(k, step, rank):
-    rng = np.random.default_rng([sorted(SHAPES).index(k), step, rank])
+    rng = np.random.default_rng([["s0", "s1", "s2", "s3", "s4", "big", "d64", "i32"].index(k), step, rank])
     if DTYPES[k] == "int32":
         return rng.integers(-5, 5, SHAPES[k]).astype(np.int32)
     return (rng.standard_normal(SHAPES[k]) * 0.3).astype(DTYPES[k])
 
 
-def run_random_job(tmp_path, kind, config, workers=3):
-    import inspect
+def run_random_job(tmp_path, kind, config, workers=3, lr=0.0):
     script = tmp_path / "job.py"
-    script.write_text("SHAPES_ = None\n" + "import numpy as np\n"
-                      + f"SHAPES = {SHAPES!r}\nDTYPES = {DTYPES!r}\n" + inspect.getsource(gradient)
-                      + RANDOM_JOB)
+    script.write_text("import numpy as np\n" + f"SHAPES = {SHAPES!r}\nDTYPES = {DTYPES!r}\n"
+                      + inspect.getsource(gradient) + RANDOM_JOB)
     out = tmp_path / "values.npz"
     run_job(str(script), num_workers=workers, num_servers=2,
-            args=[kind, json.dumps(config), out, json.dumps(SHAPES), json.dumps(DTYPES)],
+            args=[kind, json.dumps(config), out, json.dumps(SHAPES), json.dumps(DTYPES), lr],
             env={"PSFRAME_BIGARRAY_BOUND": "1000"}, timeout=90 * TIME_FACTOR).check()
     return np.load(out)
 
@@ -133,26 +137,33 @@ def encoded(config, residuals, k, grad):
     return sent
 
 
-@pytest.mark.parametrize("kind, config", [
-    ("dist_sync", {"type": "2bit", "threshold": 0.25}),
-    ("dist_async", {"type": "2bit", "threshold": 0.25}),
-    ("dist_sync", {"type": "fp16"}),
+@pytest.mark.parametrize("kind, config, lr", [
+    ("dist_sync", {"type": "2bit", "threshold": 0.25}, 0.0),
+    ("dist_async", {"type": "2bit", "threshold": 0.25}, 0.0),
+    ("dist_sync", {"type": "fp16"}, 0.0),
+    ("dist_sync", {"type": "2bit", "threshold": 0.25}, 0.5),     # SGD on the servers
 ])
-def test_random_gradients_match_a_numpy_simulation(tmp_path, kind, config):
+def test_random_gradients_match_a_numpy_simulation(tmp_path, kind, config, lr):
     workers = 3
-    got = run_random_job(tmp_path, kind, config, workers)
+    got = run_random_job(tmp_path, kind, config, workers, lr)
+    keys_run = [k for k in SHAPES if not (lr and k == "i32")]
     residuals = [{k: np.zeros(SHAPES[k], DTYPES[k]) for k in SHAPES} for _ in range(workers)]
     value = {k: np.zeros(SHAPES[k], DTYPES[k]) for k in SHAPES}
     for step, keys in enumerate(STEPS):
         for k in keys:
+            if k not in keys_run:
+                continue
             pushes = [encoded(config, residuals[r], k, gradient(k, step, r)) for r in range(workers)]
             total = pushes[0].copy()
             for p in pushes[1:]:          # the servers' rank order
                 total = total + p
-            value[k] = total if kind == "dist_sync" else value[k] + total
+            if lr:                        # weight -= lr * sum (exact: multiples of 1/8)
+                value[k] = value[k] - value[k].dtype.type(lr) * total
+            else:
+                value[k] = total if kind == "dist_sync" else value[k] + total
             if kind == "dist_sync":
                 np.testing.assert_array_equal(got[f"{k}@{step}"], value[k], err_msg=f"{k} step {step}")
-    for k in SHAPES:
+    for k in keys_run:
         # async: any arrival order gives the same sums (multiples of a power-of-two threshold)
         np.testing.assert_array_equal(got[f"{k}@final"], value[k], err_msg=f"{k} final")
 
