@@ -188,5 +188,5 @@ def test_workers_with_different_configs_all_get_a_clear_error(tmp_path):
     script.write_text(DISAGREE)
     job = run_job(str(script), num_workers=2, num_servers=1, timeout=60 * TIME_FACTOR).check()
     for rank, result in job.results().items():
-        assert "differs between workers" in result["error"], rank
+        assert "set_gradient_compression differs between workers" in result["error"], rank
         assert "'threshold': 0.25" in result["error"] and "'threshold': 0.5" in result["error"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import arrays, sharding, timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import ConfigError, JobAbortedError, PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
+from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, ProtocolError, from_body, from_wire, to_wire
 from ..protocol import ArrayDesc, Command, codec
 from ..protocol.codec import ITEMSIZE
 from ..transport import addresses, peers, sockets
@@ -242,24 +242,22 @@ class DistKVStore(KVStore):
             raise from_wire(*notes["0"])
 
     def _set_compression(self, spec):
-        # Every worker must send the same encoding: the scheduler gathers each one's config at
-        # a barrier, and every worker compares them the same way (so all raise, or none).
+        # Every worker must send the same encoding: the scheduler compares the configs at a
+        # barrier and answers every worker with the same error if they differ.
         self._flush()
         mine = spec.to_wire() if spec is not None else {"type": "none"}
-        notes = self._barrier(None, note={"compression": mine})
-        configs = {int(r): n.get("compression") if isinstance(n, dict) else None for r, n in notes.items()}
-        if len(configs) != self.num_workers or any(c != configs.get(0) for c in configs.values()):
-            raise ConfigError(
-                f"set_gradient_compression differs between workers: "
-                f"{'; '.join(f'worker {r}: {configs.get(r)}' for r in range(self.num_workers))}; "
-                f"call it with the same config on every worker, before the first push")
+        self._barrier(None, agree={"what": "set_gradient_compression", "value": mine},
+                      what="set_gradient_compression (every worker must call it, before its first push)")
         super()._set_compression(spec)
 
-    def _barrier(self, timeout, note=None):
-        """Wait for every worker; returns the notes workers attached, by rank (as str)."""
+    def _barrier(self, timeout, note=None, agree=None, what="barrier"):
+        """Wait for every worker; returns the notes workers attached, by rank (as str).
+        ``agree``: a value every worker must bring (the scheduler checks; ConfigError if not)."""
         self._flush(timeout)
-        body = {"rank": self.rank, "note": note} if note is not None else None
-        reply = self._ask_scheduler(Command.BARRIER, body, "barrier", timeout)
+        body = {"rank": self.rank, "note": note} if note is not None else {}
+        if agree is not None:
+            body["agree"] = agree
+        reply = self._ask_scheduler(Command.BARRIER, body or None, what, timeout)
         return (reply or {}).get("notes", {})
 
     def _close(self):

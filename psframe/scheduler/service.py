@@ -65,7 +65,7 @@ class SchedulerService:
                                _field(b, "local_address", str, ""))
         if msg.cmd is Command.BARRIER:
             return st.enter_barrier(peer, msg.id, codec.sender_rank(msg.sender, "worker", workers),
-                                    b.get("note"))
+                                    b.get("note"), _agree(b.get("agree")))
         if msg.cmd is Command.PLACE:
             return st.place(peer, msg.id, codec.sender_rank(msg.sender, "worker", workers),
                             _placements(b))
@@ -105,3 +105,10 @@ def _placements(body):
     if not ok:
         raise ProtocolError("malformed message: body.keys is not a list of [key, size, nbytes]")
     return keys
+
+
+def _agree(raw):
+    """A barrier's ``agree`` field: None, or ``{"what": str, "value": ...}``."""
+    if raw is not None and (type(raw) is not dict or type(raw.get("what")) is not str or "value" not in raw):
+        raise ProtocolError("malformed message: body.agree is not {\"what\": str, \"value\": ...}")
+    return raw
