@@ -242,3 +242,16 @@ def test_cupy_quantize_matches_numpy():
     packed = cupy.asarray(wire_host)
     np.testing.assert_array_equal(twobit.dequantize(packed, 1001, 0.5, "float32").get(),
                                   twobit.dequantize(wire_host, 1001, 0.5, "float32"))
+
+
+def test_reused_scratch_gives_the_same_bits_for_shrinking_and_growing_sizes():
+    """Temporaries are reused across calls: a smaller call after a bigger one must still pad
+    its last word with zeros."""
+    rng = np.random.default_rng(9)
+    scratch = twobit.Scratch()
+    for size in [100, 17, 1, 250, 33]:
+        grad = rng.uniform(-2, 2, size).astype(np.float32)
+        res_a, res_b = np.zeros(size, np.float32), np.zeros(size, np.float32)
+        assert (twobit.quantize(grad, res_a, 0.5, scratch).tobytes()
+                == twobit.quantize(grad, res_b, 0.5).tobytes() == ref_pack(ref_quantize(grad, np.zeros(size, np.float32), 0.5)[0]))
+        np.testing.assert_array_equal(res_a, res_b)

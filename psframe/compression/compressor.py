@@ -21,6 +21,7 @@ class GradientCompressor:
     def __init__(self, spec):
         self.spec = spec
         self._residuals = {}          # entry -> flat residual (numpy or cupy), entry's dtype
+        self._scratch = twobit.Scratch()
 
     def applies_to(self, dtype):
         return self.spec.applies_to(dtype)
@@ -44,7 +45,7 @@ class GradientCompressor:
             out = fp16.encode(flat)
         else:
             res = self.residual(entry, size, flat)[start:start + flat.size]
-            out = twobit.quantize(flat, res, self.spec.threshold)
+            out = twobit.quantize(flat, res, self.spec.threshold, self._scratch)
         return arrays.to_host(out).reshape(-1).view(np.uint8)
 
 

@@ -23,38 +23,60 @@ def array_module(a):
     return sys.modules["cupy"] if arrays.backend(a) == "cupy" else np
 
 
-def quantize(grad, residual, threshold):
+class Scratch:
+    """Temporaries of ``quantize``, reused from call to call (a worker quantizes one array at a
+    time). Fresh ones cost page faults: 26 quantizations of 1M float32 took 157-315 ms of CPU
+    with new temporaries and 37-40 ms with these."""
+
+    def __init__(self):
+        self._buffers = {}
+
+    def get(self, name, shape, dtype, xp):
+        """A ``shape`` array of ``dtype`` (contents undefined) in module ``xp``."""
+        key = (name, np.dtype(dtype).str, xp.__name__, shape[1:])
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape[0] < shape[0]:
+            buf = self._buffers[key] = xp.empty(shape, dtype)
+        return buf[:shape[0]]
+
+
+def quantize(grad, residual, threshold, scratch=None):
     """Add ``grad`` into ``residual`` (in place), quantize it and keep the error there.
 
     Args:
         grad: flat float array (not modified).
         residual: flat array of the same size and dtype as the key, updated in place.
         threshold: the positive threshold.
+        scratch: a ``Scratch`` for the temporaries (default: fresh ones).
     Returns:
-        The packed codes: a uint8 array of ``4 * ceil(size / 16)`` bytes (same module as
+        The packed codes: a new uint8 array of ``4 * ceil(size / 16)`` bytes (same module as
         ``residual``).
     """
     xp = array_module(residual)
+    scratch = scratch or Scratch()
+    n = residual.size
     t = residual.dtype.type(threshold)
     residual += grad
-    pos = residual >= t
-    neg = residual <= -t
+    pos = xp.greater_equal(residual, t, out=scratch.get("pos", (n,), bool, xp))
+    neg = xp.less_equal(residual, -t, out=scratch.get("neg", (n,), bool, xp))
     # residual -= sent, with sent = t * (pos - neg) exactly +t, -t or 0: the same operations as
     # MXNet's ``residual -= t`` / ``residual += t``. Measured on 4M float32 here: 2 ms, where
     # numpy's masked ``subtract(..., where=pos)`` took 97 ms and ``np.where`` 171 ms.
-    sent = xp.multiply(pos.view(xp.int8) - neg.view(xp.int8), t, dtype=residual.dtype)
+    step = xp.subtract(pos.view(xp.int8), neg.view(xp.int8), out=scratch.get("step", (n,), np.int8, xp))
+    sent = xp.multiply(step, t, out=scratch.get("sent", (n,), residual.dtype, xp), dtype=residual.dtype)
     residual -= sent
-    return pack(pos, neg)
+    return pack(pos, neg, scratch)
 
 
-def pack(pos, neg):
+def pack(pos, neg, scratch=None):
     """Codes of elements at or above (``pos``) and at or below (``neg``) the threshold, packed
     four to a byte, first element in the high bits (see module docstring)."""
     xp = array_module(pos)
     n = pos.size
-    bits = xp.zeros((-(-n // ELEMENTS_PER_WORD) * ELEMENTS_PER_WORD, 2), dtype=bool)
+    bits = (scratch or Scratch()).get("bits", (-(-n // ELEMENTS_PER_WORD) * ELEMENTS_PER_WORD, 2), bool, xp)
     xp.logical_or(pos, neg, out=bits[:n, 0])
     bits[:n, 1] = pos
+    bits[n:] = False           # the padding of the last word
     return xp.packbits(bits.reshape(-1))
 
 
