@@ -22,7 +22,7 @@ def test_bench_compression_reports_bytes_from_server_counters(tmp_path):
     assert rows[65536, "fp16"]["bytes_per_pushpull"] == 65536 / 2
     # 1025 float32 elements: 65 words of 2-bit codes (the last one padded)
     assert rows[4100, "2bit"]["bytes_per_pushpull"] == 65 * 4
-    assert all(r["pushpull_s"] > 0 for r in rows.values())
+    assert all(r["pushpull_s"] > 0 and r["cpu_s_per_pushpull"] > 0 for r in rows.values())
 
 
 def test_compression_types_are_checked():

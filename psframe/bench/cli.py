@@ -275,8 +275,8 @@ def main(argv=None):
     print(report.table(rep["rows"]))
     print()
     if rep.get("compression"):
-        print("gradient compression (pushed bytes from the servers' counters; on loopback the time "
-              "ratio is the CPU cost of compressing):")
+        print("gradient compression (pushed bytes from the servers' counters; CPU: every worker's and "
+              "server's, per pushpull; on loopback the CPU ratio is the cost of compressing):")
         print(compression.table(rep["compression"]))
         print()
     applied = f"; the servers apply {ns.optimizer}, the targets assume they only sum" if ns.optimizer != "none" else ""

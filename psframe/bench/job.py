@@ -3,7 +3,8 @@
 Argument 1 is a JSON spec ``{"cases": [{"label", "shapes", "ops"}], "rounds", "warmup"}``,
 optionally with ``"compression"`` (a ``set_gradient_compression`` config; the values pushed are
 then normal random numbers, not ones) and ``"count_bytes"`` (rank 0 reports the bytes the
-servers received during each case's rounds).
+servers received and the CPU seconds they used during each case's rounds, every worker its own
+CPU seconds).
 Each case runs its warm-up and timed rounds on its own, as a training loop repeats the same
 sizes every step (and as the raw pyzmq baseline is measured): interleaved with rounds of 100 MiB,
 a 1 MiB round ran from caches that those had just flushed. Every timed call starts right after a barrier; each worker prints its times as one
@@ -39,6 +40,7 @@ class Case:
         self.values = [rng.standard_normal(tuple(s), dtype=np.float32) if random_values
                        else np.ones(tuple(s), dtype=np.float32) for s in spec["shapes"]]
         self.wire_bytes = None     # bytes the servers received during the rounds (count_bytes)
+        self.cpu_s = self.server_cpu_s = None     # CPU seconds of this worker / all servers
         self.outs = [np.empty_like(v) for v in self.values]
         self.times = {op: [] for op in spec["ops"]}
 
@@ -58,15 +60,20 @@ class Case:
 
     def result(self, warmup):
         out = {"label": self.label, "times": {op: t[warmup:] for op, t in self.times.items()}}
-        if self.wire_bytes is not None:
-            # every round (warm-up too) pushes the same bytes
-            out["wire_bytes"], out["pushes"] = self.wire_bytes, len(next(iter(self.times.values())))
+        if self.cpu_s is not None:
+            out["cpu_s"], out["pushes"] = self.cpu_s, len(next(iter(self.times.values())))
+        if self.wire_bytes is not None:      # every round (warm-up too) pushes the same bytes
+            out["wire_bytes"], out["server_cpu_s"] = self.wire_bytes, self.server_cpu_s
         return out
 
 
-def _received(kv):
-    """Bytes of pushed arrays every server received so far (rank 0 only, else None)."""
-    return sum(s["bytes_in_wire"] for s in kv.server_stats()) if kv.rank == 0 else None
+def _counters(kv):
+    """``(bytes of pushed arrays received, CPU seconds)`` summed over the servers so far (rank
+    0 only, else ``(None, None)``)."""
+    if kv.rank != 0:
+        return None, None
+    stats = kv.server_stats()
+    return sum(s["bytes_in_wire"] for s in stats), sum(s["cpu_s"] for s in stats)
 
 
 def main(argv=None):
@@ -84,12 +91,16 @@ def main(argv=None):
             kv.set_optimizer(psframe.optim.from_spec(spec["optimizer"]))
         for case in cases:
             # every round starts with a barrier: nobody pushes before rank 0 read the counters
-            before = _received(kv) if spec.get("count_bytes") else None
+            before, cpu0 = _counters(kv) if spec.get("count_bytes") else (None, None)
+            t0 = time.process_time()
             for _ in range(spec["warmup"] + rounds_for(case.spec["nbytes"], spec["rounds"])):
                 case.round()
             if spec.get("count_bytes"):
+                case.cpu_s = time.process_time() - t0
                 kv.barrier()
-                case.wire_bytes = _received(kv) - before if kv.rank == 0 else None
+                after, cpu1 = _counters(kv)
+                if kv.rank == 0:
+                    case.wire_bytes, case.server_cpu_s = after - before, cpu1 - cpu0
         kv.barrier()
         out = {"rank": kv.rank, "kind": kv.type, "cases": [c.result(spec["warmup"]) for c in cases]}
         if kv.rank == 0:

@@ -379,9 +379,12 @@ class DistKVStore(KVStore):
             entry, entry_size, offset = (g.key, g.size, g.bounds[info.member]) if g else (k, info.size, 0)
             for i, p in enumerate(info.parts):
                 buf = flat[p.start:p.stop]
+                # messages are cut by the uncompressed bytes: a pushpull's reply carries them,
+                # and a reply of many chunks would arrive only whole (no pipelining)
+                nbytes = buf.nbytes
                 if spec is not None:
                     buf = comp.encode(entry, entry_size, buf, offset + p.start)
-                descs, bufs, acks, tg, _ = batches.add(self._lane(info, p), buf.nbytes)
+                descs, bufs, acks, tg, _ = batches.add(self._lane(info, p), nbytes)
                 descs.append(ArrayDesc(k, p.part, info.dtype, self._part_shape(info, p), info.pushes, spec))
                 bufs.append(buf)
                 acks.append((info, k, i))
@@ -395,9 +398,10 @@ class DistKVStore(KVStore):
                 info.pushes += 1
             buf, slot = g.pack(flats)           # our copy, reused once zmq has sent it
             spec = comp.spec if comp is not None and comp.applies_to(g.dtype) else None
+            nbytes = buf.nbytes
             if spec is not None:
                 buf, slot = comp.encode(g.key, g.size, buf), None
-            descs, bufs, acks, tg, slots = batches.add(self._group_lane(g), buf.nbytes)
+            descs, bufs, acks, tg, slots = batches.add(self._group_lane(g), nbytes)
             descs.append(ArrayDesc(g.key, 0, g.dtype, (g.size,), g.infos[0].pushes, spec))
             bufs.append(buf)
             acks.append((g, g.key, 0))
