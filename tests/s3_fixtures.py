@@ -13,7 +13,7 @@ from conftest import require
 from psframe.transport.addresses import free_port
 
 MOTO = os.path.join(os.path.dirname(os.path.realpath(__import__("sys").executable)), "moto_server")
-REGION = "us-west-2"     # us-east-1 + s3fs mkdir -> invalid location-constraint (TEST-INFRA §1)
+REGION = "us-west-2"     # us-east-1 + s3fs mkdir -> an invalid location-constraint error
 KEY, SECRET = "testing", "testing-secret-do-not-log"
 
 
