@@ -22,6 +22,8 @@ def test_local_2bit_values_follow_quantize_and_residual():
         residual = r - sent
         np.testing.assert_array_equal(out, sent)         # one worker: the value is its push
         np.testing.assert_array_equal(nout, np.arange(3))   # int keys are not compressed
+    # 6 pushes of 6 float32 as one 2-bit word each, and of 3 int64 as they are
+    assert kv.server_stats()[0]["bytes_in_wire"] == 6 * (4 + 3 * 8)
 
 
 def test_local_fp16_rounds_each_push():

@@ -17,6 +17,7 @@ class LocalKVStore(KVStore):
     def __init__(self, sync=True):
         super().__init__()
         self.shard = ShardState(num_workers=1, sync=sync)
+        self._bytes_in_wire = 0     # what the pushes would have put on the wire (compressed)
 
     def _run(self, replies):
         for r in replies:
@@ -40,6 +41,9 @@ class LocalKVStore(KVStore):
             if self._compressor is not None and self._compressor.applies_to(info.dtype):
                 host = compression.roundtrip(self._compressor, k, info.size, host.reshape(-1))
                 host = host.reshape(info.shape)
+                self._bytes_in_wire += self._compressor.spec.wire_nbytes(info.size)
+            else:
+                self._bytes_in_wire += host.nbytes
             self._run(self.shard.push(0, self._desc(k, info.pushes), host, token=k))
             info.acked = info.pushes
 
@@ -62,7 +66,7 @@ class LocalKVStore(KVStore):
 
     def server_stats(self, timeout=None):
         """The in-process shard's counters, shaped like the dist kinds' (one dict per server)."""
-        return [self.shard.stats()]
+        return [dict(self.shard.stats(), bytes_in_wire=self._bytes_in_wire)]
 
     def _close(self):
         pass
