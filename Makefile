@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-APT_PACKAGES = openssh-server openmpi-bin slurm-wlm munge iproute2 procps
+APT_PACKAGES = openssh-server openmpi-bin slurm-wlm munge iproute2 procps packer shellcheck
 
 .PHONY: demo test venv install install-test system-packages bench clean
 

@@ -15,7 +15,7 @@ LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "compr
          # a side branch for training scripts: above the core, so no core module imports it
          "data": 7,
          # integrations and tools on top of everything
-         "torch": 8, "bench": 8}
+         "torch": 8, "bench": 8, "deploy": 8}
 # side branches may import only these (not the core they sit beside)
 SIDE_BRANCH = {"data": {"errors", "config", "logs", "arrays"}}
 # inside a package, modules import downwards too; every module of these packages must be here

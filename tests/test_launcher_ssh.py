@@ -4,6 +4,7 @@ first host's namespace, so no packet ever leaves for the root namespace's defaul
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import uuid
 
