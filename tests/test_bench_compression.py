@@ -30,3 +30,22 @@ def test_compression_types_are_checked():
     assert compression.parse_types("") == []
     with pytest.raises(ValueError, match="topk is not one of"):
         compression.parse_types("2bit,topk")
+
+
+def test_multihost_report_puts_a_compressed_run_beside_the_uncompressed_one():
+    from psframe.bench import multihost
+    mib = 1 << 20
+    row = {"nbytes": 100 * mib, "rounds": 5, "compression": "none", "psframe": 2.0,
+           "psframe_wire": (210e6, 210e6), "psframe_payload": (209.7e6, 209.7e6),
+           "floors": {"flat PS": 209.7e6, "ring": 157e6, "host tier": 104.9e6}}
+    packed = dict(row, compression="2bit", psframe=1.0, psframe_wire=(118e6, 118e6))
+    rep = {"hosts": 2, "namespaces": ["a-h0", "a-h1"], "rate_bits": 1e9, "num_workers": 4,
+           "num_servers": 2, "worker_hosts": [0, 0, 1, 1], "server_hosts": [0, 1], "rounds": 5,
+           "warmup": 1, "rows": [row, packed]}
+    text = multihost.text(rep)
+    lines = text.splitlines()
+    at = next(i for i, l in enumerate(lines) if l.startswith("  psframe (ssh launcher)"))
+    assert lines[at + 1].split() == ["psframe,", "2bit", "1000.0", "118.0", "/", "118.0", "0.94", "94%",
+                                     "0.50x", "uncompressed"], lines[at + 1]
+    assert ("multi-host 100 MiB pushpull, 2 hosts at 1 Gbit/s: 2bit / uncompressed 0.50x "
+            "(1000 ms vs 2000 ms; host link out 118.0 MB/round)") in text
