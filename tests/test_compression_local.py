@@ -51,3 +51,20 @@ def test_local_none_turns_it_off_and_a_call_after_a_push_is_an_error():
         kv.set_gradient_compression({"type": "fp16"})
     with pytest.raises(ConfigError, match="not one of"):
         psframe.create("local").set_gradient_compression({"type": "topk"})
+
+
+def test_local_big_key_round_trips_in_pieces_with_the_same_numerics():
+    """A key above one piece (1M elements) is quantized piece by piece: the same values and
+    residual as one whole-array quantization."""
+    from psframe.compression import twobit
+    kv = psframe.create("local")
+    kv.set_gradient_compression({"type": "2bit", "threshold": 0.5})
+    n = (1 << 20) + 1000
+    kv.init("big", np.zeros(n, np.float32))
+    residual, out = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    rng = np.random.default_rng(4)
+    for _ in range(2):
+        g = rng.standard_normal(n).astype(np.float32)
+        want = twobit.dequantize(twobit.quantize(g, residual, 0.5), n, 0.5, "float32")
+        kv.pushpull("big", g, out)
+        np.testing.assert_array_equal(out, want)

@@ -68,8 +68,19 @@ def decode(spec, dtype, shape, buffer):
     return flat.reshape(shape)
 
 
+ROUNDTRIP_ELEMENTS = 1 << 20     # pieces as big as the dist kinds' chunks: bounded temporaries
+
+
 def roundtrip(compressor, entry, size, flat, start=0):
-    """What the servers would sum for this push: ``decode(encode(flat))`` (the local kind)."""
-    wire = compressor.encode(entry, size, flat, start)
-    return decode(compressor.spec, arrays.dtype_name(flat), (flat.size,), wire)
+    """What the servers would sum for this push: ``decode(encode(flat))``, piece by piece (the
+    local kind)."""
+    dtype = arrays.dtype_name(flat)
+    pieces = []
+    for lo in range(0, flat.size, ROUNDTRIP_ELEMENTS):
+        piece = flat[lo:lo + ROUNDTRIP_ELEMENTS]
+        wire = compressor.encode(entry, size, piece, start + lo)
+        pieces.append(decode(compressor.spec, dtype, (piece.size,), wire))
+    if len(pieces) == 1:
+        return pieces[0]
+    return np.concatenate(pieces) if pieces else flat.copy()
 
