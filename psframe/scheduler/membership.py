@@ -55,7 +55,7 @@ class MembershipState:
         self.barrier_notes = {}           # str(rank) -> note for everyone at release
         self.barrier_agree = {}           # rank -> {"what", "value"} every worker must agree on
         self.placements = PlacementState(num_servers, bigarray_bound)
-        self.parked_places = []           # (peer, id, keys) of non-zero ranks
+        self.parked_places = []           # (peer, id, keys, rank) of non-zero ranks
         self.finished = False             # every worker done: shut down
         self.failure = None               # reason the job was aborted
         self.failure_reported = False     # ... by the failing node itself (not detected here)
@@ -157,7 +157,7 @@ class MembershipState:
         self.failure = reason
         sends = [Send(p, "abort", i, {"reason": reason}) for p, i in self.waiting_register]
         sends += [Send(p, "abort", i, {"reason": reason}) for p, i in self.barrier.values()]
-        sends += [Send(p, "abort", i, {"reason": reason}) for p, i, _ in self.parked_places]
+        sends += [Send(p, "abort", i, {"reason": reason}) for p, i, _, _ in self.parked_places]
         # to both of a node's sockets: its heartbeat socket may not have spoken yet
         sends += [Send(p, "abort", 0, {"reason": reason}) for n in self.nodes.values()
                   if not n.done for p in {n.peer, n.control}]
