@@ -22,7 +22,7 @@ from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, Pr
 from ..protocol import ArrayDesc, Command, codec
 from ..protocol.codec import ITEMSIZE
 from ..transport import addresses, peers, sockets
-from . import fusion
+from . import checkpointing, fusion
 from .base import KVStore
 
 logger = logging.getLogger(__name__)
@@ -274,6 +274,12 @@ class DistKVStore(KVStore):
                 pass
         if error is not None:
             raise error
+
+    def _save_checkpoint(self, url, worker_state, storage_options):
+        checkpointing.save_dist(checkpointing.DistClient(self), url, worker_state, storage_options)
+
+    def _load_checkpoint(self, url, storage_options):
+        return checkpointing.load_dist(checkpointing.DistClient(self), url, storage_options)
 
     def server_stats(self, timeout=None):
         """Counters of every server (pushes per worker, bytes, updates): for tests and benches."""
@@ -528,7 +534,7 @@ class DistKVStore(KVStore):
             if req.cmd is Command.PUSH:
                 self._errors.append(req.error)
             return
-        if req.cmd is Command.STATS:
+        if req.cmd in _BODY_REPLIES:
             req.body = msg.body
         for info, key, i in req.acks:
             if type(info) is fusion.Group:
@@ -627,6 +633,7 @@ class _Batches:
 
 
 _NP_DTYPES = {name: np.dtype(name) for name in arrays.DTYPES}
+_BODY_REPLIES = (Command.STATS, Command.SAVE_CHECKPOINT)    # requests whose reply body is kept
 
 
 def _keys_text(keys):

@@ -3,6 +3,7 @@ sockets, no threads), so a serial training script runs unchanged."""
 from .. import arrays
 from ..protocol import ArrayDesc
 from ..server.shard import ShardState
+from . import checkpointing
 from .base import KVStore
 
 
@@ -50,6 +51,12 @@ class LocalKVStore(KVStore):
 
     def _barrier(self, timeout):
         pass
+
+    def _save_checkpoint(self, url, worker_state, storage_options):
+        checkpointing.save_local(self, url, worker_state, storage_options)
+
+    def _load_checkpoint(self, url, storage_options):
+        return checkpointing.load_local(self, url, storage_options)
 
     def server_stats(self, timeout=None):
         """The in-process shard's counters, shaped like the dist kinds' (one dict per server)."""

@@ -16,6 +16,7 @@ from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import OptimizerError, ProtocolError, as_reply
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
+from . import checkpoint_tasks
 from .shard import ShardState
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class ServerService:
         self.timeline = timeline.for_process(config, "server", config.server_rank)
         self._merge_start = {}       # (key, part, step) -> first push's arrival (timeline only)
         self._arrived = 0.0          # when the message being handled arrived (timeline only)
+        self.checkpoint_task = None  # a checkpoint save/load in flight (checkpoint_tasks)
+        self.held = []               # (peer, msg) that would change the shard meanwhile
 
     def run(self):
         """Register, then serve until the scheduler says shutdown (0) or abort (1)."""
@@ -104,7 +107,9 @@ class ServerService:
             if now >= next_prune:      # forget sent replies, so their buffers can be freed
                 self.guard.prune()
                 next_prune = now + PRUNE_INTERVAL
-            ready = poller.poll(min(cfg.heartbeat_interval, 0.2))
+            ready = poller.poll(0.005 if self.checkpoint_task else min(cfg.heartbeat_interval, 0.2))
+            if self.checkpoint_task is not None and self.checkpoint_task.done():
+                self._finish_checkpoint_task()
             if self.sock in ready:
                 self._drain()
             if sched in ready:
@@ -141,8 +146,34 @@ class ServerService:
                 self.pending.pop((peer, msg_id), None)
                 self._reply_error(peer, msg_id, exc)
 
+    def _finish_checkpoint_task(self):
+        """Reply to the finished save/load, then handle the messages held back meanwhile."""
+        task, self.checkpoint_task = self.checkpoint_task, None
+        peer, msg_id = task.token
+        try:
+            body = task.finish()
+        except Exception as exc:
+            exc = as_reply(exc, "server")
+            logger.error("checkpoint failed: %s", exc)
+            self._reply_error(peer, msg_id, exc)
+        else:
+            self._send(peer, codec.encode(Command.OK, msg_id, self.name, body=body))
+        held, self.held = self.held, []
+        for i, (peer, msg) in enumerate(held):
+            if self.checkpoint_task is not None:      # a held message started another task
+                self.held.extend(held[i:])
+                return
+            try:
+                self.handle(peer, msg)
+            except Exception as exc:
+                self.pending.pop((peer, msg.id), None)
+                self._reply_error(peer, msg.id, as_reply(exc, "server"))
+
     # -- dispatch -----------------------------------------------------------------------
     def handle(self, peer, msg):
+        if self.checkpoint_task is not None and msg.cmd in checkpoint_tasks.HELD:
+            self.held.append((peer, msg))
+            return
         handler = getattr(self, f"handle_{msg.cmd.value}", None)
         if handler is None:
             raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
@@ -204,6 +235,13 @@ class ServerService:
         self.shard.set_optimizer(optimizer)
         logger.info("optimizer set: %s", msg.body["optimizer"]["name"])
         self._send(peer, codec.encode(Command.OK, msg.id, self.name))
+
+    def handle_save_checkpoint(self, peer, msg, rank):
+        self.checkpoint_task = checkpoint_tasks.start_save(self.shard, msg.body, self.config.server_rank,
+                                                           (peer, msg.id))
+
+    def handle_load_checkpoint(self, peer, msg, rank):
+        self.checkpoint_task = checkpoint_tasks.start_load(self.shard, msg.body, (peer, msg.id))
 
     def handle_stats(self, peer, msg, rank):
         body = dict(self.shard.stats(), **process_usage())
