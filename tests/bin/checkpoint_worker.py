@@ -17,6 +17,8 @@ import numpy as np
 import psframe
 
 STEPS = 20
+# an S3-compatible endpoint for s3:// URLs (credentials: the standard AWS variables)
+OPTIONS = {"endpoint_url": os.environ["CKPT_ENDPOINT"]} if os.environ.get("CKPT_ENDPOINT") else None
 SMALL = [f"b{i}" for i in range(6)]
 
 
@@ -50,7 +52,8 @@ def train(kv, vals, first, last, save=None):
         kv.pushpull(keys, [grads[k] for k in keys], out=[vals[k] for k in keys])
         if save is not None and step + 1 == save[0]:
             kv.save_checkpoint(save[1], worker_state={"step": step + 1, "rank": kv.rank,
-                                                      "rng": np.arange(4) * kv.rank})
+                                                      "rng": np.arange(4) * kv.rank},
+                               storage_options=OPTIONS)
 
 
 def finish(kv, vals, out):
@@ -67,11 +70,11 @@ def main(mode, out, *rest):
         save = (int(rest[0]), rest[1]) if rest else None
         train(kv, vals, 0, STEPS, save)
     elif mode == "resume":
-        state = kv.load_checkpoint(rest[0])
+        state = kv.load_checkpoint(rest[0], storage_options=OPTIONS)
         assert state["rank"] == kv.rank and np.array_equal(state["rng"], np.arange(4) * kv.rank), state
         train(kv, vals, state["step"], STEPS)
     elif mode == "values":
-        kv.load_checkpoint(rest[0])
+        kv.load_checkpoint(rest[0], storage_options=OPTIONS)
     elif mode == "save-twice":
         train(kv, vals, 0, 2)
         kv.save_checkpoint(rest[0])
