@@ -191,6 +191,7 @@ def test_worker_state_rejects_what_it_cannot_hold(tmp_path):
 
 def test_s3_round_trip_and_latest(moto):
     so = storage_options(moto.endpoint)
+    Store("s3://psf-ckpt", so).fs.mkdir("psf-ckpt")                  # the bucket
     kv, vals = make_store()
     for i in range(4):
         step(kv, vals, i)

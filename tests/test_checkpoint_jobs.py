@@ -68,7 +68,7 @@ def test_values_load_into_three_servers_and_into_local_mode(tmp_path, saved_at_7
 def test_save_and_resume_through_s3(tmp_path, moto, uninterrupted):
     env = dict(ENV, **aws_env(moto.endpoint), CKPT_ENDPOINT=moto.endpoint)
     url = "s3://psf-ckpt-jobs/run/step-7"
-    Store("s3://psf-ckpt-jobs", storage_options(moto.endpoint)).makedirs()    # the bucket
+    Store("s3://psf-ckpt-jobs", storage_options(moto.endpoint)).fs.mkdir("psf-ckpt-jobs")   # the bucket
     run_job(WORKER, 2, 2, args=["run", tmp_path / "saved.npz", 7, url], env=env, timeout=60).check()
     assert checkpoint.latest("s3://psf-ckpt-jobs/run", storage_options(moto.endpoint)) == url
     run_job(WORKER, 2, 2, args=["resume", tmp_path / "out.npz", url], env=env, timeout=60).check()

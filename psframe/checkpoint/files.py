@@ -32,6 +32,10 @@ class Store:
                                   f"fsspec URL whose backend is installed (s3:// needs s3fs)",
                                   url=self.url) from None
 
+    @property
+    def local(self):
+        return "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
     def path(self, name):
         return posixpath.join(self.root, name)
 
@@ -40,6 +44,10 @@ class Store:
         return f"{self.url}/{name}"
 
     def makedirs(self, name=""):
+        """Create the directory ``name`` (the root if empty) where the store has directories;
+        object stores (S3, GCS) have none, and asking would cost a round trip to the bucket."""
+        if not self.local:
+            return
         try:
             self.fs.makedirs(self.path(name) if name else self.root, exist_ok=True)
         except Exception as exc:
@@ -153,8 +161,9 @@ def _io_error(exc, url, action):
     if isinstance(exc, CheckpointError):
         return exc
     if isinstance(exc, FileNotFoundError):
-        return CheckpointError(f"{action} checkpoint file {url}: not found; the checkpoint is "
-                               f"incomplete or the URL is wrong", url=url)
+        why = ("the directory or bucket does not exist; create it" if action == "writing" else
+               "the checkpoint is incomplete or the URL is wrong")
+        return CheckpointError(f"{action} checkpoint file {url}: not found; {why}", url=url)
     if isinstance(exc, PermissionError):
         return CheckpointError(f"{action} checkpoint file {url}: access denied ({exc}); check "
                                f"the credentials and permissions", url=url)
