@@ -33,6 +33,7 @@ class LaunchConfig:
     cwd: str = dataclasses.field(default_factory=os.getcwd)
     shutdown_grace: float = 3.0         # after the workers end, how long scheduler/servers get
     kill_grace: float = 3.0             # SIGTERM -> SIGKILL when stopping the job
+    max_restarts: int = 0               # restart a failed job up to this many times
     scheduler_module: str = "psframe.scheduler"
     server_module: str = "psframe.server"
 
@@ -46,6 +47,8 @@ class LaunchConfig:
         if self.kvstore not in envc.KINDS or self.kvstore == "local":
             raise ConfigError(f"--kvstore {self.kvstore!r}: use one of "
                               f"{', '.join(k for k in envc.KINDS if k != 'local')}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"--max-restarts {self.max_restarts}: must be >= 0")
         if not self.start_timeout > 0:
             raise ConfigError(f"--start-timeout {self.start_timeout}: must be > 0 seconds")
         if self.hostfile is not None and not os.access(self.hostfile, os.R_OK):

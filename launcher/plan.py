@@ -14,7 +14,7 @@ from psframe.transport.addresses import tcp
 
 # Variables the launcher owns; --env may not override them (it would break rank assignment).
 RESERVED = (envc.ROLE, envc.SCHEDULER, envc.NUM_WORKERS, envc.NUM_SERVERS, envc.RANK,
-            envc.SERVER_RANK, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST)
+            envc.SERVER_RANK, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST, envc.RESTART)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +73,9 @@ def _local_ranks(host_indexes):
     return ranks, counts
 
 
-def make_plan(config, hosts, scheduler_port):
-    """Place every process of the job. Pure: no I/O, no clock, no randomness.
+def make_plan(config, hosts, scheduler_port, restart=0):
+    """Place every process of the job. Pure: no I/O, no clock, no randomness. ``restart``: how
+    many times the job was restarted before this run (``PSFRAME_RESTART``, set when > 0).
 
     Raises:
         ConfigError: slots do not suffice, or ``--env`` tries to set a launcher-owned variable.
@@ -95,6 +96,8 @@ def make_plan(config, hosts, scheduler_port):
         envc.START_TIMEOUT: repr(float(config.start_timeout)),
         "PYTHONUNBUFFERED": "1",   # so every line reaches the launcher as it is printed
     })
+    if restart:
+        common[envc.RESTART] = str(restart)
     if config.optimizer_modules:
         common[envc.USER_MODULES] = os.pathsep.join(config.optimizer_modules)
     python = config.python
