@@ -8,14 +8,18 @@ SOURCES = [p for d in ("psframe", "launcher", "examples") for p in (ROOT / d).rg
 # lower layers never import higher ones (STYLE.md "Import direction"); every top-level module or
 # package of psframe/ must be here (except __init__, the public API, which may import anything)
 LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "protocol": 2,
-         "transport": 3, "sharding": 4, "optim": 4, "aggregation": 4, "server": 5, "scheduler": 5,
+         "transport": 3, "sharding": 4, "optim": 4, "aggregation": 4,
+         # checkpoint files on storage: below the server and the client that use them
+         "checkpoint": 4,
+         "server": 5, "scheduler": 5,
          "kvstore": 6,
          # a side branch for training scripts: above the core, so no core module imports it
          "data": 7,
          # integrations and tools on top of everything
          "torch": 8, "bench": 8}
 # side branches may import only these (not the core they sit beside)
-SIDE_BRANCH = {"data": {"errors", "config", "logs", "arrays"}}
+SIDE_BRANCH = {"data": {"errors", "config", "logs", "arrays"},
+               "checkpoint": {"errors", "config", "logs", "arrays"}}
 
 
 def _imports(path):
