@@ -15,12 +15,13 @@ import time
 import zmq
 
 from .. import optim
-from . import baselines, cases, report, raw_traffic
+from . import baselines, cases, checkpoints, report, raw_traffic
 from .cases import parse_size
 
 logger = logging.getLogger("psframe.bench")
 
 JOB_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job.py")
+CHECKPOINT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_job.py")
 OPS = ("push", "pull", "pushpull")
 CHUNK = 1 << 20       # frame size of the chunked raw pyzmq baselines (the faster size there)
 OPTIMIZERS = {"none": None, "sgd": lambda: optim.SGD(lr=0.01, momentum=0.9), "adam": lambda: optim.Adam(lr=1e-3)}
@@ -28,6 +29,14 @@ OPTIMIZERS = {"none": None, "sgd": lambda: optim.SGD(lr=0.01, momentum=0.9), "ad
 
 def build_parser():
     p = argparse.ArgumentParser(prog="psframe-bench", description=__doc__.split("\n")[0])
+    p.add_argument("--mode", choices=("transfer", "checkpoint"), default="transfer",
+                   help="transfer: push/pull/pushpull against raw pyzmq and gloo (default); "
+                        "checkpoint: save/load of a ResNet-50 (97.5 MiB) with -s servers against "
+                        "plain numpy files on the same storage")
+    p.add_argument("--checkpoint-url", action="append", default=[], metavar="URL",
+                   help="checkpoint mode: storage to measure (repeatable; default a temporary "
+                        "local directory; s3://bucket/prefix with --endpoint-url for S3-compatible stores)")
+    p.add_argument("--endpoint-url", default=None, help="checkpoint mode: S3 endpoint of s3:// URLs")
     p.add_argument("--sizes", default="4KiB,64KiB,1MiB,16MiB,100MiB",
                    help="key sizes of the 1-server job (comma list; KiB/MiB suffixes)")
     p.add_argument("--allreduce-sizes", default="16MiB,100MiB",
@@ -69,8 +78,8 @@ def _sizes(text):
     return sizes
 
 
-def run_job(num_workers, num_servers, kind, spec, ns, tag=""):
-    """Run the bench worker script under ``psframe-launch``; returns every worker's RESULT.
+def run_job(num_workers, num_servers, kind, spec, ns, tag="", script=JOB_SCRIPT):
+    """Run a bench worker script under ``psframe-launch``; returns every worker's RESULT.
 
     Raises:
         RuntimeError: the job failed or ran past ``--job-timeout``.
@@ -83,9 +92,9 @@ def run_job(num_workers, num_servers, kind, spec, ns, tag=""):
         stem, ext = os.path.splitext(os.path.abspath(ns.timeline))
         trace = f"{stem}.{num_servers}x{num_workers}.{kind}{tag}{ext or '.json'}"
         cmd += ["--env", f"PSFRAME_TIMELINE={trace}"]
-    cmd += [JOB_SCRIPT, json.dumps(spec)]
+    cmd += [script, json.dumps(spec)]
     logger.info("job: %d servers x %d workers, %s, %d cases", num_servers, num_workers, kind,
-                len(spec["cases"]))
+                len(spec.get("cases", spec.get("shapes", ()))))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=ns.job_timeout)
@@ -256,6 +265,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING,
                         format="psframe-bench: %(message)s")
     t0 = time.monotonic()
+    if ns.mode == "checkpoint":
+        return checkpoint_main(ns, t0)
     try:
         rep = measure(ns)
     except (RuntimeError, ValueError, OSError) as exc:
@@ -279,4 +290,21 @@ def main(argv=None):
         report.write_json(ns.json, rep)
     if ns.plot:
         report.plot(ns.plot, rep)
+    return 0
+
+
+def checkpoint_main(ns, t0):
+    make_optimizer = OPTIMIZERS[ns.optimizer]
+    spec = optim.to_spec(make_optimizer()) if make_optimizer else None
+    job = lambda *a, **k: run_job(*a, script=CHECKPOINT_SCRIPT, **k)   # noqa: E731
+    try:
+        rows = checkpoints.measure(ns, job, spec)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"psframe-bench: error: {exc}", file=sys.stderr)
+        return 1
+    print(checkpoints.text(rows, ns))
+    print(f"({time.monotonic() - t0:.0f} s)")
+    if ns.json:
+        report.write_json(ns.json, {"checkpoint": rows, "config": vars(ns),
+                                    "elapsed_s": time.monotonic() - t0})
     return 0

@@ -7,6 +7,7 @@ import posixpath
 from ..errors import CheckpointError
 from .files import Store
 from .manifest import MANIFEST, Checkpoint
+from .shards import size_of
 
 __all__ = ["Checkpoint", "CheckpointError", "latest", "export_weights"]
 
@@ -48,7 +49,7 @@ def export_weights(url, storage_options=None):
             message names the file).
     """
     ckpt = Checkpoint(url, storage_options)
-    ranges = [(key, 0, _size(rec["shape"])) for key, rec in ckpt.keys.items()]
+    ranges = [(key, 0, size_of(rec["shape"])) for key, rec in ckpt.keys.items()]
     ckpt.prefetch(ranges, with_state=False)
     out = {}
     for key, start, stop in ranges:
@@ -57,10 +58,3 @@ def export_weights(url, storage_options=None):
         out[rec["key"]] = value.reshape(rec["shape"]).copy()
     ckpt.release()
     return out
-
-
-def _size(shape):
-    size = 1
-    for d in shape:
-        size *= d
-    return size

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from .files import Store
-from .shards import member_bounds
+from .shards import member_bounds, size_of
 
 FORMAT = "psframe-checkpoint"
 VERSION = 1
@@ -65,6 +65,18 @@ def build(shards, key_layout, *, kind, num_workers, optimizer, workers):
             "step": top, "shards": shards, "keys": keys, "workers": list(workers)}
 
 
+def _index_entry(entry):
+    """Add the members' flat offsets to an entry record (value: ``bounds``; each slot:
+    ``offsets``, where members without state take no room), computed once per checkpoint."""
+    entry["bounds"] = member_bounds(entry["members"])
+    for slot in entry["slots"].values():
+        offsets, at = [], 0
+        for shape in slot["shapes"]:
+            offsets.append(at if shape is not None else None)
+            at += size_of(shape) if shape is not None else 0
+        slot["offsets"] = offsets
+
+
 def _hashable(key):
     return tuple(key) if isinstance(key, list) else key
 
@@ -91,6 +103,9 @@ class Checkpoint:
                                   f"(format {m.get('format')!r}, version {m.get('version')!r})", url=murl)
         try:
             self.entries = [shard["entries"] for shard in m["shards"]]
+            for entries in self.entries:
+                for entry in entries:
+                    _index_entry(entry)
             self.keys = {}
             for rec in m["keys"]:
                 self._check_pieces(rec)
@@ -101,11 +116,10 @@ class Checkpoint:
         self._cache = {}
 
     def _check_pieces(self, rec):
-        size = int(np.prod(rec["shape"], dtype=np.int64))
+        size = size_of(rec["shape"])
         covered = 0
         for s, e, m, start, stop in sorted(rec["pieces"], key=lambda p: p[3]):
-            entry = self.entries[s][e]
-            b = member_bounds(entry["members"])
+            b = self.entries[s][e]["bounds"]
             if start != covered or not start <= stop <= size or b[m + 1] - b[m] != stop - start:
                 raise ValueError(f"the pieces of key {rec['key']!r} do not tile its {size} elements")
             covered = stop
@@ -166,7 +180,7 @@ class Checkpoint:
         for s, e, m, a, b in pieces:
             entry = self.entries[s][e]
             lo, hi = max(a, start), min(b, stop)
-            base = member_bounds(entry["members"])[m]
+            base = entry["bounds"][m]
             flat = self._file(entry["value"])
             values.append(flat[base + lo - a:base + hi - a])
             if not with_state:
@@ -176,9 +190,8 @@ class Checkpoint:
                 shapes = slot["shapes"]
                 if shapes[m] is None:
                     continue
-                offset = sum(int(np.prod(sh, dtype=np.int64)) for sh in shapes[:m] if sh is not None)
-                size = int(np.prod(shapes[m], dtype=np.int64))
-                array = self._file(slot["file"])[offset:offset + size]
+                offset = slot["offsets"][m]
+                array = self._file(slot["file"])[offset:offset + size_of(shapes[m])]
                 member_shape = entry["members"][m][1]
                 slot_parts.setdefault(name, []).append(
                     (array, list(shapes[m]), list(member_shape), lo - a, hi - a, (a, b)))

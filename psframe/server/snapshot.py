@@ -8,7 +8,7 @@ which may cut keys differently from the saving job's).
 """
 import numpy as np
 
-from ..checkpoint.shards import EntrySnapshot
+from ..checkpoint.shards import EntrySnapshot, size_of
 from ..errors import CheckpointError, ConfigError
 from ..optim.base import STEP_KEY
 
@@ -63,10 +63,9 @@ def _plan(shard, ckpt, ranges, optimizer_name):
     for (key, part), st in shard.keys.items():
         _check_quiet(st, "load")
         if st.grouped:
-            members = [(m, name, 0, int(np.prod(shape, dtype=np.int64)))
-                       for m, (name, shape) in enumerate(st.layout())]
+            members = [(m, name, 0, st.bounds[m + 1] - st.bounds[m]) for m, name in enumerate(st.names)]
         else:
-            start, stop = ranges.get((key, part), (0, int(np.prod(st.shape, dtype=np.int64))))
+            start, stop = ranges.get((key, part), (0, st.bounds[-1]))
             members = [(0, key, start, stop)]
         for _, name, _, stop in members:
             _check_key(ckpt, name, st.dtype, stop)
@@ -108,7 +107,7 @@ def _check_key(ckpt, name, dtype, stop):
     if rec is None:
         raise CheckpointError(f"checkpoint {ckpt.url} has no key {name!r}; initialise the same "
                               f"keys as the saving job", url=ckpt.url)
-    size = int(np.prod(rec["shape"], dtype=np.int64))
+    size = size_of(rec["shape"])
     if np.dtype(rec["dtype"]) != np.dtype(dtype) or stop > size:
         raise CheckpointError(f"key {name!r} is {rec['dtype']}{rec['shape']} in checkpoint "
                               f"{ckpt.url} but {dtype} here; initialise it as the saving job did",
