@@ -8,6 +8,7 @@ dtype, shape, byte count, CRC-32 of the data bytes) lets a reader prove it whole
 import io
 import json
 import posixpath
+import threading
 import zlib
 
 import fsspec
@@ -139,6 +140,36 @@ class Store:
         if not isinstance(obj, dict):
             raise _corrupt(url, "not a JSON object")
         return obj
+
+
+def parallel_map(fn, items, threads):
+    """``[fn(x) for x in items]`` on up to ``threads`` daemon threads (storage answers per
+    request, so files go several at a time; daemon, so a store that hangs cannot keep a
+    process from exiting when its job ends). Raises the first error once all threads stopped."""
+    items = list(items)
+    results, errors, lock = [None] * len(items), [], threading.Lock()
+    todo = iter(enumerate(items))
+
+    def work():
+        while not errors:
+            with lock:
+                nxt = next(todo, None)
+            if nxt is None:
+                return
+            try:
+                results[nxt[0]] = fn(nxt[1])
+            except BaseException as exc:
+                errors.append(exc)
+
+    workers = [threading.Thread(target=work, daemon=True, name="psframe-checkpoint-io")
+               for _ in range(min(threads, len(items)))]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def _read_into(f, view):

@@ -6,13 +6,12 @@ member of which stored entry holds which range of the key's flat elements. A loa
 its keys differently (another server count, other fusion groups) and asks for its own ranges;
 ``Checkpoint.read_range`` assembles them from the pieces, so re-sharding is by key.
 """
-import concurrent.futures
 import time
 
 import numpy as np
 
 from ..errors import CheckpointError
-from .files import Store
+from .files import Store, parallel_map
 from .shards import member_bounds, size_of
 
 FORMAT = "psframe-checkpoint"
@@ -147,9 +146,8 @@ class Checkpoint:
         todo = [r for p, r in records.items() if p not in self._cache]
         if not todo:
             return
-        with concurrent.futures.ThreadPoolExecutor(min(READ_THREADS, len(todo))) as pool:
-            for rec, array in zip(todo, pool.map(self.store.read_array, todo)):
-                self._cache[rec["path"]] = array
+        for rec, array in zip(todo, parallel_map(self.store.read_array, todo, READ_THREADS)):
+            self._cache[rec["path"]] = array
 
     def _file(self, rec):
         array = self._cache.get(rec["path"])

@@ -11,12 +11,12 @@ and its index record (JSON, returned to the caller, kept in the manifest) holds 
 key, part, dtype, members and their shapes, completed sync steps per member, and per slot the
 shape of each member's array (``null``: that member has no optimizer state yet).
 """
-import concurrent.futures
 import dataclasses
 
 import numpy as np
 
 from ..errors import CheckpointError
+from .files import parallel_map
 
 WRITE_THREADS = 4    # files of one shard written at once (object stores answer per request)
 
@@ -99,9 +99,7 @@ def write_shard(store, server, entries):
             rec["slots"][name] = slot
             jobs.append((slot, "file", f"{folder}/{e}.{j}.npy", flat))
         records.append(rec)
-    with concurrent.futures.ThreadPoolExecutor(min(WRITE_THREADS, len(jobs)) or 1) as pool:
-        futures = [(target, field, pool.submit(store.write_array, name, array))
-                   for target, field, name, array in jobs]
-        for target, field, fut in futures:
-            target[field] = fut.result()
+    written = parallel_map(lambda job: store.write_array(job[2], job[3]), jobs, WRITE_THREADS)
+    for (target, field, _, _), record in zip(jobs, written):
+        target[field] = record
     return {"server": server, "entries": records}

@@ -7,6 +7,7 @@ handles those once the task has finished. A load reads every file it needs in th
 then ``finish`` (on the service's thread) puts the values into the shard in one go.
 """
 import concurrent.futures
+import threading
 
 from ..checkpoint.files import Store
 from ..checkpoint.manifest import Checkpoint
@@ -51,7 +52,18 @@ class CheckpointTask:
         return self._finish(self.future.result())
 
 
-_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="psframe-checkpoint")
+def _in_thread(fn):
+    """A future of ``fn()`` run on a daemon thread (a hung store must not keep the server
+    from exiting when its job ends)."""
+    future = concurrent.futures.Future()
+
+    def run():
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+    threading.Thread(target=run, daemon=True, name="psframe-checkpoint").start()
+    return future
 
 
 def start_save(shard, body, server_rank, token):
@@ -63,7 +75,7 @@ def start_save(shard, body, server_rank, token):
     if shard.optimizer is not None:
         from ..optim import to_spec
         spec = to_spec(shard.optimizer)
-    future = _pool.submit(lambda: write_shard(Store(url, options), server_rank, entries))
+    future = _in_thread(lambda: write_shard(Store(url, options), server_rank, entries))
     return CheckpointTask(token, future, lambda index: {"index": index, "optimizer": spec})
 
 
@@ -84,4 +96,4 @@ def start_load(shard, body, token):
     def finish(ckpt):
         snapshot.restore(shard, ckpt, ranges, name)
         return {}
-    return CheckpointTask(token, _pool.submit(read), finish)
+    return CheckpointTask(token, _in_thread(read), finish)
