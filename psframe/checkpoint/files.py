@@ -63,7 +63,9 @@ class Store:
     # -- arrays ---------------------------------------------------------------------------
     def write_array(self, name, array):
         """Write ``array`` as ``.npy`` file ``name``; returns its record (a JSON-able dict)."""
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:      # (np.ascontiguousarray would make a 0-d array 1-d)
+            array = array.copy(order="C")
         if array.dtype.hasobject:
             raise CheckpointError(f"{self.name_url(name)}: dtype {array.dtype} holds Python objects; "
                                   f"checkpoints store numeric arrays only", url=self.name_url(name))

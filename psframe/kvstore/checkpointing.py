@@ -15,6 +15,9 @@ from ..checkpoint import manifest, worker_state
 from ..checkpoint.files import Store
 from ..checkpoint.shards import write_shard
 from ..errors import CheckpointError, PSError, from_wire, to_wire
+from ..optim import to_spec
+from ..protocol import Command
+from ..server import snapshot
 
 
 def key_layout(keys):
@@ -75,8 +78,6 @@ def new_store(url, storage_options):
 
 # -- local ------------------------------------------------------------------------------------
 def save_local(kv, url, state, storage_options):
-    from ..optim import to_spec
-    from ..server import snapshot
     store = new_store(url, storage_options)
     index = write_shard(store, 0, snapshot.export(kv.shard))
     windex = worker_state.write(store, 0, state)
@@ -87,7 +88,6 @@ def save_local(kv, url, state, storage_options):
 
 
 def load_local(kv, url, storage_options):
-    from ..server import snapshot
     ckpt = manifest.Checkpoint(url, storage_options)
     check_keys(ckpt, kv._keys)
     snapshot.restore(kv.shard, ckpt, {}, optimizer_name(kv.shard.optimizer))
@@ -96,26 +96,21 @@ def load_local(kv, url, storage_options):
 
 
 def optimizer_name(opt):
-    if opt is None:
-        return None
-    from ..optim import to_spec
-    return to_spec(opt)["name"]
+    return None if opt is None else to_spec(opt)["name"]
 
 
 # -- dist -------------------------------------------------------------------------------------
-class _Outcome:
-    """An error to carry on a barrier note (every worker raises what one worker hit)."""
+def _note(exc, **extra):
+    """A barrier note carrying ``exc`` (or None), so every worker raises what one worker hit."""
+    return dict(extra, error=list(to_wire(exc)) if exc is not None else None)
 
-    @staticmethod
-    def note(exc, **extra):
-        return dict(extra, error=list(to_wire(exc)) if exc is not None else None)
 
-    @staticmethod
-    def raise_any(notes):
-        for rank in sorted(notes, key=int):
-            err = (notes.get(rank) or {}).get("error")
-            if err:
-                raise from_wire(*err)
+def _raise_any(notes):
+    """Raise the error of the lowest rank whose note carries one."""
+    for rank in sorted(notes, key=int):
+        err = (notes.get(rank) or {}).get("error")
+        if err:
+            raise from_wire(*err)
 
 
 def save_dist(client, url, state, storage_options):
@@ -128,7 +123,7 @@ def save_dist(client, url, state, storage_options):
             store = new_store(url, storage_options)
         except PSError as exc:
             error = exc
-    _Outcome.raise_any(client.barrier(_Outcome.note(error)))       # every push merged, dir ready
+    _raise_any(client.barrier(_note(error)))       # every push merged, dir ready
     error, windex, indexes = None, None, None
     try:
         store = store or Store(url, storage_options)
@@ -141,8 +136,8 @@ def save_dist(client, url, state, storage_options):
             spec = replies[0].get("optimizer")
     except PSError as exc:
         error = exc
-    notes = client.barrier(_Outcome.note(error, worker=windex))
-    _Outcome.raise_any(notes)
+    notes = client.barrier(_note(error, worker=windex))
+    _raise_any(notes)
     error = None
     if client.rank == 0:
         try:
@@ -152,7 +147,7 @@ def save_dist(client, url, state, storage_options):
             store.write_json(manifest.MANIFEST, doc)
         except PSError as exc:
             error = exc
-    _Outcome.raise_any(client.barrier(_Outcome.note(error)))
+    _raise_any(client.barrier(_note(error)))
 
 
 def load_dist(client, url, storage_options):
@@ -164,7 +159,7 @@ def load_dist(client, url, storage_options):
         check_keys(ckpt, client.keys)
     except PSError as exc:
         error = exc
-    _Outcome.raise_any(client.barrier(_Outcome.note(error)))
+    _raise_any(client.barrier(_note(error)))
     error = None
     if client.rank == 0:
         try:
@@ -177,7 +172,7 @@ def load_dist(client, url, storage_options):
                                "loading a checkpoint", per_server=lambda s: {"ranges": ranges.get(s, [])})
         except PSError as exc:
             error = exc
-    _Outcome.raise_any(client.barrier(_Outcome.note(error)))
+    _raise_any(client.barrier(_note(error)))
     continue_steps(client.keys, ckpt, client.part_acks)
     return worker_state.read(ckpt.store, ckpt.worker_index(client.rank))
 
@@ -198,7 +193,6 @@ class DistClient:
 
     def ask_servers(self, command, body, what, per_server=None):
         """Send ``command`` to every server at once; their reply bodies, by server."""
-        from ..protocol import Command
         cmd = Command(command)
         reqs = [self.kv._send((s, False), cmd, (), (), dict(body, **(per_server(s) if per_server else {})))
                 for s in range(len(self.kv._servers))]

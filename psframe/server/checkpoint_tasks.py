@@ -13,6 +13,7 @@ from ..checkpoint.files import Store
 from ..checkpoint.manifest import Checkpoint
 from ..checkpoint.shards import write_shard
 from ..errors import ProtocolError
+from ..optim import to_spec
 from ..protocol import Command
 from . import snapshot
 
@@ -71,10 +72,7 @@ def start_save(shard, body, server_rank, token):
     ``{"index": the shard's index record, "optimizer": spec or None}``."""
     url, options = _target(body)
     entries = snapshot.export(shard)         # raises at once if a key is not ready
-    spec = None
-    if shard.optimizer is not None:
-        from ..optim import to_spec
-        spec = to_spec(shard.optimizer)
+    spec = None if shard.optimizer is None else to_spec(shard.optimizer)
     future = _in_thread(lambda: write_shard(Store(url, options), server_rank, entries))
     return CheckpointTask(token, future, lambda index: {"index": index, "optimizer": spec})
 
@@ -83,10 +81,7 @@ def start_load(shard, body, token):
     """Read the files this shard needs in the background, then restore it in ``finish``."""
     url, options = _target(body)
     ranges = _ranges(body)
-    name = None
-    if shard.optimizer is not None:
-        from ..optim import to_spec
-        name = to_spec(shard.optimizer)["name"]
+    name = None if shard.optimizer is None else to_spec(shard.optimizer)["name"]
 
     def read():
         ckpt = Checkpoint(url, options)
