@@ -99,3 +99,19 @@ def test_server_killed_mid_save_leaves_the_previous_checkpoint_valid(tmp_path):
         checkpoint.export_weights(str(second))
     run_job(WORKER, 2, 2, args=["values", tmp_path / "values.npz", first], env=ENV, timeout=60).check()
     assert_bitwise(load(tmp_path / "values.npz"), checkpoint.export_weights(str(first)))
+
+
+def test_corrupt_shard_file_fails_every_worker_naming_it(tmp_path, saved_at_7):
+    import shutil
+    copy = tmp_path / "ck"
+    shutil.copytree(saved_at_7, copy)
+    victim = copy / "shard-1" / "0.value.npy"
+    blob = bytearray(victim.read_bytes())
+    blob[-1] ^= 0x01
+    victim.write_bytes(bytes(blob))
+    result = run_job(WORKER, 2, 2, args=["values", tmp_path / "out.npz", copy], env=ENV, timeout=60)
+    for rank in (0, 1):
+        out = result.outputs[f"worker:{rank}"]
+        assert result.codes[f"worker:{rank}"] != 0
+        assert "CheckpointError" in out and f"{victim}" in out and "CRC-32" in out, out[-2000:]
+    assert not (tmp_path / "out.npz").exists()
