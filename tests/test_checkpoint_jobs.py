@@ -84,7 +84,8 @@ def test_server_killed_mid_save_leaves_the_previous_checkpoint_valid(tmp_path):
     job = Job(WORKER, 2, 2, args=["save-twice", tmp_path / "out.npz", first, second], env=ENV)
     try:
         deadline = time.monotonic() + 30
-        while "SAVED-FIRST" not in job.output("worker:0") or not os.listdir(second / "shard-0"):
+        shard0 = second / "shard-0"
+        while "SAVED-FIRST" not in job.output("worker:0") or not (shard0.exists() and os.listdir(shard0)):
             assert time.monotonic() < deadline and job.procs["worker:0"].poll() is None, job.output("worker:0")
             time.sleep(0.05)
         time.sleep(0.5)       # server 0 finishes its files; server 1 stays blocked

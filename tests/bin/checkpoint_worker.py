@@ -1,5 +1,6 @@
 """A worker for the checkpoint tests: Adam on the servers over a fusion group of small keys, a
-big key sliced over the servers, and a float16 key under multi_precision.
+big key sliced over the servers, one big enough that its slices are cut into chunks (parts of
+at most 4 MiB), and a float16 key under multi_precision.
 
     checkpoint_worker.py run OUT [SAVE_AT URL]   20 steps (saving after step SAVE_AT to URL)
     checkpoint_worker.py resume OUT URL          load URL, then run on to step 20
@@ -20,19 +21,22 @@ STEPS = 20
 # an S3-compatible endpoint for s3:// URLs (credentials: the standard AWS variables)
 OPTIONS = {"endpoint_url": os.environ["CKPT_ENDPOINT"]} if os.environ.get("CKPT_ENDPOINT") else None
 SMALL = [f"b{i}" for i in range(6)]
+CHUNKED = 2_200_000     # 8.8 MB: over 2 servers, 2 chunks of <= 4 MiB per slice
 
 
 def initial():
     rng = np.random.default_rng(1)
     vals = {k: rng.standard_normal((3, 5 + i)).astype(np.float32) for i, k in enumerate(SMALL)}
     vals["big"] = rng.standard_normal(5000).astype(np.float32)       # > PSFRAME_BIGARRAY_BOUND
+    vals["chunked"] = rng.random(CHUNKED, dtype=np.float32)
     vals["half"] = rng.standard_normal((40, 3)).astype(np.float16)
     return vals
 
 
 def gradients(vals, rank, step):
     rng = np.random.default_rng(1000 * step + rank)
-    return {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in vals.items()}
+    return {k: (rng.random(v.shape, dtype=np.float32) - 0.5 if k == "chunked"
+                else rng.standard_normal(v.shape).astype(v.dtype)) for k, v in vals.items()}
 
 
 def setup(kind=None):
@@ -40,6 +44,7 @@ def setup(kind=None):
     vals = initial()
     kv.init(SMALL, [vals[k] for k in SMALL])           # one call: the small keys are fused
     kv.init("big", vals["big"])
+    kv.init("chunked", vals["chunked"])
     kv.init("half", vals["half"])
     kv.set_optimizer(psframe.optim.Adam(lr=0.01, multi_precision=True, rescale_grad=0.5))
     return kv, vals
