@@ -17,7 +17,12 @@ import posixpath
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError:
+    sys.exit("examples/train_torch.py needs PyTorch, which `make demo` does not install: run "
+             "`pip install -e '.[torch]'` (torch==2.13.0) in psframe's environment, e.g. "
+             "`.venv/bin/pip install -e '.[torch]'`")
 from torch import nn
 
 import psframe
@@ -131,9 +136,7 @@ def main(argv=None):
         print(f"rank {kv.rank}: trained on {batches} batches", flush=True)
         kv.barrier()
         if lead:
-            stats = getattr(kv, "server_stats", None)
-            if stats is not None:
-                metrics["server_pushes"] = [s["pushes"] for s in stats()]
+            metrics["server_pushes"] = [s["pushes"] for s in kv.server_stats()]
             metrics["wall_time_s"] = round(time.monotonic() - t0, 2)
             metrics["final_test_acc"] = metrics["test_acc"][-1] if metrics["test_acc"] else None
             save_outputs(args.out, metrics)

@@ -33,7 +33,8 @@ def build_parser():
     p.add_argument("--kvstore", default="dist_sync", metavar="KIND",
                    help="dist_sync (default), dist_async or dist_device_sync")
     p.add_argument("--start-timeout", type=float, default=envc.DEFAULTS[envc.START_TIMEOUT],
-                   metavar="SECONDS", help="every declared process must register within this")
+                   metavar="SECONDS", help="seconds every process has to register with the scheduler; "
+                        "after that the job fails naming who is missing (default: %(default)s)")
     p.add_argument("--max-restarts", type=int, default=0, metavar="K",
                    help="when a process dies, stop the job (as always), then start it again, up "
                         "to K times, with PSFRAME_RESTART=1, 2, ... (scripts resume from their "

@@ -70,13 +70,27 @@ class DTypeMismatchError(PSError, TypeError):
 class UnsupportedDTypeError(PSError, TypeError):
     """An array dtype psframe does not carry."""
 
-    def __init__(self, dtype, supported):
-        self.dtype = str(dtype)
-        super().__init__(f"dtype {self.dtype} is not supported; use one of {', '.join(supported)}")
+    def __init__(self, dtype, supported, key=None, op=None):
+        self.dtype, self.key = str(dtype), key
+        where = f"{op or 'value'} of key {key!r}: " if key is not None else ""
+        super().__init__(f"{where}dtype {self.dtype} is not supported; use one of "
+                         f"{', '.join(supported)} (e.g. .astype('float32'))")
 
 
 class OptimizerError(PSError, ValueError):
-    """An optimizer that cannot be shipped or built (unregistered name, bad config)."""
+    """An optimizer that cannot be shipped or built (unregistered name, bad config), or an
+    update that raised."""
+
+    @classmethod
+    def wrapping(cls, exc, what, consequence):
+        """``exc``, raised by an optimizer's code, as the OptimizerError a job reports:
+        ``"<what> <ExcType>: <exc>; <consequence>"`` (``what`` names the update, ending in
+        "raised" or a colon). An OptimizerError is returned as it is."""
+        if isinstance(exc, OptimizerError):
+            return exc
+        err = cls(f"{what} {type(exc).__name__}: {exc}; {consequence}")
+        err.__cause__, err.__suppress_context__ = exc, True    # as ``raise err from exc``
+        return err
 
 
 class PSTimeoutError(PSError, TimeoutError):
@@ -157,3 +171,12 @@ def from_wire(name, message, attrs=None):
 def from_body(body):
     """The exception carried by an error reply's body."""
     return from_wire(body.get("name", ""), body.get("message", ""), body.get("attrs"))
+
+
+
+def stopped_by_peer_line(exc):
+    """The one line a process prints when ``exc`` (a ``PeerLostError``) stopped it. It failed
+    because another process did, so its own traceback would only bury the report of the real
+    cause (the failed process's own output and psframe-launch's ROOT CAUSE block)."""
+    return (f"psframe: stopped because another process of the job failed: {type(exc).__name__}: "
+            f"{exc}\n")

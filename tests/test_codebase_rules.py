@@ -5,8 +5,9 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("psframe", "launcher", "examples") for p in (ROOT / d).rglob("*.py")]
 
-# lower layers never import higher ones (STYLE.md "Import direction"); every top-level module or
-# package of psframe/ must be here (except __init__, the public API, which may import anything)
+# lower layers never import higher ones (each layer can be read and tested without those above);
+# every top-level module or package of psframe/ must be here (except __init__, the public API,
+# which may import anything)
 LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "protocol": 2,
          "transport": 3, "sharding": 4, "optim": 4, "aggregation": 4,
          # checkpoint files on storage: below the server and the client that use them
@@ -16,10 +17,19 @@ LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "proto
          # a side branch for training scripts: above the core, so no core module imports it
          "data": 7,
          # integrations and tools on top of everything
-         "torch": 8, "bench": 8}
+         "torch": 8, "bench": 8, "deploy": 8}
 # side branches may import only these (not the core they sit beside)
 SIDE_BRANCH = {"data": {"errors", "config", "logs", "arrays"},
                "checkpoint": {"errors", "config", "logs", "arrays"}}
+# inside a package, modules import downwards too; every module of these packages must be here
+PACKAGE_LAYER = {
+    # the worker client: records, pure grouping and the checkpoint steps (which reach a store
+    # through a small adapter, importing no other module here), then routes to servers /
+    # request tracking / failure handling, the outgoing message builders over those, the API
+    # built from them all
+    "kvstore": {"base": 0, "fusion": 0, "call_record": 0, "checkpointing": 0, "local": 1,
+                "routes": 1, "requests": 1, "failures": 1, "messages": 2, "dist": 3},
+}
 
 
 def _imports(path):
@@ -92,6 +102,32 @@ def test_layers_import_downwards_only():
     assert not bad, bad
 
 
+def _package_violations(package, layers):
+    bad = []
+    for path in sorted((ROOT / "psframe" / package).glob("*.py")):
+        own = path.stem
+        if own == "__init__":
+            continue
+        assert own in layers, f"psframe/{package}/{path.name} has no layer in PACKAGE_LAYER: add it"
+        for name, node in _imports(path):
+            if name.startswith(".") and not name.startswith(".."):
+                targets = [name[1:].split(".")[0]] if name != "." else [a.name for a in node.names]
+            elif name.startswith(f"psframe.{package}."):
+                targets = [name.split(".")[2]]
+            else:
+                continue
+            for target in targets:
+                if target in layers and target != own and layers[target] >= layers[own] \
+                        and node.col_offset == 0:
+                    bad.append(f"psframe/{package}/{path.name}:{node.lineno} imports {target}")
+    return bad
+
+
+def test_modules_inside_a_package_import_downwards_only():
+    bad = [b for package, layers in PACKAGE_LAYER.items() for b in _package_violations(package, layers)]
+    assert not bad, bad
+
+
 def test_layer_rule_sees_from_dot_dot_import_names():
     """``from .. import X`` has no module: the target comes from the imported names."""
     node = ast.parse("from .. import kvstore, config").body[0]
@@ -108,3 +144,32 @@ def test_psframe_never_imports_the_launcher():
     for path in (ROOT / "psframe").rglob("*.py"):
         for name, node in _imports(path):
             assert not name.startswith("psframe_launcher"), f"{path}:{node.lineno}"
+
+
+# Pure state inside the service packages: events in, replies/sends out; no sockets, threads or
+# clocks, so every rule of merging and membership is testable without a process
+PURE_STATE = ("server/shard.py", "server/entry.py", "server/updates.py", "scheduler/membership.py",
+              "sharding.py")
+IMPURE = {"zmq", "socket", "threading", "time", "os", "transport", "timeline"}
+
+
+def test_pure_state_modules_do_no_io():
+    bad = []
+    for rel in PURE_STATE:
+        path = ROOT / "psframe" / rel
+        for name, node in _imports(path):
+            mods = {name.split(".")[0]} | set(_targets(pathlib.Path(rel), name, node))
+            if mods & IMPURE:
+                bad.append(f"psframe/{rel}:{node.lineno} imports {name}")
+    assert not bad, bad
+
+
+def test_services_share_one_request_loop_and_dispatch_rule():
+    """The scheduler and the servers answer requests through ``transport.requests.RequestLoop``
+    (one receive-and-reply loop, ``handle_<command>`` dispatch) and watch the scheduler through
+    ``transport.link`` only: no service has a loop or a heartbeat of its own."""
+    for rel in ("scheduler/service.py", "server/service.py"):
+        text = (ROOT / "psframe" / rel).read_text()
+        assert "(RequestLoop)" in text, rel
+        assert "def _drain" not in text and "recv_frames" not in text, rel
+        assert "Command.HEARTBEAT" not in text, rel

@@ -53,13 +53,13 @@ def check_keys(ckpt, keys):
                                   f"{ckpt.url}; initialise it as the saving job did", url=ckpt.url)
 
 
-def continue_steps(keys, ckpt, part_acks=None):
+def continue_steps(keys, ckpt):
     """The next push of every key is the step after the checkpoint's."""
     for k, info in keys.items():
         step = ckpt.step_of(k)
         info.pushes = info.acked = step
-        if part_acks is not None and k in part_acks:
-            part_acks[k] = [step] * len(part_acks[k])
+        if info.part_acked is not None:
+            info.part_acked = [step] * len(info.part_acked)
 
 
 def new_store(url, storage_options):
@@ -173,7 +173,7 @@ def load_dist(client, url, storage_options):
         except PSError as exc:
             error = exc
     _raise_any(client.barrier(_note(error)))
-    continue_steps(client.keys, ckpt, client.part_acks)
+    continue_steps(client.keys, ckpt)
     return worker_state.read(ckpt.store, ckpt.worker_index(client.rank))
 
 
@@ -183,7 +183,7 @@ class DistClient:
     def __init__(self, kv):
         self.kv = kv
         self.rank, self.num_workers, self.kind = kv.rank, kv.num_workers, kv.type
-        self.keys, self.part_acks = kv._keys, kv._part_acks
+        self.keys = kv._keys
 
     def flush(self):
         self.kv._flush()
@@ -194,7 +194,7 @@ class DistClient:
     def ask_servers(self, command, body, what, per_server=None):
         """Send ``command`` to every server at once; their reply bodies, by server."""
         cmd = Command(command)
-        reqs = [self.kv._send((s, False), cmd, (), (), dict(body, **(per_server(s) if per_server else {})))
+        reqs = [self.kv._send((s, False), cmd, body=dict(body, **(per_server(s) if per_server else {})))
                 for s in range(len(self.kv._servers))]
-        self.kv._wait(reqs, what)
+        self.kv._customer.wait(reqs, what)
         return [r.body or {} for r in reqs]

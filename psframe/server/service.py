@@ -16,6 +16,8 @@ from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import OptimizerError, ProtocolError, as_reply
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
+from ..transport.link import SchedulerLink
+from ..transport.requests import RequestLoop
 from . import checkpoint_tasks
 from .shard import ShardState
 
@@ -47,7 +49,9 @@ def import_user_modules(paths):
         logger.info("imported user module %s", path)
 
 
-class ServerService:
+class ServerService(RequestLoop):
+    who = "server"
+
     def __init__(self, config, ctx=None):
         self.config = config
         # two I/O threads: workers' connections are spread over them, so the bytes of two
@@ -96,55 +100,39 @@ class ServerService:
         return address
 
     def _loop(self, sched):
-        cfg = self.config
-        last_answer = next_beat = next_prune = time.monotonic()
+        link = SchedulerLink(self.ctx, self.config, self.name, sock=sched)
+        next_prune = time.monotonic()
         poller = sockets.Poller([self.sock, sched])
-        while True:
+        while not link.ended:
             now = time.monotonic()
-            if now >= next_beat:
-                sockets.send_frames(sched, codec.encode(Command.HEARTBEAT, 0, self.name))
-                next_beat = now + cfg.heartbeat_interval
+            link.beat(now)
             if now >= next_prune:      # forget sent replies, so their buffers can be freed
                 self.guard.prune()
                 next_prune = now + PRUNE_INTERVAL
-            ready = poller.poll(0.005 if self.checkpoint_task else min(cfg.heartbeat_interval, 0.2))
+            # a checkpoint task in flight is looked at every 5 ms: its reply is due when it ends
+            ready = poller.poll(0.005 if self.checkpoint_task else link.poll_interval)
             if self.checkpoint_task is not None and self.checkpoint_task.done():
                 self._finish_checkpoint_task()
             if self.sock in ready:
-                self._drain()
+                self.drain(limit=1000)   # bounded, so heartbeats still go out under a flood
             if sched in ready:
-                msg = codec.decode(sockets.recv_frames(sched))
-                last_answer = time.monotonic()
-                if msg.cmd is Command.SHUTDOWN:
-                    logger.info("shutdown: %s", self.shard.stats()["pushes"])
-                    return 0
-                if msg.cmd is Command.ABORT:
-                    logger.error("job aborted by the scheduler: %s", msg.body.get("reason"))
-                    return EXIT_ABORTED_BY_PEER
-            elif time.monotonic() - last_answer > cfg.heartbeat_timeout:
-                logger.error("lost the scheduler at %s: no answer for %gs", cfg.scheduler,
-                             cfg.heartbeat_timeout)
-                return EXIT_ABORTED_BY_PEER
+                link.receive()
+            else:
+                link.check_silence(time.monotonic())
+        if link.shutdown:
+            logger.info("shutdown: pushes received per worker rank: %s", self.shard.stats()["pushes"])
+            return 0
+        logger.error("%s", link.reason)
+        return EXIT_ABORTED_BY_PEER
 
-    def _drain(self):
-        # Bounded so heartbeats still go out under a flood of requests.
-        for _ in range(1000):
-            if not sockets.readable(self.sock):
-                return
-            frames = sockets.recv_frames(self.sock)
-            peer = frames[0].bytes
-            msg_id = 0
-            try:
-                msg = codec.decode(frames[1:])
-                msg_id = msg.id
-                if self.timeline is not None:
-                    self._arrived = timeline.now_us()
-                self.handle(peer, msg)
-            except Exception as exc:   # a bad request must never take the server down
-                exc = as_reply(exc, "server")
-                logger.warning("error reply to a request: %s", exc)
-                self.pending.pop((peer, msg_id), None)
-                self._reply_error(peer, msg_id, exc)
+    # -- the receive-and-reply loop's hooks and the handlers --------------------------------
+    def received(self, msg):
+        if self.timeline is not None:
+            self._arrived = timeline.now_us()
+
+    def failed(self, peer, msg_id, exc):
+        self.pending.pop((peer, msg_id), None)   # its other parts' answers are dropped
+        super().failed(peer, msg_id, exc)
 
     def _finish_checkpoint_task(self):
         """Reply to the finished save/load, then handle the messages held back meanwhile."""
@@ -153,11 +141,11 @@ class ServerService:
         try:
             body = task.finish()
         except Exception as exc:
-            exc = as_reply(exc, "server")
+            exc = as_reply(exc, self.who)
             logger.error("checkpoint failed: %s", exc)
-            self._reply_error(peer, msg_id, exc)
+            self.failed(peer, msg_id, exc)
         else:
-            self._send(peer, codec.encode(Command.OK, msg_id, self.name, body=body))
+            self.send_raw(peer, codec.encode(Command.OK, msg_id, self.name, body=body))
         held, self.held = self.held, []
         for i, (peer, msg) in enumerate(held):
             if self.checkpoint_task is not None:      # a held message started another task
@@ -166,19 +154,14 @@ class ServerService:
             try:
                 self.handle(peer, msg)
             except Exception as exc:
-                self.pending.pop((peer, msg.id), None)
-                self._reply_error(peer, msg.id, as_reply(exc, "server"))
+                self.failed(peer, msg.id, as_reply(exc, self.who))
 
-    # -- dispatch -----------------------------------------------------------------------
     def handle(self, peer, msg):
         if self.checkpoint_task is not None and msg.cmd in checkpoint_tasks.HELD:
             self.held.append((peer, msg))
             return
-        handler = getattr(self, f"handle_{msg.cmd.value}", None)
-        if handler is None:
-            raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
-        handler(peer, msg, rank)
+        self.handler(msg)(peer, msg, rank)
 
     def handle_init(self, peer, msg, rank):
         descs = list(msg.arrays) + codec.decode_meta(msg.body)
@@ -234,7 +217,7 @@ class ServerService:
         optimizer = optim.from_spec(msg.body.get("optimizer"))   # validates the spec
         self.shard.set_optimizer(optimizer)
         logger.info("optimizer set: %s", msg.body["optimizer"]["name"])
-        self._send(peer, codec.encode(Command.OK, msg.id, self.name))
+        self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
 
     def handle_save_checkpoint(self, peer, msg, rank):
         self.checkpoint_task = checkpoint_tasks.start_save(self.shard, msg.body, self.config.server_rank,
@@ -245,7 +228,7 @@ class ServerService:
 
     def handle_stats(self, peer, msg, rank):
         body = dict(self.shard.stats(), **process_usage())
-        self._send(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
+        self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
 
     # -- replies ------------------------------------------------------------------------
     def _expect(self, peer, msg, n):
@@ -253,7 +236,7 @@ class ServerService:
         if token in self.pending:
             raise ProtocolError(f"request id {msg.id} is already in flight from this peer")
         if n == 0:
-            self._send(peer, codec.encode(Command.OK, msg.id, self.name))
+            self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
             return token
         self.pending[token] = _Pending(msg.cmd, n)
         return token
@@ -273,7 +256,7 @@ class ServerService:
                 del self.pending[r.token]
                 peer, msg_id = r.token
                 if p.error is not None:
-                    self._reply_error(peer, msg_id, p.error)
+                    self.failed(peer, msg_id, p.error)
                 else:
                     self._reply_arrays(peer, msg_id, p.arrays)
 
@@ -290,19 +273,10 @@ class ServerService:
             else:
                 bufs.append(a.reshape(-1).view(np.uint8))
                 tracked.append(a)
-        tracker = self._send(peer, codec.encode(Command.OK, msg_id, self.name, descs, bufs), track=bool(tracked))
+        frames = codec.encode(Command.OK, msg_id, self.name, descs, bufs)
+        tracker = self.send_raw(peer, frames, track=bool(tracked))
         for a in tracked:
             self.guard.add(a, tracker)
-
-    def _reply_error(self, peer, msg_id, exc):
-        self._send(peer, codec.encode_error(msg_id, self.name, exc))
-
-    def _send(self, peer, frames, track=False):
-        try:
-            return sockets.send_frames(self.sock, [peer, *frames], track=track)
-        except Exception as exc:  # the worker went away; liveness reports it
-            logger.warning("could not reply to a worker: %s", exc)
-            return None
 
 
 def process_usage():
