@@ -11,9 +11,9 @@ import statistics
 import tempfile
 import time
 
-import fsspec
 import numpy as np
 
+from ..checkpoint.files import Store
 from . import cases
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ SLOTS = {"none": 0, "sgd": 1, "adam": 2}    # weight-shaped optimizer slots per 
 def plain_numpy(url, arrays, options, rounds):
     """Median seconds to write and to read ``arrays`` as one ``.npy`` file each under ``url``
     with numpy through fsspec (one process, one file after another)."""
+    import fsspec        # the checkpoint mode needs it; the transfer mode does not
     fs, root = fsspec.core.url_to_fs(url, **(options or {}))
     writes, reads = [], []
     for r in range(rounds + 1):                   # round 0 warms the store's client up
@@ -71,8 +72,8 @@ def measure(ns, run_job, optimizer_spec):
                     "storage_options": options}
             results = run_job(ns.num_workers, ns.num_servers, "dist_sync", spec, ns, tag=".checkpoint")
             base.append(plain_numpy(f"{url.rstrip('/')}/plain-{stamp}-b", arrays, options, ns.rounds))
-            fs, root = fsspec.core.url_to_fs(spec["url"], **(options or {}))
-            _remove(fs, root)
+            store = Store(spec["url"], options)
+            _remove(store.fs, store.root)
             save = statistics.median(max(r["save"][i] for r in results) for i in range(ns.rounds))
             load = statistics.median(max(r["load"][i] for r in results) for i in range(ns.rounds))
             write, read = min(b[0] for b in base), min(b[1] for b in base)

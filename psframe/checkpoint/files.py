@@ -11,7 +11,6 @@ import posixpath
 import threading
 import zlib
 
-import fsspec
 import numpy as np
 
 from ..errors import CheckpointError
@@ -26,6 +25,12 @@ class Store:
 
     def __init__(self, url, storage_options=None):
         self.url = str(url).rstrip("/")
+        try:
+            import fsspec     # here, not at import: a job that never checkpoints never loads it
+        except ImportError:
+            raise CheckpointError(f"checkpoint URL {self.url}: checkpoints are written through "
+                                  f"fsspec, which is not installed; pip install 'psframe[s3]' "
+                                  f"(or just fsspec for local paths)", url=self.url) from None
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         except (ImportError, ValueError) as exc:
