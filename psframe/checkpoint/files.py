@@ -18,6 +18,7 @@ from ..errors import CheckpointError
 # Data is checksummed and written in pieces of this size, straight from the array's memory (no
 # copy of a big array, and each piece is still in the CPU cache when it is written).
 PIECE_BYTES = 8 << 20
+REMOTE_THREADS = 4       # files of one process in flight at once on a remote store
 
 
 class Store:
@@ -41,6 +42,13 @@ class Store:
     @property
     def local(self):
         return "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    @property
+    def threads(self):
+        """Files to move at once: several on remote stores, which answer each request after a
+        round trip; one on a local disk, where copying through the page cache is the whole cost
+        and more threads per server only compete for the cores every server shares."""
+        return 1 if self.local else REMOTE_THREADS
 
     def path(self, name):
         return posixpath.join(self.root, name)

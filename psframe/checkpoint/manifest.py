@@ -17,7 +17,6 @@ from .shards import member_bounds, size_of
 FORMAT = "psframe-checkpoint"
 VERSION = 1
 MANIFEST = "manifest.json"
-READ_THREADS = 4
 
 
 def build(shards, key_layout, *, kind, num_workers, optimizer, workers):
@@ -146,7 +145,7 @@ class Checkpoint:
         todo = [r for p, r in records.items() if p not in self._cache]
         if not todo:
             return
-        for rec, array in zip(todo, parallel_map(self.store.read_array, todo, READ_THREADS)):
+        for rec, array in zip(todo, parallel_map(self.store.read_array, todo, self.store.threads)):
             self._cache[rec["path"]] = array
 
     def _file(self, rec):
@@ -219,6 +218,22 @@ class Checkpoint:
                               f"neither the weight's nor a scalar, so it cannot be cut into other "
                               f"server slices; load into as many servers as saved it "
                               f"({self.manifest['num_servers']})", url=self.url)
+
+    def saved_entry_value(self, members, bounds):
+        """The whole flat value file of one saved entry when it is laid out exactly as a loading
+        entry (``members``: ``[(member, key, start, stop)]`` in order; ``bounds``: its member
+        offsets), so the loader can take the array as it is instead of copying it; else None."""
+        where = None
+        for m, key, start, stop in members:
+            pieces = self._overlapping(key, start, stop)
+            if len(pieces) != 1:
+                return None
+            s, e, pm, a, b = pieces[0]
+            if (pm, a, b) != (m, start, stop) or where not in (None, (s, e)):
+                return None
+            where = (s, e)
+        entry = self.entries[where[0]][where[1]]
+        return self._file(entry["value"]) if entry["bounds"] == list(bounds) else None
 
     def worker_index(self, rank):
         workers = self.manifest.get("workers") or []

@@ -18,7 +18,6 @@ import numpy as np
 from ..errors import CheckpointError
 from .files import parallel_map
 
-WRITE_THREADS = 4    # files of one shard written at once (object stores answer per request)
 
 
 @dataclasses.dataclass
@@ -99,7 +98,7 @@ def write_shard(store, server, entries):
             rec["slots"][name] = slot
             jobs.append((slot, "file", f"{folder}/{e}.{j}.npy", flat))
         records.append(rec)
-    written = parallel_map(lambda job: store.write_array(job[2], job[3]), jobs, WRITE_THREADS)
+    written = parallel_map(lambda job: store.write_array(job[2], job[3]), jobs, store.threads)
     for (target, field, _, _), record in zip(jobs, written):
         target[field] = record
     return {"server": server, "entries": records}

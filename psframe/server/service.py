@@ -109,8 +109,9 @@ class ServerService(RequestLoop):
             if now >= next_prune:      # forget sent replies, so their buffers can be freed
                 self.guard.prune()
                 next_prune = now + PRUNE_INTERVAL
-            # a checkpoint task in flight is looked at every 5 ms: its reply is due when it ends
-            ready = poller.poll(0.005 if self.checkpoint_task else link.poll_interval)
+            # a checkpoint task in flight is looked at every millisecond: its reply is due when
+            # it ends (a save or load of 100 MiB takes tens of milliseconds)
+            ready = poller.poll(0.001 if self.checkpoint_task else link.poll_interval)
             if self.checkpoint_task is not None and self.checkpoint_task.done():
                 self._finish_checkpoint_task()
             if self.sock in ready:

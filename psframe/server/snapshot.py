@@ -96,9 +96,13 @@ def restore(shard, ckpt, ranges, optimizer_name=None):
     prefetch(shard, ckpt, ranges, optimizer_name)
     want_state = optimizer_name is not None
     for st, members in _plan(shard, ckpt, ranges, optimizer_name):
+        whole = ckpt.saved_entry_value(members, st.bounds)
+        if whole is not None and whole.dtype == np.dtype(st.dtype):
+            st.value = whole       # laid out as saved: the array read is the value, no copy
         for m, name, a, b in members:
             value, state = ckpt.read_range(name, a, b, with_state=want_state)
-            _restore_member(shard, st, m, value, state, ckpt.step_of(name))
+            _restore_member(shard, st, m, None if st.value is whole else value, state,
+                            ckpt.step_of(name))
     ckpt.release()
 
 
@@ -115,12 +119,15 @@ def _check_key(ckpt, name, dtype, stop):
 
 
 def _restore_member(shard, st, m, value, state, step):
-    if shard.guard.shared(st.value):     # zmq may still send the old value: write to a copy
-        st.value = st.value.copy()
-    else:
-        shard.guard.wait(st.value)
+    """Member ``m`` of entry ``st`` takes ``value`` (None: already in place), ``state`` and
+    ``step``."""
     lo, hi = st.bounds[m], st.bounds[m + 1]
-    st.value[lo:hi] = value
+    if value is not None:
+        if shard.guard.shared(st.value):     # zmq may still send the old value: write to a copy
+            st.value = st.value.copy()
+        else:
+            shard.guard.wait(st.value)
+        st.value[lo:hi] = value
     st.completed[m] = step
     st.pushes[:, m] = step
     st.group_state = st.group_steps = None   # rebuilt from the members' state on the next update
