@@ -6,15 +6,17 @@ reply while waiting on one); ``failures`` connects the worker's failures and the
 """
 import atexit
 import logging
+import time
 
 import numpy as np
 
 from .. import timeline
-from ..errors import PeerLostError, PSError, from_wire, to_wire
+from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, from_body, from_wire, to_wire
 from ..protocol import Command, codec
 from ..transport import peers, sockets
 from . import checkpointing, fusion, messages
 from .base import KVStore
+from .call_record import CallRecord
 from .failures import Failures, leaves_on_timeout
 from .requests import NP_DTYPES, Customer
 from .routes import ServerLinks
@@ -44,6 +46,7 @@ class DistKVStore(KVStore):
         self._timeline = timeline.for_process(config, "worker", config.rank)
         for i in range(len(self._servers) if self._timeline is not None else 0):
             self._timeline.name_thread(i, f"requests to server {i}")
+        self.calls = CallRecord()
         self._failures = Failures(self._ctx, config, self.name, self._sched, self)
         self._customer = Customer(self._links.sockets(), self._sched, self._failures.check,
                                   config.timeout, self._timeline)
@@ -52,8 +55,17 @@ class DistKVStore(KVStore):
                     self._links.describe())
 
     # -- the kind's operations ----------------------------------------------------------
+    def _step(self, keys, ahead):
+        """The sync step a call on ``keys`` is at (its first key's), for the call record."""
+        info = self._keys.get(keys[0]) if self.sync and keys else None
+        return info.pushes + ahead if info is not None else None
+
     @leaves_on_timeout
     def _init(self, keys, values):
+        with self.calls.call("init", keys):
+            self._init_keys(keys, values)
+
+    def _init_keys(self, keys, values):
         units = fusion.plan(keys, [self._keys[k] for k in keys], self.config.fuse_key_bytes,
                             self.config.bigarray_bound, len(self._servers))
         placed = self._ask_scheduler(Command.PLACE, {"keys": messages.placement_request(units, self._keys)},
@@ -67,12 +79,20 @@ class DistKVStore(KVStore):
 
     @leaves_on_timeout
     def _push(self, keys, values, priority):
+        with self.calls.call("push", keys, self._step(keys, 1)):
+            self._push_keys(keys, values)
+
+    def _push_keys(self, keys, values):
         plain, fused = messages.by_group(self._keys, keys, values)
         self._customer.wait_sent(self._send_pushes(Command.PUSH, plain, fused, {}))
         self._customer.raise_deferred()
 
     @leaves_on_timeout
     def _pull(self, keys, outs, priority):
+        with self.calls.call("pull", keys, self._step(keys, 0)):
+            self._pull_keys(keys, outs)
+
+    def _pull_keys(self, keys, outs):
         batches, finish = messages.pull_batches(self._keys, *messages.by_group(self._keys, keys, outs))
         reqs = [self._send(s, Command.PULL, b, {"meta": b.meta}) for s, b in batches]
         self._customer.wait(reqs, f"pull of {_keys_text(keys)}")
@@ -81,6 +101,10 @@ class DistKVStore(KVStore):
 
     @leaves_on_timeout
     def _pushpull(self, keys, values, outs, priority):
+        with self.calls.call("pushpull", keys, self._step(keys, 1)):
+            self._pushpull_keys(keys, values, outs)
+
+    def _pushpull_keys(self, keys, values, outs):
         plain, fused = messages.by_group(self._keys, keys, list(zip(values, outs)))
         targets, finish = messages.pull_targets(self._keys, [(k, out) for k, (_, out) in plain],
                                                 [(g, [o for _, o in pairs]) for g, pairs in fused])
@@ -91,6 +115,10 @@ class DistKVStore(KVStore):
             f()
 
     def _set_optimizer(self, spec):
+        with self.calls.call("set_optimizer"):
+            self._install_optimizer(spec)
+
+    def _install_optimizer(self, spec):
         # Every earlier push must be merged under the old rule before the new one applies.
         # Rank 0 installs it; the barrier carries its outcome so every worker raises alike.
         self._flush()
@@ -109,10 +137,35 @@ class DistKVStore(KVStore):
 
     def _barrier(self, timeout, note=None):
         """Wait for every worker; returns the notes workers attached, by rank (as str)."""
+        with self.calls.call("barrier"):
+            return self._wait_for_all(timeout, note)
+
+    def _wait_for_all(self, timeout, note):
         self._flush(timeout)
         body = {"rank": self.rank, "note": note} if note is not None else None
         reply = self._ask_scheduler(Command.BARRIER, body, "barrier", timeout)
         return (reply or {}).get("notes", {})
+
+    def _join(self, timeout):
+        with self.calls.call("join"):
+            self._flush(timeout)          # every push is in before the servers hear we left
+            ask = self.config.timeout if timeout is None else timeout
+            deadline = None if timeout is None else time.monotonic() + timeout
+            msg_id = self._customer.next_id()
+            sockets.send_frames(self._sched, codec.encode(Command.JOIN, msg_id, self.name))
+            while True:     # as long as the job lives: the others may train for hours
+                self._failures.check()
+                left = ask if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise PSTimeoutError(f"join: not every worker joined within {timeout:g}s")
+                if sockets.poll([self._sched], min(left, 1.0)):
+                    reply = codec.decode(sockets.recv_frames(self._sched))
+                    if reply.cmd is Command.ABORT:
+                        raise JobAbortedError(f"job aborted by the scheduler: {reply.body.get('reason')}")
+                    if reply.cmd is Command.ERROR:
+                        raise from_body(reply.body)
+                    if reply.id == msg_id:
+                        return
 
     def _close(self):
         error = None
@@ -142,10 +195,12 @@ class DistKVStore(KVStore):
         self._customer.flush(timeout)
 
     def _save_checkpoint(self, url, worker_state, storage_options):
-        checkpointing.save_dist(checkpointing.DistClient(self), url, worker_state, storage_options)
+        with self.calls.call("save_checkpoint"):
+            checkpointing.save_dist(checkpointing.DistClient(self), url, worker_state, storage_options)
 
     def _load_checkpoint(self, url, storage_options):
-        return checkpointing.load_dist(checkpointing.DistClient(self), url, storage_options)
+        with self.calls.call("load_checkpoint"):
+            return checkpointing.load_dist(checkpointing.DistClient(self), url, storage_options)
 
     def server_stats(self, timeout=None):
         """Counters of every server (pushes per worker, bytes, updates): for tests and benches."""

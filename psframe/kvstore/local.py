@@ -52,6 +52,9 @@ class LocalKVStore(KVStore):
     def _barrier(self, timeout):
         pass
 
+    def _join(self, timeout):
+        pass     # the only worker: nobody to wait for
+
     def _save_checkpoint(self, url, worker_state, storage_options):
         checkpointing.save_local(self, url, worker_state, storage_options)
 
