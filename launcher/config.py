@@ -36,6 +36,7 @@ class LaunchConfig:
     shutdown_grace: float = 3.0         # after the workers end, how long scheduler/servers get
     kill_grace: float = 3.0             # SIGTERM -> SIGKILL when stopping the job
     security: str = None                # curve | token | none; None: curve multi-host, else token
+    max_restarts: int = 0               # restart a failed job up to this many times
 
     def __post_init__(self):
         if self.num_workers < 1:
@@ -49,6 +50,8 @@ class LaunchConfig:
                               f"{', '.join(k for k in envc.KINDS if k != 'local')}")
         if self.security is not None and self.security not in envc.SECURITY_MODES:
             raise ConfigError(f"--security {self.security!r}: use one of {', '.join(envc.SECURITY_MODES)}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"--max-restarts {self.max_restarts}: must be >= 0")
         if not self.start_timeout > 0:
             raise ConfigError(f"--start-timeout {self.start_timeout}: must be > 0 seconds")
         if self.hostfile is not None and not os.access(self.hostfile, os.R_OK):

@@ -14,7 +14,7 @@ from psframe.transport.addresses import tcp
 
 # Variables the launcher owns; --env may not override them (it would break rank assignment).
 RESERVED = (envc.ROLE, envc.SCHEDULER, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST,
-            envc.JOB_ID, envc.SECURITY, envc.CREDENTIALS, envc.CREDENTIALS_FILE) + tuple(
+            envc.JOB_ID, envc.SECURITY, envc.CREDENTIALS, envc.CREDENTIALS_FILE, envc.RESTART) + tuple(
     v for role in envc.ROLES.values() for v in (role.count_env, role.rank_env) if v)
 
 
@@ -87,9 +87,10 @@ def _local_ranks(host_indexes):
     return ranks, counts
 
 
-def make_plan(config, hosts, scheduler_port, job_id=""):
+def make_plan(config, hosts, scheduler_port, job_id="", restart=0):
     """Place every process of the job. Pure: no I/O, no clock, no randomness (the caller picks
-    ``job_id``, the tag every process of the job carries in ``PSFRAME_JOB_ID``).
+    ``job_id``, the tag every process of the job carries in ``PSFRAME_JOB_ID``). ``restart``:
+    how many times the job was restarted before this run (``PSFRAME_RESTART``, set when > 0).
 
     Raises:
         ConfigError: slots do not suffice, or ``--env`` tries to set a launcher-owned variable.
@@ -111,6 +112,8 @@ def make_plan(config, hosts, scheduler_port, job_id=""):
     })
     if job_id:
         common[envc.JOB_ID] = job_id
+    if restart:
+        common[envc.RESTART] = str(restart)
     if config.optimizer_modules:
         common[envc.USER_MODULES] = os.pathsep.join(config.optimizer_modules)
     python = config.python

@@ -36,6 +36,7 @@ FUSE_KEY_BYTES = "PSFRAME_FUSE_KEY_BYTES"  # keys up to this size, initialised t
 IPC = "PSFRAME_IPC"                      # 1: big entries go to servers on this machine over a unix socket
 USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules servers import
 TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
+RESTART = "PSFRAME_RESTART"              # set by psframe-launch --max-restarts: 1, 2, ... on restarts
 
 LOG_LEVEL = "PSFRAME_LOG_LEVEL"          # logging level name (INFO)
 SECURITY = "PSFRAME_SECURITY"            # curve | token | none: how connections authenticate
@@ -150,6 +151,7 @@ class Config:
     max_message_bytes: int = DEFAULTS[MAX_MESSAGE_BYTES]
     server_memory_bytes: int = 0      # 0: the machine's physical memory
     send_timeout: float = DEFAULTS[SEND_TIMEOUT]
+    restart: int = 0            # how many times psframe-launch restarted this job (0: first run)
 
     @property
     def launched(self):
@@ -232,7 +234,8 @@ def from_env(env=None):
         max_steps_ahead=_get(env, MAX_STEPS_AHEAD, int, DEFAULTS[MAX_STEPS_AHEAD], minimum=1),
         fuse_key_bytes=_get(env, FUSE_KEY_BYTES, int, DEFAULTS[FUSE_KEY_BYTES], minimum=0),
         ipc=bool(_get(env, IPC, int, DEFAULTS[IPC], minimum=0)),
-        user_modules=modules, timeline=env.get(TIMELINE, ""), log_level=log_level)
+        user_modules=modules, timeline=env.get(TIMELINE, ""), log_level=log_level,
+        restart=_get(env, RESTART, int, 0, minimum=0))
 
 
 def _security(env):

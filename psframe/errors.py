@@ -132,12 +132,22 @@ class DataError(PSError, OSError):
         super().__init__(message)
 
 
+class CheckpointError(PSError, OSError):
+    """A checkpoint that cannot be written or read (missing, incomplete, corrupt or truncated
+    file, or one that does not match the job loading it). The message names the file and the
+    fix; ``url`` holds the file's URL."""
+
+    def __init__(self, message, url=None):
+        self.url = url
+        super().__init__(message)
+
+
 # Only these names are turned back into exceptions on receipt; anything else becomes RemoteError.
 _WIRE_ERRORS = {cls.__name__: cls for cls in (
     PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
     ShapeMismatchError, DTypeMismatchError, UnsupportedDTypeError, OptimizerError,
     PSTimeoutError, PeerLostError, JobAbortedError, UnevenStepsError, RefusedError,
-    MemoryBudgetError)}
+    MemoryBudgetError, DataError, CheckpointError)}
 
 
 # Facts an error keeps as attributes; they travel beside the message (all msgpack-able).

@@ -69,3 +69,13 @@ def test_bench_rejects_a_bad_size(tmp_path):
     cmd = _bench_command() + ["--sizes", "bogus"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
+
+
+def test_bench_checkpoint_mode_saves_and_loads_through_a_job(tmp_path):
+    out_json = tmp_path / "c.json"
+    proc = _run_bench(["--mode", "checkpoint", "--model-scale", "0.01", "--rounds", "1",
+                       "--checkpoint-url", str(tmp_path / "ck"), "--json", str(out_json)])
+    assert "save/np" in proc.stdout and "target: save and load <= 1.5x" in proc.stdout
+    row, = json.loads(out_json.read_text())["checkpoint"]
+    assert row["nbytes"] > 0 and all(row[k] > 0 for k in ("save", "load", "plain_write", "plain_read"))
+    assert not any((tmp_path / "ck").iterdir())          # its files are removed afterwards

@@ -14,9 +14,9 @@ import time
 import zmq
 
 from .. import optim
-from . import baselines, cases, compression, multihost, report, raw_traffic, security
+from . import baselines, cases, checkpoints, compression, multihost, report, raw_traffic, security
 from .cases import parse_size, parse_sizes
-from .runner import run_job
+from .runner import CHECKPOINT_SCRIPT, run_job
 
 logger = logging.getLogger("psframe.bench")
 
@@ -33,6 +33,14 @@ def build_parser():
     first_sentence = " ".join(__doc__.split(". ")[0].split()) + "."
     p = argparse.ArgumentParser(prog="psframe-bench", description=first_sentence, epilog=f"Time: {ESTIMATE}.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--mode", choices=("transfer", "checkpoint"), default="transfer",
+                   help="transfer: push/pull/pushpull against raw pyzmq and gloo; checkpoint: "
+                        "save/load of a ResNet-50 (97.5 MiB) with -s servers against plain numpy "
+                        "files on the same storage")
+    p.add_argument("--checkpoint-url", action="append", default=[], metavar="URL",
+                   help="checkpoint mode: storage to measure (repeatable; none: a temporary local "
+                        "directory; s3://bucket/prefix with --endpoint-url for S3-compatible stores)")
+    p.add_argument("--endpoint-url", default=None, help="checkpoint mode: S3 endpoint of s3:// URLs")
     p.add_argument("--sizes", default="4KiB,64KiB,1MiB,16MiB,100MiB",
                    help="key sizes of the 1-server job (comma list; KiB/MiB suffixes)")
     p.add_argument("--allreduce-sizes", default="16MiB,100MiB",
@@ -235,6 +243,8 @@ def main(argv=None):
         return multihost.main(ns)
     ns.num_workers = 2 if ns.num_workers is None else ns.num_workers
     ns.num_servers = 2 if ns.num_servers is None else ns.num_servers
+    if ns.mode == "checkpoint":
+        return checkpoint_main(ns, time.monotonic())
     default = build_parser().parse_args([])
     if all(getattr(ns, a) == getattr(default, a) for a in DEFAULT_CASES):
         print(f"psframe-bench: {ESTIMATE}", file=sys.stderr, flush=True)
@@ -291,4 +301,20 @@ def main_security(ns, t0):
     if ns.json:
         report.write_json(ns.json, {"security": {m: {str(n): s for n, s in f.items()} for m, f in figures.items()},
                                     "config": vars(ns)})
+
+
+def checkpoint_main(ns, t0):
+    make_optimizer = OPTIMIZERS[ns.optimizer]
+    spec = optim.to_spec(make_optimizer()) if make_optimizer else None
+    job = lambda *a, **k: run_job(*a, script=CHECKPOINT_SCRIPT, **k)   # noqa: E731
+    try:
+        rows = checkpoints.measure(ns, job, spec)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"psframe-bench: error: {exc}", file=sys.stderr)
+        return 1
+    print(checkpoints.text(rows, ns))
+    print(f"({time.monotonic() - t0:.0f} s)")
+    if ns.json:
+        report.write_json(ns.json, {"checkpoint": rows, "config": vars(ns),
+                                    "elapsed_s": time.monotonic() - t0})
     return 0

@@ -14,7 +14,7 @@ from .. import timeline
 from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, from_body, from_wire, to_wire
 from ..protocol import Command, codec
 from ..transport import auth, peers, sockets
-from . import fusion, messages
+from . import checkpointing, fusion, messages
 from .base import KVStore
 from .call_record import CallRecord
 from .failures import Failures, leaves_on_timeout
@@ -208,6 +208,14 @@ class DistKVStore(KVStore):
     def _flush(self, timeout=None):
         """Wait until every request is answered (a push counts once the servers merged it)."""
         self._customer.flush(timeout)
+
+    def _save_checkpoint(self, url, worker_state, storage_options):
+        with self.calls.call("save_checkpoint"):
+            checkpointing.save_dist(checkpointing.DistClient(self), url, worker_state, storage_options)
+
+    def _load_checkpoint(self, url, storage_options):
+        with self.calls.call("load_checkpoint"):
+            return checkpointing.load_dist(checkpointing.DistClient(self), url, storage_options)
 
     def server_stats(self, timeout=None):
         """Counters of every server (pushes per worker, bytes, updates): for tests and benches."""

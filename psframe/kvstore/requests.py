@@ -20,6 +20,7 @@ from ..transport import sockets
 logger = logging.getLogger(__name__)
 
 NP_DTYPES = {name: np.dtype(name) for name in arrays.DTYPES}
+BODY_REPLIES = (Command.STATS, Command.SAVE_CHECKPOINT)    # requests whose reply body is kept
 
 
 class Ack:
@@ -39,7 +40,7 @@ class Request:
         self.server, self.cmd = server, cmd
         self.acks = acks            # Acks: the pushes this reply acknowledges
         self.targets = targets or {}   # (key, part) -> flat host array the reply fills
-        self.body = None               # the reply's body (stats)
+        self.body = None               # the reply's body (stats, checkpoint index)
         self.done, self.error, self.tracker, self.t0 = False, None, None, 0.0
 
 
@@ -160,7 +161,7 @@ class Customer:
             if req.cmd is Command.PUSH:
                 self._errors.append(req.error)
             return
-        if req.cmd is Command.STATS:
+        if req.cmd in BODY_REPLIES:
             req.body = msg.body
         for ack in req.acks:
             if ack.group is not None:

@@ -24,6 +24,8 @@ class Command(str, enum.Enum):
     PUSHPULL = "pushpull"
     SET_OPTIMIZER = "set_optimizer"
     STATS = "stats"                  # counters of a server (for tests and the bench)
+    SAVE_CHECKPOINT = "save_checkpoint"  # write this server's shard (body: url); reply: its index
+    LOAD_CHECKPOINT = "load_checkpoint"  # replace values/state/steps from a checkpoint (body: url)
     # replies
     OK = "ok"                        # success; may carry arrays (pull) or a body
     ERROR = "error"                  # body: {"name": whitelisted error name, "message": str}
@@ -47,6 +49,8 @@ SENDERS = {
     Command.PUSHPULL: ("worker",),
     Command.SET_OPTIMIZER: ("worker",),
     Command.STATS: ("worker",),
+    Command.SAVE_CHECKPOINT: ("worker",),
+    Command.LOAD_CHECKPOINT: ("worker",),
     Command.OK: ("scheduler", "server"),
     Command.ERROR: ("scheduler", "server"),
 }

@@ -13,12 +13,13 @@ import numpy as np
 
 from .. import timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import OptimizerError, ProtocolError
+from ..errors import OptimizerError, ProtocolError, as_reply
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
 from ..transport.link import SchedulerLink
 from ..transport.requests import RequestLoop
 from .budget import MemoryBudget
+from . import checkpoint_tasks
 from .shard import ShardState
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class ServerService(RequestLoop):
         self.timeline = timeline.for_process(config, "server", config.server_rank)
         self._merge_start = {}       # (key, part, step) -> first push's arrival (timeline only)
         self._arrived = 0.0          # when the message being handled arrived (timeline only)
+        self.checkpoint_task = None  # a checkpoint save/load in flight (checkpoint_tasks)
+        self.held = []               # (peer, msg) that would change the shard meanwhile
 
     def run(self):
         """Register, then serve until the scheduler says shutdown (0) or abort (1)."""
@@ -116,7 +119,11 @@ class ServerService(RequestLoop):
                 self.guard.prune()
                 self.housekeeping(now)
                 next_prune = now + PRUNE_INTERVAL
-            ready = poller.poll(link.poll_interval)
+            # a checkpoint task in flight is looked at every millisecond: its reply is due when
+            # it ends (a save or load of 100 MiB takes tens of milliseconds)
+            ready = poller.poll(0.001 if self.checkpoint_task else link.poll_interval)
+            if self.checkpoint_task is not None and self.checkpoint_task.done():
+                self._finish_checkpoint_task()
             if self.sock in ready:
                 self.drain(limit=1000)   # bounded, so heartbeats still go out under a flood
             if sched in ready:
@@ -149,7 +156,32 @@ class ServerService(RequestLoop):
         self.pending.pop((peer, msg_id), None)   # its other parts' answers are dropped
         super().failed(peer, msg_id, exc)
 
+    def _finish_checkpoint_task(self):
+        """Reply to the finished save/load, then handle the messages held back meanwhile."""
+        task, self.checkpoint_task = self.checkpoint_task, None
+        peer, msg_id = task.token
+        try:
+            body = task.finish()
+        except Exception as exc:
+            exc = as_reply(exc, self.who)
+            logger.error("checkpoint failed: %s", exc)
+            self.failed(peer, msg_id, exc)
+        else:
+            self.send_raw(peer, codec.encode(Command.OK, msg_id, self.name, body=body))
+        held, self.held = self.held, []
+        for i, (peer, msg) in enumerate(held):
+            if self.checkpoint_task is not None:      # a held message started another task
+                self.held.extend(held[i:])
+                return
+            try:
+                self.handle(peer, msg)
+            except Exception as exc:
+                self.failed(peer, msg.id, as_reply(exc, self.who))
+
     def handle(self, peer, msg):
+        if self.checkpoint_task is not None and msg.cmd in checkpoint_tasks.HELD:
+            self.held.append((peer, msg))
+            return
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
         self.handler(msg)(peer, msg, rank)
 
@@ -216,6 +248,13 @@ class ServerService(RequestLoop):
         self.shard.set_optimizer(optimizer)
         logger.info("optimizer set: %s", msg.body["optimizer"]["name"])
         self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
+
+    def handle_save_checkpoint(self, peer, msg, rank):
+        self.checkpoint_task = checkpoint_tasks.start_save(self.shard, msg.body, self.config.server_rank,
+                                                           (peer, msg.id))
+
+    def handle_load_checkpoint(self, peer, msg, rank):
+        self.checkpoint_task = checkpoint_tasks.start_load(self.shard, msg.body, (peer, msg.id))
 
     def handle_stats(self, peer, msg, rank):
         body = dict(self.shard.stats(), bytes_in_wire=self.bytes_in_wire, **process_usage(),
