@@ -32,6 +32,7 @@ FUSE_KEY_BYTES = "PSFRAME_FUSE_KEY_BYTES"  # keys up to this size, initialised t
 IPC = "PSFRAME_IPC"                      # 1: big entries go to servers on this machine over a unix socket
 USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules servers import
 TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
+HIERARCHICAL = "PSFRAME_HIERARCHICAL"    # 1: workers on one host push through the host tier
 
 LOG_LEVEL = "PSFRAME_LOG_LEVEL"          # logging level name (INFO)
 
@@ -52,6 +53,7 @@ DEFAULTS = {
     MAX_STEPS_AHEAD: 4,
     FUSE_KEY_BYTES: 64 << 10,
     IPC: 1,
+    HIERARCHICAL: 1,
 }
 
 
@@ -77,6 +79,7 @@ class Config:
     max_steps_ahead: int = DEFAULTS[MAX_STEPS_AHEAD]
     fuse_key_bytes: int = DEFAULTS[FUSE_KEY_BYTES]
     ipc: bool = True
+    hierarchical: bool = True
     user_modules: tuple = ()
     timeline: str = ""
     log_level: str = "INFO"
@@ -151,4 +154,5 @@ def from_env(env=None):
         max_steps_ahead=_get(env, MAX_STEPS_AHEAD, int, DEFAULTS[MAX_STEPS_AHEAD], minimum=1),
         fuse_key_bytes=_get(env, FUSE_KEY_BYTES, int, DEFAULTS[FUSE_KEY_BYTES], minimum=0),
         ipc=bool(_get(env, IPC, int, DEFAULTS[IPC], minimum=0)),
+        hierarchical=bool(_get(env, HIERARCHICAL, int, DEFAULTS[HIERARCHICAL], minimum=0)),
         user_modules=modules, timeline=env.get(TIMELINE, ""), log_level=log_level)

@@ -22,7 +22,7 @@ from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, Pr
 from ..protocol import ArrayDesc, Command, codec
 from ..protocol.codec import ITEMSIZE
 from ..transport import addresses, peers, sockets
-from . import fusion
+from . import fusion, host_tier
 from .base import KVStore
 
 logger = logging.getLogger(__name__)
@@ -85,41 +85,71 @@ class DistKVStore(KVStore):
         self.type, self.config = kind, config
         self.sync = kind != "dist_async"
         self.name = f"worker:{config.rank}"
+        self._summed = False         # pushes carry host sums (the host tier's uplink)
+        self._tier = None
         self._ctx = sockets.new_context()
-        self._servers = []           # per server: its TCP socket (small entries, control)
-        self._lanes = []             # per server: (TCP socket, socket for big entries)
         try:
             self._sched = sockets.dealer(self._ctx, config.scheduler)
             book = peers.register(self._sched, config, "worker", config.rank)
-            self.server_addresses = list(book["servers"])
-            local = book.get("servers_local") or [""] * len(self.server_addresses)
-            self.local_addresses = [loc if config.ipc and loc and addresses.local_reachable(loc) else None
-                                    for loc in local]     # the server's unix socket, on this machine
-            for address, loc in zip(self.server_addresses, self.local_addresses):
-                tcp = sockets.dealer(self._ctx, address)
-                self._servers.append(tcp)
-                self._lanes.append((tcp, sockets.dealer(self._ctx, loc) if loc else tcp))
-            self._poller = sockets.Poller([*self._servers, *(b for t, b in self._lanes if b is not t),
-                                           self._sched])
+            self._connect(book)
         except BaseException:
             self._ctx.destroy(linger=0)     # closes whatever sockets were made
             raise
-        self._ids = itertools.count(1)
-        self.sent_messages = {"tcp": 0, "unix": 0}    # requests per transport (diagnostics)
-        self._requests = {}          # id -> _Request (in flight)
         self._part_acks = {}         # key -> merged pushes per part (keys cut into parts)
         self._timeline = timeline.for_process(config, "worker", config.rank)
         for i in range(len(self._servers) if self._timeline is not None else 0):
             self._timeline.name_thread(i, f"requests to server {i}")
-        self._errors = []            # errors of requests nobody waits for (pushes)
         self._crashed = False
         self._heartbeat = peers.HeartbeatThread(self._ctx, config, self.name)
         self._heartbeat.start()
         _install_excepthook(self)
         atexit.register(self.close)
+        self._tier = host_tier.join(self)     # None: this worker talks to the servers itself
         logger.info("worker %d of %d connected to servers at %s", self.rank, self.num_workers,
                     ", ".join(f"{a} ({loc})" if loc else a
                               for a, loc in zip(self.server_addresses, self.local_addresses)))
+
+    def _connect(self, book):
+        """Sockets to every server of the address ``book`` (TCP, plus the unix lane)."""
+        config = self.config
+        self._servers = []           # per server: its TCP socket (small entries, control)
+        self._lanes = []             # per server: (TCP socket, socket for big entries)
+        self.server_addresses = list(book["servers"])
+        local = book.get("servers_local") or [""] * len(self.server_addresses)
+        self.local_addresses = [loc if config.ipc and loc and addresses.local_reachable(loc) else None
+                                for loc in local]     # the server's unix socket, on this machine
+        for address, loc in zip(self.server_addresses, self.local_addresses):
+            tcp = sockets.dealer(self._ctx, address)
+            self._servers.append(tcp)
+            self._lanes.append((tcp, sockets.dealer(self._ctx, loc) if loc else tcp))
+        self._poller = sockets.Poller([*self._servers, *(b for t, b in self._lanes if b is not t),
+                                       *([self._sched] if self._sched is not None else [])])
+        self._ids = itertools.count(1)
+        self.sent_messages = {"tcp": 0, "unix": 0}    # requests per transport (diagnostics)
+        self._requests = {}          # id -> _Request (in flight)
+        self._errors = []            # errors of requests nobody waits for (pushes)
+
+    @classmethod
+    def uplink(cls, owner):
+        """The host aggregator's own connection to the servers, for a thread of ``owner``'s
+        process: its sockets, sending host sums as ``owner``'s rank (the first of the host),
+        sharing ``owner``'s keys (their parts, groups and step counts are the uplink's from now
+        on), its heartbeat and its timeline. No scheduler link: ``owner`` keeps that."""
+        self = cls.__new__(cls)
+        KVStore.__init__(self, owner.rank, owner.num_workers, owner.local_rank, owner.local_size)
+        self.type, self.config, self.sync, self.name = owner.type, owner.config, owner.sync, owner.name
+        self._summed, self._tier, self._sched, self._crashed = True, None, None, False
+        self._ctx = sockets.new_context()
+        self._connect({"servers": owner.server_addresses,
+                       "servers_local": [loc or "" for loc in owner.local_addresses]})
+        self._keys, self._part_acks = owner._keys, owner._part_acks
+        self._heartbeat, self._timeline = owner._heartbeat, None
+        return self
+
+    def close_uplink(self):
+        for s in {sock for lane in self._lanes for sock in lane}:
+            s.close(0)
+        self._ctx.term()
 
     # -- the kind's operations ----------------------------------------------------------
     @_leaves_on_timeout
@@ -157,10 +187,14 @@ class DistKVStore(KVStore):
                     bufs.append(value())
                 else:
                     meta.append(desc.to_wire())
-        reqs = [self._send(s, Command.INIT, descs, bufs, {"meta": meta, "sync": self.sync, "groups": groups},
+        host = [self.rank - self.local_rank, self.local_size, self.config.host]
+        reqs = [self._send(s, Command.INIT, descs, bufs, {"meta": meta, "sync": self.sync, "groups": groups,
+                                                          "host": host},
                            wait_for_send=True)
                 for s, (descs, bufs, meta, groups) in batches]
         self._wait(reqs, "init of keys %s" % keys[:5])
+        if self._tier is not None:
+            self._tier.init(keys)
 
     def _parts_of(self, info, server):
         return sharding.parts_of(server, info.size, len(self._servers), np.dtype(info.dtype).itemsize)
@@ -176,11 +210,22 @@ class DistKVStore(KVStore):
 
     @_leaves_on_timeout
     def _push(self, keys, values, priority):
+        if self._tier is not None:
+            return self._tier.push(keys, values)
         self._wait_sent(self._send_pushes(Command.PUSH, *self._by_group(keys, values), {}))
         self._raise_deferred()
 
     @_leaves_on_timeout
     def _pull(self, keys, outs, priority):
+        if self._tier is not None:
+            return self._tier.pull(keys, outs)
+        reqs, finish = self._send_pulls(keys, outs)
+        self._wait(reqs, f"pull of {_keys_text(keys)}")
+        for f in finish:
+            f()
+
+    def _send_pulls(self, keys, outs):
+        """Send the pulls of ``keys`` into ``outs``; ``(requests, steps to run once they are done)``."""
         plain, fused = self._by_group(keys, outs)
         batches, finish = _Batches(lambda: ([], {})), []
         for k, out in plain:
@@ -201,12 +246,19 @@ class DistKVStore(KVStore):
             finish.append(lambda g=g, outs=group_outs: g.unpack(outs))
         reqs = [self._send(s, Command.PULL, (), (), {"meta": meta}, targets=targets)
                 for s, (meta, targets) in batches]
-        self._wait(reqs, f"pull of {_keys_text(keys)}")
-        for f in finish:
-            f()
+        return reqs, finish
 
     @_leaves_on_timeout
     def _pushpull(self, keys, values, outs, priority):
+        if self._tier is not None:
+            return self._tier.pushpull(keys, values, outs)
+        reqs, finish = self._send_pushpulls(keys, values, outs)
+        self._wait(reqs, f"pushpull of {_keys_text(keys)}")
+        for f in finish:
+            f()
+
+    def _send_pushpulls(self, keys, values, outs):
+        """Send the pushpulls of ``keys``; ``(requests, steps to run once they are done)``."""
         plain, fused = self._by_group(keys, list(zip(values, outs)))
         finish, targets = [], {}
         for k, (_, out) in plain:
@@ -220,9 +272,7 @@ class DistKVStore(KVStore):
             finish.append(lambda g=g, outs=[o for _, o in pairs]: g.unpack(outs))
         reqs = self._send_pushes(Command.PUSHPULL, [(k, v) for k, (v, _) in plain],
                                  [(g, [v for v, _ in pairs]) for g, pairs in fused], targets)
-        self._wait(reqs, f"pushpull of {_keys_text(keys)}")
-        for f in finish:
-            f()
+        return reqs, finish
 
     def _set_optimizer(self, spec):
         # Every earlier push must be merged under the old rule before the new one applies.
@@ -256,8 +306,15 @@ class DistKVStore(KVStore):
                     self._flush()
                 except PSError as exc:    # leave the job cleanly all the same, then raise it
                     error = exc
+                if self._tier is not None:
+                    try:
+                        self._tier.close()     # the host's aggregator waits for every worker
+                    except PSError as exc:
+                        error = error or exc
                 self._ask_scheduler(Command.DONE, None, "finishing")
         finally:
+            if self._tier is not None:
+                self._tier.abandon()
             global _live
             if _live is self:
                 _live = None
@@ -438,6 +495,8 @@ class DistKVStore(KVStore):
         req = _Request(server, cmd, acks, targets)
         if self._timeline is not None:
             req.t0 = timeline.now_us()
+        if self._summed and (cmd is Command.PUSH or cmd is Command.PUSHPULL):
+            body = dict(body or (), summed=True)
         frames = codec.encode(cmd, msg_id, self.name, descs, [b.view(np.uint8) for b in bufs], body)
         tracker = sockets.send_frames(sock, frames, track=wait_for_send or bool(slots))
         for slot in slots:
@@ -463,6 +522,8 @@ class DistKVStore(KVStore):
                 raise r.error
 
     def _flush(self, timeout=None):
+        if self._tier is not None:
+            self._tier.flush(timeout)
         self._progress_until(lambda: not self._requests, "finishing outstanding requests", timeout)
         self._raise_deferred()
 

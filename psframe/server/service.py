@@ -147,7 +147,17 @@ class ServerService:
         if handler is None:
             raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
+        self.shard.traffic.count_message(self.shard.host_of(rank)[2],
+                                         sum(d.nbytes for d in msg.arrays))
         handler(peer, msg, rank)
+
+    @staticmethod
+    def _summed(msg):
+        """Whether a push message carries host sums (the host tier's aggregator sent it)."""
+        summed = msg.body.get("summed", False)
+        if type(summed) is not bool:
+            raise ProtocolError(f"push body.summed is {summed!r}, not a bool")
+        return summed
 
     def handle_init(self, peer, msg, rank):
         descs = list(msg.arrays) + codec.decode_meta(msg.body)
@@ -155,6 +165,12 @@ class ServerService:
         if type(sync) is not bool:
             raise ProtocolError(f"init body.sync is {sync!r}, not a bool")
         groups = codec.decode_groups(msg.body, len(descs))
+        host = msg.body.get("host")
+        if host is not None:
+            if (type(host) is not list or len(host) != 3 or type(host[0]) is not int
+                    or type(host[1]) is not int or type(host[2]) is not str):
+                raise ProtocolError(f"init body.host is {host!r}, not [first rank, workers, name]")
+            self.shard.set_host(rank, *host)
         arrays = [codec.as_array(d, b) for d, b in zip(msg.arrays, msg.buffers)]
         arrays += [None] * (len(descs) - len(arrays))
         token = self._expect(peer, msg, len(descs))
@@ -162,11 +178,12 @@ class ServerService:
             self._deliver(self.shard.init(rank, desc, array, token, sync, members, adopt=True))
 
     def handle_push(self, peer, msg, rank):
+        summed = self._summed(msg)
         token = self._expect(peer, msg, len(msg.arrays))
         push, frombuffer, replies = self.shard.push, np.frombuffer, []
         for desc, buf in zip(msg.arrays, msg.buffers):
             # a per-array hot path when a model's many small keys come in one message
-            replies += push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
+            replies += push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token, summed)
         self._deliver(replies)
         if self.timeline is not None:
             self._trace_merges(msg)
@@ -178,10 +195,11 @@ class ServerService:
             self._deliver(self.shard.pull(rank, desc, token))
 
     def handle_pushpull(self, peer, msg, rank):
+        summed = self._summed(msg)
         token = self._expect(peer, msg, 2 * len(msg.arrays))
         push, pull, frombuffer, replies = self.shard.push, self.shard.pull, np.frombuffer, []
         for desc, buf in zip(msg.arrays, msg.buffers):
-            replies += push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
+            replies += push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token, summed)
             replies += pull(rank, desc, token)
         self._deliver(replies)
         if self.timeline is not None:

@@ -11,8 +11,11 @@ member, and members may run at different steps; the state below is per member th
 the whole-group path is just the case where every member moves together.
 
 Sync semantics: the i-th push of a key from every worker forms step i. Pushes are summed in
-worker-rank order (an array that arrives before its turn waits, unsummed), so a job gives
-bitwise-identical values run after run, whether its keys travel fused or one by one. When step
+(host, local rank) order: each host's pushes first, in local-rank order, then the host sums in
+host order (an array that arrives before its turn waits, unsummed). Ranks are contiguous per
+host, so this is worker-rank order with one bracket per host; with one host it is the plain
+left-to-right sum. A host's aggregator sends the same host sum as one push (``span``), so a job
+gives bitwise-identical values run after run, fused or not, with or without the host tier. When step
 i of a key is complete its value becomes the sum (no optimizer) or ``optimizer.update(value,
 sum)``; push acks of the step go out then, which bounds how far a worker can run ahead. A pull
 for step i is parked until step i is complete.
@@ -26,6 +29,7 @@ from ..errors import (ConfigError, DoubleInitError, OptimizerError, DTypeMismatc
                       UninitializedKeyError)
 from ..optim.base import STEP_KEY
 from ..protocol import ArrayDesc
+from .traffic import HostTraffic
 
 
 def _low(a, lo, hi):
@@ -47,13 +51,15 @@ class Reply:
 
 
 class _StepMerge:
-    """Fixed-rank-order sum of one step's pushes, per member of the entry."""
-    __slots__ = ("acc", "next_rank", "early", "tokens")
+    """Fixed (host, local rank) order sum of one step's pushes, per member of the entry."""
+    __slots__ = ("acc", "host_acc", "next_rank", "early", "tokens")
 
     def __init__(self, members):
         self.acc = None                                  # flat sum so far (members' slices)
+        self.host_acc = None     # flat sum of the current host's pushes (hosts after the first)
         self.next_rank = np.zeros(members, np.int64)     # per member: the rank to add next
-        self.early = []     # [rank, lo, hi, flat array]: arrived before its turn
+        self.early = []     # [rank, count, lo, hi, flat]: arrived before its turn (count: the
+        #                     workers it sums: 1, or a whole host's from its aggregator)
         self.tokens = []    # (token, lo, hi): push acks due when members lo..hi-1 complete
 
 
@@ -131,6 +137,21 @@ class ShardState:
         self.optimizer = None
         self.counters = {"pushes": [0] * num_workers, "pulls": [0] * num_workers,
                          "bytes_in": 0, "bytes_out": 0, "updates": 0}
+        self.hosts = {}       # rank -> (first rank of its host, workers on the host, host name)
+        self.traffic = HostTraffic()
+
+    # -- hosts ----------------------------------------------------------------------------
+    def set_host(self, rank, first, count, name):
+        """Record the host of worker ``rank`` (its init says): ranks ``first..first+count-1``
+        share host ``name``. Raises ProtocolError when that contradicts what is known."""
+        if not (0 <= first <= rank < first + count <= self.num_workers):
+            raise ProtocolError(f"worker {rank} says its host holds workers {first}..{first + count - 1}"
+                                f" of {self.num_workers}: ranks must be contiguous per host")
+        self.hosts[rank] = (first, count, str(name))
+
+    def host_of(self, rank):
+        """``(first, count, name)`` of ``rank``'s host; unknown: one host of every worker."""
+        return self.hosts.get(rank) or (0, self.num_workers, "")
 
     # -- init ---------------------------------------------------------------------------
     def init(self, rank, desc, array, token, sync=None, members=None, adopt=False):
@@ -211,12 +232,26 @@ class ShardState:
         return None
 
     # -- push ---------------------------------------------------------------------------
-    def push(self, rank, desc, array, token):
-        """Merge (sync) or apply (async) one pushed array. ``token`` None: no ack wanted."""
+    def push(self, rank, desc, array, token, summed=False):
+        """Merge (sync) or apply (async) one pushed array. ``token`` None: no ack wanted.
+        ``summed``: ``rank`` is the first of its host and ``array`` is the sum of every
+        worker's push on that host (the host tier)."""
         st, lo, hi, err = self._lookup(desc, "push")
         if err is not None:
             return [Reply(token, error=err)]
         flat = array.reshape(-1)
+        count = 1
+        if summed:
+            first_rank, count, name = self.host_of(rank)
+            if first_rank != rank:
+                return [Reply(token, error=ProtocolError(
+                    f"a host sum of key {desc.key!r} came from worker {rank}, which is not the first "
+                    f"worker of its host ({first_rank})"))]
+            self.traffic.count_push(name, desc, count)
+            if count > 1:
+                return self._push_span(st, lo, hi, rank, count, desc, flat, token)
+        else:
+            self.traffic.count_push(self.host_of(rank)[2], desc, 1)
         row = st.pushes[rank]
         first, last = _low(row, lo, hi), _high(row, lo, hi)
         if st.sync and (first != desc.step - 1 or last != desc.step - 1):
@@ -231,12 +266,32 @@ class ShardState:
             row[lo:hi] += 1
             return self._apply_async(st, lo, hi, flat, token)
         row[lo:hi] = desc.step
-        merge = st.merges.get(desc.step)
+        return self._merge(st, lo, hi, rank, 1, desc.step, flat, token)
+
+    def _push_span(self, st, lo, hi, rank, count, desc, flat, token):
+        """A host's sum: the push of workers ``rank..rank+count-1`` at once."""
+        rows = st.pushes[rank:rank + count, lo:hi]
+        first, last = int(rows.min()), int(rows.max())
+        if st.sync and (first != desc.step - 1 or last != desc.step - 1):
+            return [Reply(token, error=ProtocolError(
+                f"host push of key {desc.key!r} from workers {rank}..{rank + count - 1} is step "
+                f"{desc.step}, expected {first + 1}: a message was lost or a worker restarted"))]
+        for r in range(rank, rank + count):
+            self.counters["pushes"][r] += hi - lo
+        self.counters["bytes_in"] += flat.nbytes
+        if not st.sync:
+            rows += 1
+            return self._apply_async(st, lo, hi, flat, token)
+        rows[...] = desc.step
+        return self._merge(st, lo, hi, rank, count, desc.step, flat, token)
+
+    def _merge(self, st, lo, hi, rank, count, step, flat, token):
+        merge = st.merges.get(step)
         if merge is None:
-            merge = st.merges[desc.step] = _StepMerge(len(st.names))
+            merge = st.merges[step] = _StepMerge(len(st.names))
         if token is not None:
             merge.tokens.append((token, lo, hi))
-        merge.early.append([rank, lo, hi, flat])
+        merge.early.append([rank, count, lo, hi, flat])
         if not self._sum_in_rank_order(st, merge):
             return []          # nothing of this step became complete
         return self._complete_steps(st)
@@ -249,30 +304,47 @@ class ShardState:
         while progress and early:
             progress = False
             for entry in list(early):
-                rank, lo, hi, flat = entry
+                rank, count, lo, hi, flat = entry
                 if _low(next_rank, lo, hi) == rank and _high(next_rank, lo, hi) == rank:
                     early.remove(entry)
-                    if (merge.acc is None and self.owns_pushes and hi - lo == len(st.names)
-                            and flat.flags.writeable):
-                        merge.acc = flat        # rank 0's whole array: the sum starts in it
-                    else:
-                        if merge.acc is None:
-                            merge.acc = self._take_buffer(st)
-                        target = merge.acc[bounds[lo]:bounds[hi]]
-                        if rank == 0:
-                            np.copyto(target, flat)
-                        else:
-                            np.add(target, flat, out=target)
-                    next_rank[lo:hi] += 1
-                    completed_any = completed_any or rank + 1 == self.num_workers
+                    self._add_in_order(st, merge, rank, count, lo, hi, flat)
+                    next_rank[lo:hi] += count
+                    completed_any = completed_any or rank + count == self.num_workers
                     progress = True
                 elif hi - lo > 1 and (next_rank[lo:hi] == rank).any():
                     early.remove(entry)
                     start = bounds[lo]
-                    early.extend([rank, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start]]
+                    early.extend([rank, count, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start]]
                                  for m in range(lo, hi))
                     progress = True
         return completed_any
+
+    def _add_in_order(self, st, merge, rank, count, lo, hi, flat):
+        """Add the push of ``rank`` (``count`` workers' sum) whose turn it is. The first host's
+        pushes go straight into the step's sum; a later host's are summed on their own first
+        (``host_acc``) and that sum is added once the host's last worker is in."""
+        first, size, _ = self.host_of(rank)
+        if first == 0 or count > 1 or size == 1:     # a host's sum, or part of the first host's
+            merge.acc = self._accumulate(st, merge.acc, rank == 0, lo, hi, flat)
+            return
+        merge.host_acc = self._accumulate(st, merge.host_acc, rank == first, lo, hi, flat)
+        if rank == first + size - 1:
+            host_sum = merge.host_acc[st.bounds[lo]:st.bounds[hi]]
+            merge.acc = self._accumulate(st, merge.acc, False, lo, hi, host_sum)
+
+    def _accumulate(self, st, acc, starts, lo, hi, flat):
+        """``acc`` (a flat sum, or None) with ``flat`` copied (``starts``) or added into members
+        ``lo..hi-1``; a whole owned array that starts a sum becomes the sum itself."""
+        if acc is None and starts and self.owns_pushes and hi - lo == len(st.names) and flat.flags.writeable:
+            return flat
+        if acc is None:
+            acc = self._take_buffer(st)
+        target = acc[st.bounds[lo]:st.bounds[hi]]
+        if starts:
+            np.copyto(target, flat)
+        else:
+            np.add(target, flat, out=target)
+        return acc
 
     def _complete_steps(self, st):
         """Apply every step whose members are complete, in step order per member."""
@@ -489,7 +561,8 @@ class ShardState:
                 steps.update((repr((k, 0)), int(c)) for k, c in zip(st.names, st.completed))
             else:
                 steps[repr((key, part))] = int(st.completed[0])
-        return dict(self.counters, keys=len(self.keys), held_bytes=held, steps=steps)
+        return dict(self.counters, keys=len(self.keys), held_bytes=held, steps=steps,
+                    hosts=self.traffic.by_host(), key_steps=self.traffic.key_steps())
 
     def step_complete(self, desc):
         """Whether step ``desc.step`` of what ``desc`` names has been applied (timelines)."""
