@@ -95,6 +95,8 @@ def make_plan(config, hosts, scheduler_port):
         envc.START_TIMEOUT: repr(float(config.start_timeout)),
         "PYTHONUNBUFFERED": "1",   # so every line reaches the launcher as it is printed
     })
+    if not config.host_tier:
+        common[envc.HIERARCHICAL] = "0"
     if config.optimizer_modules:
         common[envc.USER_MODULES] = os.pathsep.join(config.optimizer_modules)
     python = config.python

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+from psframe.aggregation import shm
 from psframe.transport.addresses import free_port
 
 from .backends.base import LaunchError, get_backend
@@ -77,6 +78,9 @@ class Job:
             for sink in sinks:
                 sink.close()
             self.backend.close()
+            # the host tier's segments on this machine, if a kill left any (remote hosts:
+            # the agent of each local rank 0 does the same there)
+            shm.sweep(shm.job_prefix(self.plan.scheduler))
 
     def _run(self, sinks):
         try:

@@ -147,9 +147,11 @@ class ServerService:
         if handler is None:
             raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
-        self.shard.traffic.count_message(self.shard.host_of(rank)[2],
-                                         sum(d.nbytes for d in msg.arrays))
-        handler(peer, msg, rank)
+        try:
+            handler(peer, msg, rank)
+        finally:     # after the handler: an init names the sender's host first
+            self.shard.traffic.count_message(self.shard.host_of(rank)[2],
+                                             sum(d.nbytes for d in msg.arrays))
 
     @staticmethod
     def _summed(msg):
