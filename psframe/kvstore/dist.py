@@ -134,7 +134,8 @@ class DistKVStore(KVStore):
         """The host aggregator's own connection to the servers, for a thread of ``owner``'s
         process: its sockets, sending host sums as ``owner``'s rank (the first of the host),
         sharing ``owner``'s keys (their parts, groups and step counts are the uplink's from now
-        on), its heartbeat and its timeline. No scheduler link: ``owner`` keeps that."""
+        on), its heartbeat and its timeline (the host's requests appear on local rank 0's rows).
+        No scheduler link: ``owner`` keeps that."""
         self = cls.__new__(cls)
         KVStore.__init__(self, owner.rank, owner.num_workers, owner.local_rank, owner.local_size)
         self.type, self.config, self.sync, self.name = owner.type, owner.config, owner.sync, owner.name
@@ -143,7 +144,7 @@ class DistKVStore(KVStore):
         self._connect({"servers": owner.server_addresses,
                        "servers_local": [loc or "" for loc in owner.local_addresses]})
         self._keys, self._part_acks = owner._keys, owner._part_acks
-        self._heartbeat, self._timeline = owner._heartbeat, None
+        self._heartbeat, self._timeline = owner._heartbeat, owner._timeline
         return self
 
     def close_uplink(self):
