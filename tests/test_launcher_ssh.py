@@ -4,100 +4,15 @@ first host's namespace, so no packet ever leaves for the root namespace's defaul
 import hashlib
 import os
 import re
-import signal
-import subprocess
-import time
 import uuid
 
 import pytest
 
-from conftest import require, require_exe
-from launcher_fixtures import (WORKER, ArgvWatcher, Launch, assert_no_helpers_left, assert_none_left,
-                               check_fails_fast, kill_9, new_tag)
+from conftest import require_exe
+from launcher_fixtures import (ADDRS, SSH_PORT, WORKER, ArgvWatcher, Launch, assert_no_helpers_left, assert_none_left,
+                               check_fails_fast, kill_9, netns_hosts, new_tag)
 
 pytestmark = pytest.mark.integration
-
-ADDRS = ["10.200.0.11", "10.200.0.12", "10.200.0.13"]
-SSH_PORT = 2222
-LIFETIME = 300   # seconds: sshd dies by itself even if this process is killed
-
-
-def _ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20, check=check)
-
-
-@pytest.fixture(scope="module")
-def netns_hosts(tmp_path_factory):
-    require(os.geteuid() == 0, "root (to create network namespaces)")
-    require_exe("ip")
-    require_exe("ssh")
-    require(os.path.exists("/usr/sbin/sshd"), "/usr/sbin/sshd (openssh-server)")
-    d = tmp_path_factory.mktemp("ssh")
-    uid = uuid.uuid4().hex[:6]
-    bridge, names = f"pl{uid}-br", [f"pl{uid}-h{i}" for i in (1, 2, 3)]
-    procs = []
-    try:
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        for key in ("hostkey", "id_ed25519"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],
-                           check=True, timeout=20)
-        (d / "authorized_keys").write_text((d / "id_ed25519.pub").read_text())
-        os.chmod(d / "authorized_keys", 0o600)
-        _ip("netns", "add", bridge)
-        _ip("-n", bridge, "link", "add", "br0", "type", "bridge")
-        _ip("-n", bridge, "link", "set", "br0", "up")
-        for i, (ns, addr) in enumerate(zip(names, ADDRS), 1):
-            _ip("netns", "add", ns)
-            _ip("link", "add", f"veth{i}", "netns", ns, "type", "veth", "peer", "name", f"port{i}",
-                "netns", bridge)
-            _ip("-n", bridge, "link", "set", f"port{i}", "master", "br0")
-            _ip("-n", bridge, "link", "set", f"port{i}", "up")
-            _ip("-n", ns, "link", "set", f"veth{i}", "name", "eth0")
-            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-            conf = d / f"sshd_{ns}.conf"
-            conf.write_text(f"Port {SSH_PORT}\nListenAddress {addr}\nHostKey {d}/hostkey\n"
-                            f"PidFile {d}/sshd_{ns}.pid\nPermitRootLogin prohibit-password\n"
-                            "PubkeyAuthentication yes\nPasswordAuthentication no\n"
-                            "KbdInteractiveAuthentication no\n"
-                            f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n"
-                            "PrintMotd no\n")
-            log = open(d / f"sshd_{ns}.log", "w")
-            procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
-                 f"hostname {ns}; exec timeout {LIFETIME} /usr/sbin/sshd -D -e -f {conf}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            log.close()
-        deadline = time.monotonic() + 10
-        for ns in names:
-            while ":2222" not in _ip("netns", "exec", ns, "ss", "-ltn").stdout:
-                assert time.monotonic() < deadline, (d / f"sshd_{ns}.log").read_text()
-                time.sleep(0.05)
-        # the rule above all: traffic to the test hosts stays on the test bridge
-        for addr in ADDRS[1:]:
-            route = _ip("netns", "exec", names[0], "ip", "route", "get", addr).stdout
-            assert "dev eth0" in route and "via" not in route, route
-        hostfile = d / "hostfile"
-        hostfile.write_text("# three netns hosts, 2 workers each\n"
-                            + "".join(f"{a} slots=2\n" for a in ADDRS))
-        yield {"names": names, "dir": d, "hostfile": str(hostfile),
-               "ssh_args": ["--ssh-port", str(SSH_PORT), "--ssh-identity", str(d / "id_ed25519"),
-                            "--ssh-option", "StrictHostKeyChecking=no",
-                            "--ssh-option", "UserKnownHostsFile=/dev/null",
-                            "--ssh-option", "LogLevel=ERROR"]}
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)   # `timeout` forwards it to sshd
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        for ns in names + [bridge]:
-            _ip("netns", "del", ns, check=False)
-
 
 def _launch(hosts, *args, tag=None, timeout=90, env=None):
     return Launch(["-H", hosts["hostfile"], *hosts["ssh_args"], *args], tag or new_tag(),
