@@ -198,3 +198,13 @@ def test_kill_9_of_the_aggregator_ends_the_job_naming_it_and_leaves_no_segment()
     # the aggregator is a thread of local rank 0: its death is that worker's, named as such
     assert re.search(r"ROOT CAUSE: worker 0@\S+ \(role worker, rank 0, .*\) killed by SIGKILL", report), job.text()
     assert shm.leftovers(_job_prefix(job)) == []
+
+
+@pytest.mark.parametrize("tier", ["1", "0"], ids=["tier", "flat"])
+def test_async_through_the_tier_loses_no_push(tier):
+    from cluster import run_job
+    k = 30
+    res = run_job(os.path.join(HERE, "bin", "async_pushes.py"), 4, 2, args=[k], timeout=120,
+                  env={"PSFRAME_HIERARCHICAL": tier}).check().results()
+    for r in range(4):
+        assert res[r] == {"value": k * sum(10 ** q for q in range(4)), "uniform": True}
