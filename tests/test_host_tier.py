@@ -208,3 +208,18 @@ def test_async_through_the_tier_loses_no_push(tier):
                   env={"PSFRAME_HIERARCHICAL": tier}).check().results()
     for r in range(4):
         assert res[r] == {"value": k * sum(10 ** q for q in range(4)), "uniform": True}
+
+
+def _device():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _device(), reason="no GPU: cupy and a CUDA device are needed")
+def test_device_lists_with_cupy_through_the_tier():
+    from cluster import run_job
+    res = run_job(os.path.join(HERE, "bin", "host_tier_gpu.py"), 2, 1, timeout=120).check().results()
+    assert all(res[r]["ok"] == [True] * 3 for r in range(2)), res
