@@ -3,7 +3,7 @@ arithmetic and batching of a call's arrays into bounded messages."""
 import pytest
 
 from psframe.bench import cases, report
-from psframe.kvstore import dist
+from psframe.kvstore import routes
 
 
 def test_parse_and_format_sizes():
@@ -40,11 +40,11 @@ def test_table_and_targets_render():
 
 
 def test_batches_bound_message_bytes_per_server():
-    b = dist._Batches(list)
+    b = routes.Batches()
     for i in range(10):
-        b.add(i % 2, dist.MESSAGE_BYTES // 3).append(i)
-    b.add(0, 5 * dist.MESSAGE_BYTES).append("huge")     # an oversized array gets its own message
-    msgs = list(b)
+        b.add(i % 2, routes.MESSAGE_BYTES // 3).bufs.append(i)
+    b.add(0, 5 * routes.MESSAGE_BYTES).bufs.append("huge")     # an oversized array gets its own message
+    msgs = [(to, m.bufs) for to, m in b]
     assert all(len(m) <= 3 for _, m in msgs)
     assert sorted(x for _, m in msgs for x in m if x != "huge") == list(range(10))
     assert ("huge" in msgs[-1][1]) and msgs[-1][1] == ["huge"]

@@ -16,6 +16,13 @@ LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "proto
          "torch": 8, "bench": 8}
 # side branches may import only these (not the core they sit beside)
 SIDE_BRANCH = {"data": {"errors", "config", "logs", "arrays"}}
+# inside a package, modules import downwards too; every module of these packages must be here
+PACKAGE_LAYER = {
+    # the worker client: records and pure grouping, then routes to servers / request tracking /
+    # failure handling, the outgoing message builders over those, the API built from them all
+    "kvstore": {"base": 0, "fusion": 0, "local": 1, "routes": 1, "requests": 1, "failures": 1,
+                "messages": 2, "dist": 3},
+}
 
 
 def _imports(path):
@@ -85,6 +92,32 @@ def _layer_violations():
 
 def test_layers_import_downwards_only():
     bad = _layer_violations()
+    assert not bad, bad
+
+
+def _package_violations(package, layers):
+    bad = []
+    for path in sorted((ROOT / "psframe" / package).glob("*.py")):
+        own = path.stem
+        if own == "__init__":
+            continue
+        assert own in layers, f"psframe/{package}/{path.name} has no layer in PACKAGE_LAYER: add it"
+        for name, node in _imports(path):
+            if name.startswith(".") and not name.startswith(".."):
+                targets = [name[1:].split(".")[0]] if name != "." else [a.name for a in node.names]
+            elif name.startswith(f"psframe.{package}."):
+                targets = [name.split(".")[2]]
+            else:
+                continue
+            for target in targets:
+                if target in layers and target != own and layers[target] >= layers[own] \
+                        and node.col_offset == 0:
+                    bad.append(f"psframe/{package}/{path.name}:{node.lineno} imports {target}")
+    return bad
+
+
+def test_modules_inside_a_package_import_downwards_only():
+    bad = [b for package, layers in PACKAGE_LAYER.items() for b in _package_violations(package, layers)]
     assert not bad, bad
 
 

@@ -23,6 +23,7 @@ class KeyInfo:
     acked: int = 0          # pushes whose step the servers completed
     group: object = None    # the fusion.Group it travels in (dist kinds), if any
     member: int = 0         # its index in that group
+    part_acked: list = None  # pushes merged, per part (dist kinds, keys cut into parts)
 
     @property
     def size(self):

@@ -32,7 +32,7 @@ class Group:
             self.bounds.append(self.bounds[-1] + info.size)
         self.key = f"{PREFIX}{len(names)}:{names[0]!r}"
         self.server = None       # the server holding the group (set at placement)
-        self._outgoing = []      # [flat buffer, zmq tracker or None]: reused once sent
+        self._outgoing = []      # SendBuffers: reused once sent
         self._landing = self._views = None
 
     @property
@@ -49,17 +49,17 @@ class Group:
         return all(info.pushes == first for info in self.infos)
 
     def pack(self, flats):
-        """``(buffer, slot)``: the members' flat host arrays (in member order) copied into a
-        send buffer; set ``slot[1]`` to the send's tracker so the buffer is reused only after."""
+        """A ``SendBuffer`` holding the members' flat host arrays (in member order); set its
+        ``tracker`` to the send's so the buffer is reused only after zmq is done with it."""
         for slot in self._outgoing:
-            if slot[1] is None or slot[1].done:
+            if slot.tracker is None or slot.tracker.done:
                 break
         else:
-            slot = [np.empty(self.size, dtype=self.dtype), None]
+            slot = SendBuffer(np.empty(self.size, dtype=self.dtype))
             self._outgoing.append(slot)
-        slot[1] = None
-        np.concatenate(flats, out=slot[0])
-        return slot[0], slot
+        slot.tracker = None
+        np.concatenate(flats, out=slot.array)
+        return slot
 
     def landing(self):
         """The flat buffer a fused pull is received into (one per group: a pull call copies it
@@ -82,6 +82,26 @@ class Group:
                     arrays.copy_into(out, view)
 
 
+class SendBuffer:
+    """A group's reusable send buffer and the zmq tracker of the send that last used it."""
+    __slots__ = ("array", "tracker")
+
+    def __init__(self, array):
+        self.array, self.tracker = array, None
+
+
+class _OpenGroup:
+    """A group ``plan`` is still filling: its keys, their infos, bytes and elements so far."""
+    __slots__ = ("names", "infos", "nbytes", "elements")
+
+    def __init__(self):
+        self.names, self.infos, self.nbytes, self.elements = [], [], 0, 0
+
+    def close(self):
+        """The unit it becomes: a ``Group``, or its key alone when it has just one."""
+        return self.names[0] if len(self.names) == 1 else Group(self.names, self.infos)
+
+
 def plan(keys, infos, fuse_key_bytes, max_elements, num_servers=1):
     """Split one init call into units: ``Group`` objects and the keys that travel alone.
 
@@ -95,18 +115,17 @@ def plan(keys, infos, fuse_key_bytes, max_elements, num_servers=1):
     small = [0 < fuse_key_bytes and nbytes <= fuse_key_bytes and info.size <= max_elements
              for info, nbytes in zip(infos, sizes)]
     cap = min(GROUP_BYTES, -(-sum(n for n, f in zip(sizes, small) if f) // max(num_servers, 1)))
-    units, open_groups = [], {}      # dtype -> [names, infos, bytes, elements]
+    units, open_groups = [], {}      # dtype -> _OpenGroup
     for k, info, nbytes, fusable in zip(keys, infos, sizes, small):
         if not fusable:
             units.append(k)
             continue
         cur = open_groups.get(info.dtype)
-        if cur is None or cur[2] + nbytes > cap or cur[3] + info.size > max_elements:
-            cur = open_groups[info.dtype] = [[], [], 0, 0]
+        if cur is None or cur.nbytes + nbytes > cap or cur.elements + info.size > max_elements:
+            cur = open_groups[info.dtype] = _OpenGroup()
             units.append(cur)
-        cur[0].append(k)
-        cur[1].append(info)
-        cur[2] += nbytes
-        cur[3] += info.size
-    return [u if not isinstance(u, list) else (u[0][0] if len(u[0]) == 1 else Group(u[0], u[1]))
-            for u in units]
+        cur.names.append(k)
+        cur.infos.append(info)
+        cur.nbytes += nbytes
+        cur.elements += info.size
+    return [u.close() if type(u) is _OpenGroup else u for u in units]

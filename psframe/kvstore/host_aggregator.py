@@ -26,10 +26,9 @@ import zmq
 
 from ..aggregation import reduce, shm
 from ..errors import ConfigError, PSError, to_wire
-from ..protocol import Command
 from ..transport import sockets
-from .dist import DistKVStore
 from .host_tier import pack, unpack
+from .host_uplink import HostUplink
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class HostAggregator(threading.Thread):
             self._ctx.destroy(linger=0)
             raise ConfigError(f"host tier: cannot listen at {where} ({exc}); set "
                               f"PSFRAME_HIERARCHICAL=0 to run without the tier") from None
-        self.up = DistKVStore.uplink(store)
+        self.up = HostUplink(store)
         self._entries = {}
         self._segments = []         # [Segment, key list, attached count]
         self._layouts = {}          # init call -> (offsets, arena bytes)
@@ -118,17 +117,16 @@ class HostAggregator(threading.Thread):
             for seg, _, _ in self._segments:
                 seg.unlink()
             self._router.close(0)
-            self.up.close_uplink()
+            self.up.close()
             self._ctx.term()
 
     def _loop(self):
         up = self.up
-        up_socks = {s for lane in up._lanes for s in lane}
-        poller = sockets.Poller([self._router, *up_socks])
+        poller = sockets.Poller([self._router, *up.sockets()])
         while not self._stop_evt.is_set():
             if self._byes >= self.size and not self._upstream:
                 return
-            up._heartbeat.check()
+            up.check()
             waiting_send = any(not u.sent for u in self._upstream)
             for sock in poller.poll(0.001 if waiting_send else 0.1):
                 if sock is self._router:
@@ -136,8 +134,7 @@ class HostAggregator(threading.Thread):
                         who, frame = self._router.recv_multipart()
                         self._handle(who, unpack(frame))
                 else:
-                    while sockets.readable(sock):
-                        up._receive(sock)
+                    up.customer.receive_ready(sock)
             self._progress_upstream()
 
     # -- notes from the workers -------------------------------------------------------------
@@ -237,11 +234,10 @@ class HostAggregator(threading.Thread):
             for e in entries:
                 e.pulling = True
                 e.pull_seq += 1
-            reqs, finish = up._send_pushpulls(keys, values, [[e.result] for e in entries])
+            reqs, finish = up.pushpull(keys, values, [[e.result] for e in entries])
         else:
-            plain, fused = up._by_group(keys, values)
-            reqs, finish = up._send_pushes(Command.PUSH, plain, fused, {}), []
-        steps = [up._keys[k].pushes for k in keys]
+            reqs, finish = up.push(keys, values), []
+        steps = [up.pushes_sent(k) for k in keys]
 
         def sent():
             for k, n in zip(keys, owners):
@@ -274,18 +270,18 @@ class HostAggregator(threading.Thread):
         for e in wanted:
             if not e.waiters or e.pulling or e.readers or any(n is not None for n in e.waiting):
                 continue
-            pushes = self.up._keys[e.key].pushes
+            pushes = self.up.pushes_sent(e.key)
             if self.sync and not any(w[1] <= pushes and not self._fresh(e, w) for w in e.waiters):
                 continue
             due.append(e)
         if not due:
             return
         keys = [e.key for e in due]
-        steps = [self.up._keys[k].pushes for k in keys]
+        steps = [self.up.pushes_sent(k) for k in keys]
         for e in due:
             e.pulling = True
             e.pull_seq += 1
-        reqs, finish = self.up._send_pulls(keys, [[e.result] for e in due])
+        reqs, finish = self.up.pull(keys, [[e.result] for e in due])
 
         def done(error):
             if error is None:
@@ -334,9 +330,9 @@ class HostAggregator(threading.Thread):
                 self._upstream.remove(u)
                 error = next((r.error for r in u.reqs if r.error is not None), None)
                 u.on_done(error)
-        if self.up._errors:
-            err, self.up._errors = self.up._errors[0], []
-            self._broadcast(err)
+        errors = self.up.take_errors()
+        if errors:
+            self._broadcast(errors[0])
         for f in list(self._flushes):
             if all(u not in self._upstream for u in f[1]):
                 self._flushes.remove(f)

@@ -188,7 +188,7 @@ class TierLink:
         timeout = self.config.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while not cond():
-            self.store._heartbeat.check()
+            self.store._failures.check()
             if self.aggregator is not None:
                 self.aggregator.raise_failure()
             self._raise_deferred()
