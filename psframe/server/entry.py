@@ -34,6 +34,34 @@ class ParkedPull:
     token: object
 
 
+@dataclasses.dataclass(slots=True)
+class ParkedInit:
+    """An init answered once rank 0's value is in; its ``dtype``/``shape``/``members`` are
+    checked against that value then."""
+    token: object
+    rank: int
+    dtype: str
+    shape: tuple
+    members: list
+
+
+class EarlyPush:
+    """A pushed array waiting for its turn in the rank order; ``flat`` covers members
+    ``lo..hi-1``."""
+    __slots__ = ("rank", "lo", "hi", "flat")
+
+    def __init__(self, rank, lo, hi, flat):
+        self.rank, self.lo, self.hi, self.flat = rank, lo, hi, flat
+
+
+class PushAck:
+    """The ack of a push, due once members ``lo..hi-1`` completed its step."""
+    __slots__ = ("token", "lo", "hi")
+
+    def __init__(self, token, lo, hi):
+        self.token, self.lo, self.hi = token, lo, hi
+
+
 class StepMerge:
     """Fixed-rank-order sum of one step's pushes, per member of the entry."""
     __slots__ = ("acc", "next_rank", "early", "tokens")
@@ -41,8 +69,8 @@ class StepMerge:
     def __init__(self, members):
         self.acc = None                                  # flat sum so far (members' slices)
         self.next_rank = np.zeros(members, np.int64)     # per member: the rank to add next
-        self.early = []     # [rank, lo, hi, flat array]: arrived before its turn
-        self.tokens = []    # (token, lo, hi): push acks due when members lo..hi-1 complete
+        self.early = []     # [EarlyPush]: arrived before its turn
+        self.tokens = []    # [PushAck]: due when their members complete the step
 
 
 class KeyState:
@@ -58,7 +86,7 @@ class KeyState:
         self.value = None
         self.failed = None       # the error of an update that raised: the entry is unusable
         self.inited_by = set()
-        self.parked_inits = []   # (token, rank, dtype, shape, members)
+        self.parked_inits = []   # [ParkedInit]
         self.merges = {}         # step -> StepMerge
         self.parked_pulls = []   # [ParkedPull]
         self.free = []           # a spare flat buffer (no page faults per step)

@@ -25,7 +25,7 @@ from ..errors import (ConfigError, DoubleInitError, OptimizerError, DTypeMismatc
                       UninitializedKeyError)
 from ..protocol import ArrayDesc
 from . import updates
-from .entry import KeyState, NoGuard, ParkedPull, Reply, StepMerge, high, low
+from .entry import EarlyPush, KeyState, NoGuard, ParkedInit, ParkedPull, PushAck, Reply, StepMerge, high, low
 
 __all__ = ["ShardState", "Reply"]
 
@@ -92,20 +92,20 @@ class ShardState:
             keep = adopt and array.flags.writeable and array.flags.c_contiguous and array.dtype == desc.dtype
             st.value = (array if keep else np.array(array, dtype=desc.dtype, copy=True)).reshape(-1)
         st.inited_by.add(rank)
-        st.parked_inits.append((token, rank, desc.dtype, tuple(desc.shape), members))
+        st.parked_inits.append(ParkedInit(token, rank, desc.dtype, tuple(desc.shape), members))
         if st.value is None:
             return []
         replies = []
-        for tok, r, dtype, shape, mem in st.parked_inits:
-            err = self._mismatch(st.key, st.shape, st.dtype, shape, dtype, "init")
-            if err is None and st.grouped and mem != st.layout():
+        for p in st.parked_inits:
+            err = self._mismatch(st.key, st.shape, st.dtype, p.shape, p.dtype, "init")
+            if err is None and st.grouped and p.members != st.layout():
                 err = ConfigError(
-                    f"worker {r} initialised keys {[k for k, _ in mem or ()][:4]}... together, but "
+                    f"worker {p.rank} initialised keys {[k for k, _ in p.members or ()][:4]}... together, but "
                     f"worker 0 initialised {st.names[:4]}... together; initialise the same "
                     f"lists of keys in the same order on every worker")
             if err is not None:
-                st.inited_by.discard(r)
-            replies.append(Reply(tok, error=err))
+                st.inited_by.discard(p.rank)
+            replies.append(Reply(p.token, error=err))
         st.parked_inits = []
         return replies
 
@@ -149,8 +149,8 @@ class ShardState:
         if merge is None:
             merge = st.merges[desc.step] = StepMerge(len(st.names))
         if token is not None:
-            merge.tokens.append((token, lo, hi))
-        merge.early.append([rank, lo, hi, flat])
+            merge.tokens.append(PushAck(token, lo, hi))
+        merge.early.append(EarlyPush(rank, lo, hi, flat))
         if not self._sum_in_rank_order(st, merge):
             return []          # nothing of this step became complete
         return self._complete_steps(st)
@@ -163,7 +163,7 @@ class ShardState:
         while progress and early:
             progress = False
             for entry in list(early):
-                rank, lo, hi, flat = entry
+                rank, lo, hi, flat = entry.rank, entry.lo, entry.hi, entry.flat
                 if low(next_rank, lo, hi) == rank and high(next_rank, lo, hi) == rank:
                     early.remove(entry)
                     if (merge.acc is None and self.owns_pushes and hi - lo == len(st.names)
@@ -183,7 +183,7 @@ class ShardState:
                 elif hi - lo > 1 and (next_rank[lo:hi] == rank).any():
                     early.remove(entry)
                     start = bounds[lo]
-                    early.extend([rank, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start]]
+                    early.extend(EarlyPush(rank, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start])
                                  for m in range(lo, hi))
                     progress = True
         return completed_any
@@ -213,12 +213,11 @@ class ShardState:
                 st.completed[done] = step
             progressed = True
             still = []
-            for tok in merge.tokens:
-                _, lo, hi = tok
-                if low(st.completed, lo, hi) >= step:
-                    replies.append(Reply(tok[0]))
+            for ack in merge.tokens:
+                if low(st.completed, ack.lo, ack.hi) >= step:
+                    replies.append(Reply(ack.token))
                 else:
-                    still.append(tok)
+                    still.append(ack)
             merge.tokens = still
             if low(st.completed, 0, members) >= step:
                 del st.merges[step]
@@ -277,7 +276,7 @@ class ShardState:
         every pending step, parked pulls) gets the error instead of waiting forever."""
         st.failed = OptimizerError.wrapping(exc, f"the update of key {st.key!r} (part {st.part}, "
                                             f"step {step}) raised", "the key cannot be used any more")
-        waiting = list(tokens) + [t[0] for m in st.merges.values() for t in m.tokens]
+        waiting = list(tokens) + [a.token for m in st.merges.values() for a in m.tokens]
         waiting += [p.token for p in st.parked_pulls]
         st.parked_pulls = []
         for m in st.merges.values():
