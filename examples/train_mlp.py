@@ -197,9 +197,7 @@ def main(argv=None):
         print(f"rank {kv.rank}: trained on {batches} batches", flush=True)
         kv.barrier()     # every push merged before the counters are read
         if lead:
-            stats = getattr(kv, "server_stats", None)
-            if stats is not None:
-                metrics["server_pushes"] = [s["pushes"] for s in stats()]
+            metrics["server_pushes"] = [s["pushes"] for s in kv.server_stats()]
             metrics["batches_rank0"] = batches
             metrics["wall_time_s"] = round(time.monotonic() - t0, 2)
             metrics["final_test_acc"] = metrics["test_acc"][-1] if metrics["test_acc"] else None

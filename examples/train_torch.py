@@ -131,9 +131,7 @@ def main(argv=None):
         print(f"rank {kv.rank}: trained on {batches} batches", flush=True)
         kv.barrier()
         if lead:
-            stats = getattr(kv, "server_stats", None)
-            if stats is not None:
-                metrics["server_pushes"] = [s["pushes"] for s in stats()]
+            metrics["server_pushes"] = [s["pushes"] for s in kv.server_stats()]
             metrics["wall_time_s"] = round(time.monotonic() - t0, 2)
             metrics["final_test_acc"] = metrics["test_acc"][-1] if metrics["test_acc"] else None
             save_outputs(args.out, metrics)

@@ -7,7 +7,9 @@ import sys
 from psframe import config as envc
 from psframe.errors import ConfigError
 
-BACKENDS = ("local", "ssh", "mpi", "slurm")
+from .backends import REGISTRY
+
+BACKENDS = tuple(REGISTRY)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -34,8 +36,6 @@ class LaunchConfig:
     cwd: str = dataclasses.field(default_factory=os.getcwd)
     shutdown_grace: float = 3.0         # after the workers end, how long scheduler/servers get
     kill_grace: float = 3.0             # SIGTERM -> SIGKILL when stopping the job
-    scheduler_module: str = "psframe.scheduler"
-    server_module: str = "psframe.server"
 
     def __post_init__(self):
         if self.num_workers < 1:

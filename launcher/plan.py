@@ -13,8 +13,8 @@ from psframe.errors import ConfigError
 from psframe.transport.addresses import tcp
 
 # Variables the launcher owns; --env may not override them (it would break rank assignment).
-RESERVED = (envc.ROLE, envc.SCHEDULER, envc.NUM_WORKERS, envc.NUM_SERVERS, envc.RANK,
-            envc.SERVER_RANK, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST)
+RESERVED = (envc.ROLE, envc.SCHEDULER, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST) + tuple(
+    v for role in envc.ROLES.values() for v in (role.count_env, role.rank_env) if v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class ProcessSpec:
     @property
     def label(self):
         """``worker 3@host`` / ``server 0@host`` / ``scheduler@host``, the output prefix."""
-        who = self.role if self.role == "scheduler" else f"{self.role} {self.index}"
+        who = f"{self.role} {self.index}" if envc.ROLES[self.role].rank_env else self.role
         return f"{who}@{self.host}"
 
 
@@ -65,6 +65,14 @@ def place_workers(hosts, num_workers):
     return placement
 
 
+# How a role's processes are spread over the hosts: host index of each rank.
+PLACEMENTS = {
+    "first_host": lambda hosts, n: [0] * n,
+    "round_robin": lambda hosts, n: [i % len(hosts) for i in range(n)],
+    "slots": place_workers,
+}
+
+
 def _local_ranks(host_indexes):
     counts, ranks = {}, []
     for h in host_indexes:
@@ -84,13 +92,12 @@ def make_plan(config, hosts, scheduler_port):
         if key in RESERVED:
             raise ConfigError(f"--env {key}=...: {key} is set by psframe-launch from the placement "
                               f"and cannot be overridden")
-    num_servers = config.num_servers or len(hosts)
+    counts = {"num_workers": config.num_workers, "num_servers": config.num_servers or len(hosts)}
     scheduler = tcp(hosts[0].name, scheduler_port)
     common = dict(config.env)
+    common.update({envc.SCHEDULER: scheduler})
+    common.update({role.count_env: str(counts[role.count]) for role in envc.ROLES.values() if role.count})
     common.update({
-        envc.SCHEDULER: scheduler,
-        envc.NUM_WORKERS: str(config.num_workers),
-        envc.NUM_SERVERS: str(num_servers),
         envc.KVSTORE: config.kvstore,
         envc.START_TIMEOUT: repr(float(config.start_timeout)),
         "PYTHONUNBUFFERED": "1",   # so every line reaches the launcher as it is printed
@@ -111,17 +118,14 @@ def make_plan(config, hosts, scheduler_port):
         specs.append(ProcessSpec(role, index, host, local_rank, local_size, tuple(command), env,
                                  config.cwd))
 
-    add("scheduler", 0, 0, 0, 1, (python, "-m", config.scheduler_module), {})
-    server_hosts = [i % len(hosts) for i in range(num_servers)]
-    server_local, server_counts = _local_ranks(server_hosts)
-    for rank, h in enumerate(server_hosts):
-        add("server", rank, h, server_local[rank], server_counts[h],
-            (python, "-m", config.server_module), {envc.SERVER_RANK: str(rank)})
-    worker_hosts = place_workers(hosts, config.num_workers)
-    worker_local, worker_counts = _local_ranks(worker_hosts)
-    for rank, h in enumerate(worker_hosts):
-        add("worker", rank, h, worker_local[rank], worker_counts[h],
-            (python, config.script, *config.script_args), {envc.RANK: str(rank)})
+    for role in envc.ROLES.values():       # in launch order
+        host_of = PLACEMENTS[role.placement](hosts, counts[role.count] if role.count else 1)
+        local, per_host = _local_ranks(host_of)
+        command = ((python, "-m", role.module) if role.module
+                   else (python, config.script, *config.script_args))
+        for rank, h in enumerate(host_of):
+            add(role.name, rank, h, local[rank], per_host[h], command,
+                {role.rank_env: str(rank)} if role.rank_env else {})
     return Plan(scheduler, tuple(specs), hosts)
 
 

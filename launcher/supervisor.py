@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+from psframe import config as envc
 from psframe.aggregation import shm
 from psframe.transport.addresses import free_port
 
@@ -88,7 +89,7 @@ class Job:
         except LaunchError as exc:
             self.err.write(f"psframe-launch: could not start the job: {exc}\n")
             return JobResult(1, [])
-        workers = [h for h in self.handles if h.spec.role == "worker"]
+        workers = [h for h in self.handles if envc.ROLES[h.spec.role].finishes_job]
         done_at = None
         # a process that exits EXIT_ABORTED_BY_PEER was taken down by another one's failure,
         # which is often still on its way out (printing its traceback): wait a little for it

@@ -1,5 +1,6 @@
 """The array-backend shim: allowed dtypes, host buffers out of numpy/cupy/torch values, and
 copies into a caller's ``out``. cupy and torch are imported only when such a value shows up."""
+import importlib
 import sys
 
 import numpy as np
@@ -17,6 +18,14 @@ def backend(value):
     if mod == "torch":
         return "torch"
     return "numpy"
+
+
+def array_module(value):
+    """The array module of ``value``: ``cupy`` for cupy arrays, else ``numpy`` (cupy is
+    imported only when given one)."""
+    if backend(value) == "cupy":
+        return sys.modules.get("cupy") or importlib.import_module("cupy")
+    return np
 
 
 # numpy's dtype.name is computed in Python (~10 us); keys are few, calls are many.

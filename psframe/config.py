@@ -40,7 +40,35 @@ LOG_LEVEL = "PSFRAME_LOG_LEVEL"          # logging level name (INFO)
 # can tell the root cause (any other non-zero status) from the processes it took down.
 EXIT_ABORTED_BY_PEER = 75
 
-ROLES = ("scheduler", "server", "worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """What one kind of process is: everything psframe and psframe-launch need to know of it."""
+    name: str
+    count: str = ""          # the Config field saying how many the job has ("": exactly one)
+    count_env: str = ""      # ... and the variable it is read from
+    rank_env: str = ""       # the variable with a process's rank, 0..count-1 ("": no ranks)
+    rank_field: str = ""     # ... and the Config field it is read into
+    registers: bool = True   # registers with the scheduler (and heartbeats to it)
+    listed_as: str = ""      # the address book's list of their addresses (+ "<listed_as>_local")
+    standalone: bool = False  # may run without a scheduler (a worker of a ``local`` store)
+    finishes_job: bool = False       # the job is done once every one of them said done
+    shut_down_by_scheduler: bool = False  # told to stop once the job is done
+    module: str = ""         # psframe-launch runs ``python -m module`` ("": the user's script)
+    placement: str = "first_host"    # first_host | round_robin (over hosts) | slots (fill them)
+    trace_pid: int = 3000    # its first process id in a timeline
+
+
+# Every role, in launch order. A new role is one entry here.
+ROLES = {r.name: r for r in (
+    Role("scheduler", registers=False, module="psframe.scheduler", trace_pid=2000),
+    Role("server", count="num_servers", count_env=NUM_SERVERS, rank_env=SERVER_RANK,
+         rank_field="server_rank", listed_as="servers", shut_down_by_scheduler=True,
+         module="psframe.server", placement="round_robin", trace_pid=1000),
+    Role("worker", count="num_workers", count_env=NUM_WORKERS, rank_env=RANK, rank_field="rank",
+         standalone=True, finishes_job=True, placement="slots", trace_pid=0),
+)}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 KINDS = ("local", "dist_sync", "dist_async", "dist_device_sync")
 
@@ -122,19 +150,19 @@ def from_env(env=None):
     num_servers = _get(env, NUM_SERVERS, int, 1 if scheduler else 0, minimum=0)
     if scheduler and num_servers < 1:
         raise ConfigError(f"{NUM_SERVERS} must be >= 1 in a distributed job")
-    if role != "worker" and not scheduler:
+    if not ROLES[role].standalone and not scheduler:
         raise ConfigError(f"role {role} needs {SCHEDULER}=tcp://host:port; start it with psframe-launch")
-    rank = _get(env, RANK, int, 0, minimum=0)
-    if rank >= num_workers:
-        raise ConfigError(f"{RANK}={rank} is out of range for {NUM_WORKERS}={num_workers}")
-    server_rank = _get(env, SERVER_RANK, int, 0, minimum=0)
-    if role == "server" and server_rank >= num_servers:
-        raise ConfigError(f"{SERVER_RANK}={server_rank} is out of range for {NUM_SERVERS}={num_servers}")
-    if role == "worker" and scheduler and RANK not in env:
-        raise ConfigError(f"a worker of a distributed job needs {RANK} (0..{num_workers - 1}); "
-                          f"psframe-launch sets it")
-    if role == "server" and SERVER_RANK not in env:
-        raise ConfigError(f"a server needs {SERVER_RANK} (0..{num_servers - 1}); psframe-launch sets it")
+    counts = {"num_workers": num_workers, "num_servers": num_servers}
+    ranks = {}
+    for r in ROLES.values():
+        if not r.rank_env:
+            continue
+        ranks[r.rank_field] = value = _get(env, r.rank_env, int, 0, minimum=0)
+        if (r.name == role or r.rank_env in env) and value >= counts[r.count]:
+            raise ConfigError(f"{r.rank_env}={value} is out of range for {r.count_env}={counts[r.count]}")
+        if r.name == role and scheduler and r.rank_env not in env:
+            raise ConfigError(f"a {role} of a distributed job needs {r.rank_env} "
+                              f"(0..{counts[r.count] - 1}); psframe-launch sets it")
     host = env.get(HOST) or socket.gethostname()
     modules = tuple(m for m in env.get(USER_MODULES, "").split(os.pathsep) if m)
     log_level = env.get(LOG_LEVEL, "INFO").upper()
@@ -142,7 +170,7 @@ def from_env(env=None):
         raise ConfigError(f"{LOG_LEVEL}={env.get(LOG_LEVEL)!r} is not a level; use one of {', '.join(LOG_LEVELS)}")
     return Config(
         role=role, scheduler=scheduler, num_workers=num_workers, num_servers=num_servers,
-        kvstore=kvstore, rank=rank, server_rank=server_rank,
+        kvstore=kvstore, **ranks,
         local_rank=_get(env, LOCAL_RANK, int, 0, minimum=0),
         local_size=_get(env, LOCAL_SIZE, int, 1, minimum=1),
         host=host, bind_host=env.get(BIND_HOST, ""),

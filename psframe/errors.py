@@ -76,7 +76,19 @@ class UnsupportedDTypeError(PSError, TypeError):
 
 
 class OptimizerError(PSError, ValueError):
-    """An optimizer that cannot be shipped or built (unregistered name, bad config)."""
+    """An optimizer that cannot be shipped or built (unregistered name, bad config), or an
+    update that raised."""
+
+    @classmethod
+    def wrapping(cls, exc, what, consequence):
+        """``exc``, raised by an optimizer's code, as the OptimizerError a job reports:
+        ``"<what> <ExcType>: <exc>; <consequence>"`` (``what`` names the update, ending in
+        "raised" or a colon). An OptimizerError is returned as it is."""
+        if isinstance(exc, OptimizerError):
+            return exc
+        err = cls(f"{what} {type(exc).__name__}: {exc}; {consequence}")
+        err.__cause__, err.__suppress_context__ = exc, True    # as ``raise err from exc``
+        return err
 
 
 class PSTimeoutError(PSError, TimeoutError):

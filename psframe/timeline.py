@@ -14,9 +14,11 @@ import sys
 import threading
 import time
 
+from .config import ROLES
+
 logger = logging.getLogger(__name__)
 
-PIDS = {"worker": 0, "server": 1000, "scheduler": 2000}
+PIDS = {r.name: r.trace_pid for r in sorted(ROLES.values(), key=lambda r: r.trace_pid)}
 MAX_EVENTS = 2_000_000      # a runaway job must not eat the host's memory
 
 

@@ -14,17 +14,12 @@ them in one call, first layers first, so a step costs one message and reply per 
 """
 import numpy as np
 
+from . import arrays
+
 __all__ = ["broadcast_parameters", "DistributedOptimizer", "ServerOptimizer"]
 
 #: Parameters smaller than this share a fused key (and message) with their neighbours.
 FUSION_BYTES = 64 * 1024
-
-
-def _host_view(t):
-    """A flat numpy view sharing ``t``'s memory, or None when there is none (GPU, strided)."""
-    if t.device.type == "cpu" and t.is_contiguous():
-        return t.detach().reshape(-1).numpy()
-    return None
 
 
 def _tensors(model_or_tensors):
@@ -71,9 +66,9 @@ class _Bucket:
     def flat(self, tensors):
         """``(array, copied)``: the tensors as one flat array, zero-copy for a lone CPU tensor."""
         if len(tensors) == 1:
-            view = _host_view(tensors[0])
+            view = arrays.host_view(tensors[0])
             if view is not None:
-                return view, False
+                return view.reshape(-1), False
         off = 0
         for t, n in zip(tensors, self.sizes):
             self.buf[off:off + n] = t.detach().reshape(-1).cpu().numpy()

@@ -137,3 +137,32 @@ def test_psframe_never_imports_the_launcher():
     for path in (ROOT / "psframe").rglob("*.py"):
         for name, node in _imports(path):
             assert not name.startswith("psframe_launcher"), f"{path}:{node.lineno}"
+
+
+# Pure state inside the service packages: events in, replies/sends out; no sockets, threads or
+# clocks, so every rule of merging and membership is testable without a process
+PURE_STATE = ("server/shard.py", "server/entry.py", "server/updates.py", "scheduler/membership.py",
+              "sharding.py")
+IMPURE = {"zmq", "socket", "threading", "time", "os", "transport", "timeline"}
+
+
+def test_pure_state_modules_do_no_io():
+    bad = []
+    for rel in PURE_STATE:
+        path = ROOT / "psframe" / rel
+        for name, node in _imports(path):
+            mods = {name.split(".")[0]} | set(_targets(pathlib.Path(rel), name, node))
+            if mods & IMPURE:
+                bad.append(f"psframe/{rel}:{node.lineno} imports {name}")
+    assert not bad, bad
+
+
+def test_services_share_one_request_loop_and_dispatch_rule():
+    """The scheduler and the servers answer requests through ``transport.requests.RequestLoop``
+    (one receive-and-reply loop, ``handle_<command>`` dispatch) and watch the scheduler through
+    ``transport.link`` only: no service has a loop or a heartbeat of its own."""
+    for rel in ("scheduler/service.py", "server/service.py"):
+        text = (ROOT / "psframe" / rel).read_text()
+        assert "(RequestLoop)" in text, rel
+        assert "def _drain" not in text and "recv_frames" not in text, rel
+        assert "Command.HEARTBEAT" not in text, rel

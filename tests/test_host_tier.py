@@ -73,7 +73,7 @@ def _shard(owns):
     s = ShardState(6, owns_pushes=owns)
     for first, count, name in HOSTS:
         for r in range(first, first + count):
-            s.set_host(r, first, count, name)
+            s.hosts.set(r, first, count, name)
     s.init(0, ArrayDesc("k", 0, "float32", (257,), 0), np.zeros(257, np.float32), None)
     return s
 
@@ -123,7 +123,7 @@ def test_a_host_sum_must_come_from_the_first_worker_of_its_host():
                  summed=True)[0].error
     assert isinstance(err, ProtocolError) and "not the first worker of its host (3)" in str(err)
     with pytest.raises(ProtocolError, match="contiguous"):
-        s.set_host(2, 3, 3, "x")           # rank 2 is not among workers 3..5
+        s.hosts.set(2, 3, 3, "x")           # rank 2 is not among workers 3..5
 
 
 # -- real jobs: 1 host x 4 workers, 2 servers --------------------------------------------------

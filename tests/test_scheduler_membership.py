@@ -32,6 +32,17 @@ def test_start_timeout_names_missing_ranks():
     assert "1 of 2 workers (ranks [1])" in m.failure and "1 of 1 servers (ranks [0])" in m.failure
 
 
+def test_heartbeat_clock_starts_when_everyone_is_in():
+    """A node waits for the address book without heartbeating: however long the others took to
+    register, its heartbeat deadline counts from the moment the book went out."""
+    m = make()
+    m.register(b"s0", 1, "server", 0, "h", "tcp://h:1", 0)
+    m.register(b"w0", 1, "worker", 0, "h", "", 2.0)
+    m.register(b"w1", 1, "worker", 1, "h", "", 4.0)      # server silent for 4s > timeout 3
+    assert m.tick(4.5) == [] and m.failure is None
+    assert m.tick(7.1) and "no heartbeat" in m.failure
+
+
 def _ready():
     m = make()
     for peer, role, rank in ((b"s0", "server", 0), (b"w0", "worker", 0), (b"w1", "worker", 1)):

@@ -1,1 +1,5 @@
-"""Launch mechanisms, one module each, found by name through ``base.get_backend``."""
+"""How the launcher starts processes. ``REGISTRY`` is the one list of backends: the name
+``--launcher`` takes, mapped to the module here whose ``BACKEND`` class runs them; a new
+backend is a module and one entry."""
+
+REGISTRY = {"local": "local", "ssh": "ssh", "mpi": "mpi", "slurm": "slurm"}

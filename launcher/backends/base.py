@@ -9,6 +9,8 @@ import time
 from psframe.config import EXIT_ABORTED_BY_PEER
 from psframe.errors import ConfigError
 
+from . import REGISTRY
+
 
 @dataclasses.dataclass(frozen=True)
 class ExitStatus:
@@ -117,18 +119,15 @@ class LaunchError(RuntimeError):
     """A process of the job could not be started (the report names which and why)."""
 
 
-_MODULES = {"local": "local", "ssh": "ssh", "mpi": "mpi", "slurm": "slurm"}
-
-
 def get_backend(name, config):
     """Instantiate the backend called ``name``.
 
     Raises:
         ConfigError: no such backend.
     """
-    if name not in _MODULES:
-        raise ConfigError(f"--launcher {name!r} is unknown; use one of {', '.join(_MODULES)}")
-    module = importlib.import_module(f"{__package__}.{_MODULES[name]}")
+    if name not in REGISTRY:
+        raise ConfigError(f"--launcher {name!r} is unknown; use one of {', '.join(REGISTRY)}")
+    module = importlib.import_module(f"{__package__}.{REGISTRY[name]}")
     return module.BACKEND(config)
 
 

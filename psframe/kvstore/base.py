@@ -1,6 +1,6 @@
 """The ``KVStore`` interface every kind implements, and the argument checks they share.
 
-Kinds implement ``_init``, ``_push``, ``_pull``, ``_pushpull``, ``_set_optimizer``,
+Kinds implement ``server_stats`` and ``_init``, ``_push``, ``_pull``, ``_pushpull``, ``_set_optimizer``,
 ``_barrier``, ``_close`` on normalised arguments: lists of keys, one host or device array per
 key for values (device lists already summed), one list of output arrays per key for outs.
 """
@@ -126,6 +126,13 @@ class KVStore(abc.ABC):
         """Return once every worker of the job called ``barrier``."""
         self._check_open()
         self._barrier(timeout)
+
+    @abc.abstractmethod
+    def server_stats(self, timeout=None):
+        """Counters of every server, one dict per server (the ``local`` kind: its in-process
+        shard): ``pushes`` and ``pulls`` per worker rank, ``bytes_in``, ``bytes_out``,
+        ``updates``, ``keys``, ``held_bytes`` and ``steps``, and in a distributed job the
+        server process's ``pid``, ``cpu_s`` and RSS; for tests, benches and progress reports."""
 
     def close(self):
         """Finish: wait for outstanding requests, tell the job this worker is done."""

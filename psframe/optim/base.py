@@ -8,6 +8,7 @@ import numbers
 
 import numpy as np
 
+from ..arrays import array_module, to_host
 from ..errors import OptimizerError
 from . import lr as _lr
 from .registry import Registry, build, check_spec, config_from_attributes
@@ -37,18 +38,6 @@ def register(cls=None, *, name=None):
 def registered():
     """Sorted names of the registered optimizers."""
     return _registry.names()
-
-
-def array_module(x):
-    """``cupy`` for cupy arrays, else ``numpy`` (cupy is imported only when given one)."""
-    if type(x).__module__.split(".")[0] == "cupy":
-        import cupy
-        return cupy
-    return np
-
-
-def _to_host(a):
-    return a.get() if hasattr(a, "get") and array_module(a) is not np else np.asarray(a)
 
 
 def _number(name, value, minimum=0.0, allow_none=False):
@@ -188,13 +177,10 @@ class Optimizer:
         g = self.prepare_grad(grad, target.dtype)
         try:
             self.step(key, target, g, state, self.learning_rate(t), t)
-        except OptimizerError:
-            raise
         except Exception as exc:   # name the optimizer, key and update in what the job reports
-            raise OptimizerError(
-                f"{type(self).__name__}.step failed on key {key!r} at update {t}: "
-                f"{type(exc).__name__}: {exc}; that weight may be partly updated, so fix the "
-                f"optimizer and restart from a checkpoint") from exc
+            raise OptimizerError.wrapping(
+                exc, f"{type(self).__name__}.step failed on key {key!r} at update {t}:",
+                "that weight may be partly updated, so fix the optimizer and restart from a checkpoint")
         state[STEP_KEY][...] = t + 1
         if master is not None:
             weight[...] = master
@@ -202,7 +188,7 @@ class Optimizer:
     # ---- checkpoints ----------------------------------------------------------------------
     def export_state(self, state):
         """Plain host numpy arrays (copies) of ``state``, for checkpoints."""
-        return {name: np.array(_to_host(a), copy=True) for name, a in state.items()}
+        return {name: np.array(to_host(a), copy=True) for name, a in state.items()}
 
     def import_state(self, arrays, like=None):
         """Inverse of ``export_state``.
@@ -222,7 +208,7 @@ class Optimizer:
         if STEP_KEY not in state or state[STEP_KEY].shape != ():
             raise OptimizerError(f"optimizer state {sorted(arrays)} has no scalar update count "
                                  f"{STEP_KEY!r}; it was not made by export_state()")
-        state[STEP_KEY] = np.array(_to_host(state[STEP_KEY]), dtype=np.int64)
+        state[STEP_KEY] = np.array(to_host(state[STEP_KEY]), dtype=np.int64)
         return state
 
     # ---- the wire -------------------------------------------------------------------------

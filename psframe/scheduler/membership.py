@@ -6,7 +6,10 @@ Every method takes the event (and the time, passed in) and returns a list of ``S
 """
 import dataclasses
 
+from ..config import ROLES
 from ..sharding import PlacementState
+
+REGISTERING = [r for r in ROLES.values() if r.registers]
 
 
 @dataclasses.dataclass
@@ -36,6 +39,8 @@ class MembershipState:
 
     def __init__(self, num_workers, num_servers, bigarray_bound, start_timeout, heartbeat_timeout, now):
         self.num_workers, self.num_servers = num_workers, num_servers
+        sizes = {"num_workers": num_workers, "num_servers": num_servers}
+        self.counts = {r.name: sizes[r.count] for r in REGISTERING}   # role -> how many
         self.start_timeout, self.heartbeat_timeout = start_timeout, heartbeat_timeout
         self.started_at = now
         self.nodes = {}                   # name -> _Node
@@ -52,8 +57,11 @@ class MembershipState:
     # -- registration -------------------------------------------------------------------
     def register(self, peer, msg_id, role, rank, host, address, now, local_address=""):
         name = f"{role}:{rank}"
-        limit = self.num_workers if role == "worker" else self.num_servers
-        if role not in ("worker", "server") or not 0 <= rank < limit:
+        if role not in self.counts:
+            return [Send(peer, "error", msg_id, {"name": "ConfigError", "message":
+                    f"{role!r} is not a role that registers; one of {', '.join(self.counts)}"})]
+        limit = self.counts[role]
+        if not 0 <= rank < limit:
             return [Send(peer, "error", msg_id, {"name": "ConfigError", "message":
                     f"{role} rank {rank} is outside 0..{limit - 1} of this job"})]
         if name in self.nodes:
@@ -63,23 +71,31 @@ class MembershipState:
         self.nodes[name] = _Node(name, role, rank, host, address, local_address, peer=peer, control=peer,
                                  last_seen=now)
         self.waiting_register.append((peer, msg_id))
-        if len(self.nodes) < self.num_workers + self.num_servers:
+        if len(self.nodes) < sum(self.counts.values()):
             return []
         self.ready = True
+        for node in self.nodes.values():   # nobody could heartbeat while waiting for the book
+            node.last_seen = now
         book = self.address_book()
         sends = [Send(p, "ok", i, book) for p, i in self.waiting_register]
         self.waiting_register = []
         return sends
 
     def address_book(self):
-        servers = [self.nodes[f"server:{s}"] for s in range(self.num_servers)]
-        return {"servers": [n.address for n in servers], "servers_local": [n.local_address for n in servers],
-                "num_workers": self.num_workers, "num_servers": self.num_servers}
+        """Every listed role's addresses by rank, and how many of each role the job has."""
+        book = {}
+        for r in REGISTERING:
+            nodes = [self.nodes[f"{r.name}:{i}"] for i in range(self.counts[r.name])]
+            if r.listed_as:
+                book[r.listed_as] = [n.address for n in nodes]
+                book[f"{r.listed_as}_local"] = [n.local_address for n in nodes]
+            book[r.count] = self.counts[r.name]
+        return book
 
     def missing(self):
-        workers = [r for r in range(self.num_workers) if f"worker:{r}" not in self.nodes]
-        servers = [r for r in range(self.num_servers) if f"server:{r}" not in self.nodes]
-        return workers, servers
+        """``{role: [ranks that have not registered]}``."""
+        return {role: [i for i in range(n) if f"{role}:{i}" not in self.nodes]
+                for role, n in self.counts.items()}
 
     # -- liveness -----------------------------------------------------------------------
     def heartbeat(self, peer, name, now):
@@ -94,12 +110,12 @@ class MembershipState:
         if self.failure or self.finished:
             return []
         if not self.ready and now - self.started_at > self.start_timeout:
-            workers, servers = self.missing()
+            absent = " and ".join(f"{len(ranks)} of {self.counts[role]} {role}s (ranks {ranks})"
+                                  for role, ranks in self.missing().items())
             return self.abort(
-                f"start-up timed out after {self.start_timeout:g}s: {len(workers)} of "
-                f"{self.num_workers} workers (ranks {workers}) and {len(servers)} of "
-                f"{self.num_servers} servers (ranks {servers}) never registered; check that they "
-                f"were started and can reach the scheduler, or raise PSFRAME_START_TIMEOUT")
+                f"start-up timed out after {self.start_timeout:g}s: {absent} never registered; "
+                f"check that they were started and can reach the scheduler, or raise "
+                f"PSFRAME_START_TIMEOUT")
         if self.ready:
             for node in self.nodes.values():
                 if not node.done and now - node.last_seen > self.heartbeat_timeout:
@@ -192,8 +208,10 @@ class MembershipState:
         if node is not None:
             node.done = True
         sends = [Send(peer, "ok", msg_id)]
-        workers = [n for n in self.nodes.values() if n.role == "worker"]
-        if len(workers) == self.num_workers and all(n.done for n in workers):
+        finishers = [n for n in self.nodes.values() if ROLES[n.role].finishes_job]
+        if (len(finishers) == sum(self.counts[r.name] for r in REGISTERING if r.finishes_job)
+                and all(n.done for n in finishers)):
             self.finished = True
-            sends += [Send(n.peer, "shutdown") for n in self.nodes.values() if n.role == "server"]
+            sends += [Send(n.peer, "shutdown") for n in self.nodes.values()
+                      if ROLES[n.role].shut_down_by_scheduler]
         return sends

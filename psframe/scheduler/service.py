@@ -1,18 +1,22 @@
-"""The scheduler's event loop: receive, decode, hand to MembershipState, send what it returns."""
+"""The scheduler's event loop: each request goes to its ``handle_<command>``, which asks
+MembershipState, and the sends it returns go out."""
 import logging
 import time
 
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import ProtocolError, as_reply
+from ..errors import ProtocolError
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
+from ..transport.requests import RequestLoop
 from .membership import MembershipState
 
 logger = logging.getLogger(__name__)
 
 
-class SchedulerService:
+class SchedulerService(RequestLoop):
     """Runs until every worker is done (exit 0) or the job fails (exit 1)."""
+
+    who = name = "scheduler"
 
     def __init__(self, config, ctx=None):
         self.config = config
@@ -28,7 +32,7 @@ class SchedulerService:
         try:
             while True:
                 for _ in sockets.poll([self.sock], 0.1):
-                    self._drain()
+                    self.drain()
                 self._send(self.state.tick(time.monotonic()))
                 if self.state.failure:
                     logger.error("job failed: %s", self.state.failure)
@@ -40,50 +44,36 @@ class SchedulerService:
         finally:
             self.sock.close(sockets.LINGER_MS)
 
-    def _drain(self):
-        while sockets.readable(self.sock):
-            frames = sockets.recv_frames(self.sock)
-            peer = frames[0].bytes
-            msg_id = 0
-            try:
-                msg = codec.decode(frames[1:])
-                msg_id = msg.id
-                self._send(self._dispatch(peer, msg))
-            except Exception as exc:   # a bad message must never take the job down
-                exc = as_reply(exc, "scheduler")
-                logger.warning("rejected a message: %s", exc)
-                self._send_raw(peer, codec.encode_error(msg_id, "scheduler", exc))
+    # -- handlers: each returns the sends MembershipState decided -------------------------
+    def handle(self, peer, msg):
+        self._send(self.handler(msg)(peer, msg))
 
-    def _dispatch(self, peer, msg):
-        st, now, b = self.state, time.monotonic(), msg.body
-        workers = self.config.num_workers
-        if msg.cmd is Command.HEARTBEAT:
-            return st.heartbeat(peer, msg.sender, now)
-        if msg.cmd is Command.REGISTER:
-            return st.register(peer, msg.id, _field(b, "role", str), _field(b, "rank", int),
-                               _field(b, "host", str), _field(b, "address", str, ""), now,
-                               _field(b, "local_address", str, ""))
-        if msg.cmd is Command.BARRIER:
-            return st.enter_barrier(peer, msg.id, codec.sender_rank(msg.sender, "worker", workers),
-                                    b.get("note"))
-        if msg.cmd is Command.PLACE:
-            return st.place(peer, msg.id, codec.sender_rank(msg.sender, "worker", workers),
-                            _placements(b))
-        if msg.cmd is Command.DONE:
-            return st.done(peer, msg.id, msg.sender)
-        if msg.cmd is Command.ABORT:
-            return st.fail(msg.sender, str(b.get("reason", "unknown")))
-        raise ProtocolError(f"the scheduler does not handle {msg.cmd.value!r}")
+    def handle_heartbeat(self, peer, msg):
+        return self.state.heartbeat(peer, msg.sender, time.monotonic())
+
+    def handle_register(self, peer, msg):
+        b = msg.body
+        return self.state.register(peer, msg.id, _field(b, "role", str), _field(b, "rank", int),
+                                   _field(b, "host", str), _field(b, "address", str, ""),
+                                   time.monotonic(), _field(b, "local_address", str, ""))
+
+    def handle_barrier(self, peer, msg):
+        rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
+        return self.state.enter_barrier(peer, msg.id, rank, msg.body.get("note"))
+
+    def handle_place(self, peer, msg):
+        rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
+        return self.state.place(peer, msg.id, rank, _placements(msg.body))
+
+    def handle_done(self, peer, msg):
+        return self.state.done(peer, msg.id, msg.sender)
+
+    def handle_abort(self, peer, msg):
+        return self.state.fail(msg.sender, str(msg.body.get("reason", "unknown")))
 
     def _send(self, sends):
         for s in sends:
-            self._send_raw(s.peer, codec.encode(Command(s.cmd), s.id, "scheduler", body=s.body))
-
-    def _send_raw(self, peer, frames):
-        try:
-            sockets.send_frames(self.sock, [peer, *frames])
-        except Exception as exc:  # the peer is gone; liveness handles it
-            logger.debug("could not reach a peer: %s", exc)
+            self.send_raw(s.peer, codec.encode(Command(s.cmd), s.id, self.name, body=s.body))
 
 
 def _field(body, name, kind, default=None):

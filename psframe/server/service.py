@@ -13,9 +13,11 @@ import numpy as np
 
 from .. import timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import OptimizerError, ProtocolError, as_reply
+from ..errors import OptimizerError, ProtocolError
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
+from ..transport.link import SchedulerLink
+from ..transport.requests import RequestLoop
 from .shard import ShardState
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,9 @@ def import_user_modules(paths):
         logger.info("imported user module %s", path)
 
 
-class ServerService:
+class ServerService(RequestLoop):
+    who = "server"
+
     def __init__(self, config, ctx=None):
         self.config = config
         # two I/O threads: workers' connections are spread over them, so the bytes of two
@@ -93,65 +97,42 @@ class ServerService:
         return address
 
     def _loop(self, sched):
-        cfg = self.config
-        last_answer = next_beat = next_prune = time.monotonic()
+        link = SchedulerLink(self.ctx, self.config, self.name, sock=sched)
+        next_prune = time.monotonic()
         poller = sockets.Poller([self.sock, sched])
-        while True:
+        while not link.ended:
             now = time.monotonic()
-            if now >= next_beat:
-                sockets.send_frames(sched, codec.encode(Command.HEARTBEAT, 0, self.name))
-                next_beat = now + cfg.heartbeat_interval
+            link.beat(now)
             if now >= next_prune:      # forget sent replies, so their buffers can be freed
                 self.guard.prune()
                 next_prune = now + PRUNE_INTERVAL
-            ready = poller.poll(min(cfg.heartbeat_interval, 0.2))
+            ready = poller.poll(link.poll_interval)
             if self.sock in ready:
-                self._drain()
+                self.drain(limit=1000)   # bounded, so heartbeats still go out under a flood
             if sched in ready:
-                msg = codec.decode(sockets.recv_frames(sched))
-                last_answer = time.monotonic()
-                if msg.cmd is Command.SHUTDOWN:
-                    logger.info("shutdown: %s", self.shard.stats()["pushes"])
-                    return 0
-                if msg.cmd is Command.ABORT:
-                    logger.error("job aborted by the scheduler: %s", msg.body.get("reason"))
-                    return EXIT_ABORTED_BY_PEER
-            elif time.monotonic() - last_answer > cfg.heartbeat_timeout:
-                logger.error("lost the scheduler at %s: no answer for %gs", cfg.scheduler,
-                             cfg.heartbeat_timeout)
-                return EXIT_ABORTED_BY_PEER
+                link.receive()
+            else:
+                link.check_silence(time.monotonic())
+        if link.shutdown:
+            logger.info("shutdown: %s", self.shard.stats()["pushes"])
+            return 0
+        return EXIT_ABORTED_BY_PEER
 
-    def _drain(self):
-        # Bounded so heartbeats still go out under a flood of requests.
-        for _ in range(1000):
-            if not sockets.readable(self.sock):
-                return
-            frames = sockets.recv_frames(self.sock)
-            peer = frames[0].bytes
-            msg_id = 0
-            try:
-                msg = codec.decode(frames[1:])
-                msg_id = msg.id
-                if self.timeline is not None:
-                    self._arrived = timeline.now_us()
-                self.handle(peer, msg)
-            except Exception as exc:   # a bad request must never take the server down
-                exc = as_reply(exc, "server")
-                logger.warning("error reply to a request: %s", exc)
-                self.pending.pop((peer, msg_id), None)
-                self._reply_error(peer, msg_id, exc)
+    # -- the receive-and-reply loop's hooks and the handlers --------------------------------
+    def received(self, msg):
+        if self.timeline is not None:
+            self._arrived = timeline.now_us()
 
-    # -- dispatch -----------------------------------------------------------------------
+    def failed(self, peer, msg_id, exc):
+        self.pending.pop((peer, msg_id), None)   # its other parts' answers are dropped
+        super().failed(peer, msg_id, exc)
+
     def handle(self, peer, msg):
-        handler = getattr(self, f"handle_{msg.cmd.value}", None)
-        if handler is None:
-            raise ProtocolError(f"a server does not handle {msg.cmd.value!r}")
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
         try:
-            handler(peer, msg, rank)
+            self.handler(msg)(peer, msg, rank)
         finally:     # after the handler: an init names the sender's host first
-            self.shard.traffic.count_message(self.shard.host_of(rank)[2],
-                                             sum(d.nbytes for d in msg.arrays))
+            self.shard.hosts.count_message(rank, sum(d.nbytes for d in msg.arrays))
 
     @staticmethod
     def _summed(msg):
@@ -172,7 +153,7 @@ class ServerService:
             if (type(host) is not list or len(host) != 3 or type(host[0]) is not int
                     or type(host[1]) is not int or type(host[2]) is not str):
                 raise ProtocolError(f"init body.host is {host!r}, not [first rank, workers, name]")
-            self.shard.set_host(rank, *host)
+            self.shard.hosts.set(rank, *host)
         arrays = [codec.as_array(d, b) for d, b in zip(msg.arrays, msg.buffers)]
         arrays += [None] * (len(descs) - len(arrays))
         token = self._expect(peer, msg, len(descs))
@@ -223,11 +204,11 @@ class ServerService:
         optimizer = optim.from_spec(msg.body.get("optimizer"))   # validates the spec
         self.shard.set_optimizer(optimizer)
         logger.info("optimizer set: %s", msg.body["optimizer"]["name"])
-        self._send(peer, codec.encode(Command.OK, msg.id, self.name))
+        self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
 
     def handle_stats(self, peer, msg, rank):
         body = dict(self.shard.stats(), **process_usage())
-        self._send(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
+        self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
 
     # -- replies ------------------------------------------------------------------------
     def _expect(self, peer, msg, n):
@@ -235,7 +216,7 @@ class ServerService:
         if token in self.pending:
             raise ProtocolError(f"request id {msg.id} is already in flight from this peer")
         if n == 0:
-            self._send(peer, codec.encode(Command.OK, msg.id, self.name))
+            self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
             return token
         self.pending[token] = _Pending(msg.cmd, n)
         return token
@@ -255,7 +236,7 @@ class ServerService:
                 del self.pending[r.token]
                 peer, msg_id = r.token
                 if p.error is not None:
-                    self._reply_error(peer, msg_id, p.error)
+                    self.failed(peer, msg_id, p.error)
                 else:
                     self._reply_arrays(peer, msg_id, p.arrays)
 
@@ -272,19 +253,9 @@ class ServerService:
             else:
                 bufs.append(a.reshape(-1).view(np.uint8))
                 tracked.append(a)
-        tracker = self._send(peer, codec.encode(Command.OK, msg_id, self.name, descs, bufs), track=bool(tracked))
+        tracker = self.send_raw(peer, codec.encode(Command.OK, msg_id, self.name, descs, bufs), track=bool(tracked))
         for a in tracked:
             self.guard.add(a, tracker)
-
-    def _reply_error(self, peer, msg_id, exc):
-        self._send(peer, codec.encode_error(msg_id, self.name, exc))
-
-    def _send(self, peer, frames, track=False):
-        try:
-            return sockets.send_frames(self.sock, [peer, *frames], track=track)
-        except Exception as exc:  # the worker went away; liveness reports it
-            logger.warning("could not reply to a worker: %s", exc)
-            return None
 
 
 def process_usage():

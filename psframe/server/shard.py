@@ -1,4 +1,5 @@
-"""Pure state of one server's shard: stored values, per-step merges, the optimizer. No sockets.
+"""Pure state of one server's shard: its entries, per-step merges in rank order, parked pulls.
+No sockets. What an entry stores is in ``entry``, how an optimizer runs over one in ``updates``.
 
 Each call takes a reply ``token`` (opaque: the service's routing id + request id) and returns the
 list of ``Reply`` objects that became due, which may answer earlier, parked requests too.
@@ -14,112 +15,23 @@ Sync semantics: the i-th push of a key from every worker forms step i. Pushes ar
 (host, local rank) order: each host's pushes first, in local-rank order, then the host sums in
 host order (an array that arrives before its turn waits, unsummed). Ranks are contiguous per
 host, so this is worker-rank order with one bracket per host; with one host it is the plain
-left-to-right sum. A host's aggregator sends the same host sum as one push (``span``), so a job
-gives bitwise-identical values run after run, fused or not, with or without the host tier. When step
+left-to-right sum. A host's aggregator sends the same host sum as one push (``summed``), so a
+job gives bitwise-identical values run after run, fused or not, with or without the host tier. When step
 i of a key is complete its value becomes the sum (no optimizer) or ``optimizer.update(value,
 sum)``; push acks of the step go out then, which bounds how far a worker can run ahead. A pull
 for step i is parked until step i is complete.
 Async semantics: every push is applied on arrival (``value += push`` without optimizer).
 """
-import dataclasses
-
 import numpy as np
 
 from ..errors import (ConfigError, DoubleInitError, OptimizerError, DTypeMismatchError, ProtocolError, ShapeMismatchError,
                       UninitializedKeyError)
-from ..optim.base import STEP_KEY
 from ..protocol import ArrayDesc
-from .traffic import HostTraffic
+from . import updates
+from .hosts import Hosts
+from .entry import EarlyPush, KeyState, NoGuard, ParkedInit, ParkedPull, PushAck, Reply, StepMerge, high, low
 
-
-def _low(a, lo, hi):
-    """``a[lo:hi].min()``; one element is read directly (plain keys are the hot path, and a
-    numpy reduction costs a microsecond or two per call)."""
-    return a[lo] if hi - lo == 1 else a[lo:hi].min()
-
-
-def _high(a, lo, hi):
-    """``a[lo:hi].max()``, like ``_low``."""
-    return a[lo] if hi - lo == 1 else a[lo:hi].max()
-
-
-@dataclasses.dataclass
-class Reply:
-    token: object
-    arrays: list = dataclasses.field(default_factory=list)   # [(ArrayDesc, np.ndarray)]
-    error: Exception = None
-
-
-class _StepMerge:
-    """Fixed (host, local rank) order sum of one step's pushes, per member of the entry."""
-    __slots__ = ("acc", "host_acc", "next_rank", "early", "tokens")
-
-    def __init__(self, members):
-        self.acc = None                                  # flat sum so far (members' slices)
-        self.host_acc = None     # flat sum of the current host's pushes (hosts after the first)
-        self.next_rank = np.zeros(members, np.int64)     # per member: the rank to add next
-        self.early = []     # [rank, count, lo, hi, flat]: arrived before its turn (count: the
-        #                     workers it sums: 1, or a whole host's from its aggregator)
-        self.tokens = []    # (token, lo, hi): push acks due when members lo..hi-1 complete
-
-
-class _KeyState:
-    """A key-part (one member) or a fusion group (many); ``value`` is flat, member ``m`` is
-    ``value[bounds[m]:bounds[m + 1]]`` shaped ``shapes[m]``."""
-    __slots__ = ("key", "part", "dtype", "shape", "names", "shapes", "bounds", "sync", "value",
-                 "failed", "inited_by", "parked_inits", "pushes", "completed", "merges",
-                 "parked_pulls", "opt_state", "group_state", "group_steps", "free")
-
-    def __init__(self, key, part, dtype, shape, sync, num_workers, members=None):
-        self.key, self.part, self.dtype, self.shape = key, part, dtype, tuple(shape)
-        self.sync = sync
-        self.value = None
-        self.failed = None       # the error of an update that raised: the entry is unusable
-        self.inited_by = set()
-        self.parked_inits = []   # (token, rank, dtype, shape, members)
-        self.merges = {}         # step -> _StepMerge
-        self.parked_pulls = []   # (step, lo, hi, whole, token)
-        self.free = []           # a spare flat buffer (no page faults per step)
-        self.set_members(members, num_workers)
-
-    def set_members(self, members, num_workers):
-        """Lay the entry out as ``members`` ([(key, shape)]; None: the entry is one plain key)."""
-        members = members or [(self.key, self.shape)]
-        self.names = [k for k, _ in members]
-        self.shapes = [tuple(s) for _, s in members]
-        self.bounds = [0]
-        for s in self.shapes:
-            self.bounds.append(self.bounds[-1] + int(np.prod(s, dtype=np.int64)))
-        self.pushes = np.zeros((num_workers, len(members)), np.int64)   # pushes received
-        self.completed = np.zeros(len(members), np.int64)               # steps applied
-        self.reset_optimizer_state()
-
-    def reset_optimizer_state(self):
-        self.opt_state = [None] * len(self.names)   # per member: the optimizer's state dict
-        self.group_state = None    # a group under an elementwise optimizer: state of the flat value
-        self.group_steps = None    # ... and every member's update count ("t"), in one array
-
-    def layout(self):
-        return list(zip(self.names, self.shapes))
-
-    @property
-    def grouped(self):
-        return len(self.names) > 1 or self.names[0] != self.key
-
-    def member_view(self, flat, m):
-        return flat[self.bounds[m]:self.bounds[m + 1]].reshape(self.shapes[m])
-
-
-class _NoGuard:
-    """Default buffer guard: nothing is ever in flight (in-process use)."""
-    def busy(self, array):
-        return False
-
-    def shared(self, array):
-        return False
-
-    def wait(self, array):
-        pass
+__all__ = ["ShardState", "Reply"]
 
 
 class ShardState:
@@ -130,28 +42,14 @@ class ShardState:
     def __init__(self, num_workers, sync=True, guard=None, owns_pushes=False):
         self.num_workers = num_workers
         self.sync = sync
-        self.guard = guard or _NoGuard()
+        self.guard = guard or NoGuard()
         self.owns_pushes = owns_pushes
-        self.keys = {}                 # (key, part) -> _KeyState (a key-part or a group)
+        self.keys = {}                 # (key, part) -> KeyState (a key-part or a group)
         self.members = {}              # key of a group member -> (its group's _KeyState, index)
         self.optimizer = None
         self.counters = {"pushes": [0] * num_workers, "pulls": [0] * num_workers,
                          "bytes_in": 0, "bytes_out": 0, "updates": 0}
-        self.hosts = {}       # rank -> (first rank of its host, workers on the host, host name)
-        self.traffic = HostTraffic()
-
-    # -- hosts ----------------------------------------------------------------------------
-    def set_host(self, rank, first, count, name):
-        """Record the host of worker ``rank`` (its init says): ranks ``first..first+count-1``
-        share host ``name``. Raises ProtocolError when that contradicts what is known."""
-        if not (0 <= first <= rank < first + count <= self.num_workers):
-            raise ProtocolError(f"worker {rank} says its host holds workers {first}..{first + count - 1}"
-                                f" of {self.num_workers}: ranks must be contiguous per host")
-        self.hosts[rank] = (first, count, str(name))
-
-    def host_of(self, rank):
-        """``(first, count, name)`` of ``rank``'s host; unknown: one host of every worker."""
-        return self.hosts.get(rank) or (0, self.num_workers, "")
+        self.hosts = Hosts(num_workers)
 
     # -- init ---------------------------------------------------------------------------
     def init(self, rank, desc, array, token, sync=None, members=None, adopt=False):
@@ -173,7 +71,7 @@ class ShardState:
             err = self._clashes(desc, members, rank)
             if err is not None:
                 return [Reply(token, error=err)]
-            st = self.keys[ident] = _KeyState(desc.key, desc.part, desc.dtype, desc.shape, sync,
+            st = self.keys[ident] = KeyState(desc.key, desc.part, desc.dtype, desc.shape, sync,
                                               self.num_workers, members)
             self._register_members(st)
         elif array is not None and st.value is None and st.grouped and members != st.layout():
@@ -199,20 +97,20 @@ class ShardState:
             keep = adopt and array.flags.writeable and array.flags.c_contiguous and array.dtype == desc.dtype
             st.value = (array if keep else np.array(array, dtype=desc.dtype, copy=True)).reshape(-1)
         st.inited_by.add(rank)
-        st.parked_inits.append((token, rank, desc.dtype, tuple(desc.shape), members))
+        st.parked_inits.append(ParkedInit(token, rank, desc.dtype, tuple(desc.shape), members))
         if st.value is None:
             return []
         replies = []
-        for tok, r, dtype, shape, mem in st.parked_inits:
-            err = self._mismatch(st.key, st.shape, st.dtype, shape, dtype, "init")
-            if err is None and st.grouped and mem != st.layout():
+        for p in st.parked_inits:
+            err = self._mismatch(st.key, st.shape, st.dtype, p.shape, p.dtype, "init")
+            if err is None and st.grouped and p.members != st.layout():
                 err = ConfigError(
-                    f"worker {r} initialised keys {[k for k, _ in mem or ()][:4]}... together, but "
+                    f"worker {p.rank} initialised keys {[k for k, _ in p.members or ()][:4]}... together, but "
                     f"worker 0 initialised {st.names[:4]}... together; initialise the same "
                     f"lists of keys in the same order on every worker")
             if err is not None:
-                st.inited_by.discard(r)
-            replies.append(Reply(tok, error=err))
+                st.inited_by.discard(p.rank)
+            replies.append(Reply(p.token, error=err))
         st.parked_inits = []
         return replies
 
@@ -240,20 +138,17 @@ class ShardState:
         if err is not None:
             return [Reply(token, error=err)]
         flat = array.reshape(-1)
-        count = 1
+        first_rank, count, host = self.hosts.of(rank)
+        self.hosts.count_push(host, desc)
         if summed:
-            first_rank, count, name = self.host_of(rank)
             if first_rank != rank:
                 return [Reply(token, error=ProtocolError(
                     f"a host sum of key {desc.key!r} came from worker {rank}, which is not the first "
                     f"worker of its host ({first_rank})"))]
-            self.traffic.count_push(name, desc, count)
             if count > 1:
-                return self._push_span(st, lo, hi, rank, count, desc, flat, token)
-        else:
-            self.traffic.count_push(self.host_of(rank)[2], desc, 1)
+                return self._push_host_sum(st, lo, hi, rank, count, desc, flat, token)
         row = st.pushes[rank]
-        first, last = _low(row, lo, hi), _high(row, lo, hi)
+        first, last = low(row, lo, hi), high(row, lo, hi)
         if st.sync and (first != desc.step - 1 or last != desc.step - 1):
             first, last = int(first), int(last)
             why = (f"expected {first + 1}: a message was lost or a worker restarted" if first == last
@@ -266,10 +161,10 @@ class ShardState:
             row[lo:hi] += 1
             return self._apply_async(st, lo, hi, flat, token)
         row[lo:hi] = desc.step
-        return self._merge(st, lo, hi, rank, 1, desc.step, flat, token)
+        return self._merge(st, EarlyPush(rank, 1, lo, hi, flat), desc.step, token)
 
-    def _push_span(self, st, lo, hi, rank, count, desc, flat, token):
-        """A host's sum: the push of workers ``rank..rank+count-1`` at once."""
+    def _push_host_sum(self, st, lo, hi, rank, count, desc, flat, token):
+        """A host's sum: the pushes of workers ``rank..rank+count-1`` at once."""
         rows = st.pushes[rank:rank + count, lo:hi]
         first, last = int(rows.min()), int(rows.max())
         if st.sync and (first != desc.step - 1 or last != desc.step - 1):
@@ -283,15 +178,15 @@ class ShardState:
             rows += 1
             return self._apply_async(st, lo, hi, flat, token)
         rows[...] = desc.step
-        return self._merge(st, lo, hi, rank, count, desc.step, flat, token)
+        return self._merge(st, EarlyPush(rank, count, lo, hi, flat), desc.step, token)
 
-    def _merge(self, st, lo, hi, rank, count, step, flat, token):
+    def _merge(self, st, early, step, token):
         merge = st.merges.get(step)
         if merge is None:
-            merge = st.merges[step] = _StepMerge(len(st.names))
+            merge = st.merges[step] = StepMerge(len(st.names))
         if token is not None:
-            merge.tokens.append((token, lo, hi))
-        merge.early.append([rank, count, lo, hi, flat])
+            merge.tokens.append(PushAck(token, early.lo, early.hi))
+        merge.early.append(early)
         if not self._sum_in_rank_order(st, merge):
             return []          # nothing of this step became complete
         return self._complete_steps(st)
@@ -304,33 +199,33 @@ class ShardState:
         while progress and early:
             progress = False
             for entry in list(early):
-                rank, count, lo, hi, flat = entry
-                if _low(next_rank, lo, hi) == rank and _high(next_rank, lo, hi) == rank:
+                rank, count, lo, hi, flat = entry.rank, entry.count, entry.lo, entry.hi, entry.flat
+                if low(next_rank, lo, hi) == rank and high(next_rank, lo, hi) == rank:
                     early.remove(entry)
-                    self._add_in_order(st, merge, rank, count, lo, hi, flat)
+                    self._add_in_order(st, merge, entry)
                     next_rank[lo:hi] += count
                     completed_any = completed_any or rank + count == self.num_workers
                     progress = True
                 elif hi - lo > 1 and (next_rank[lo:hi] == rank).any():
                     early.remove(entry)
                     start = bounds[lo]
-                    early.extend([rank, count, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start]]
+                    early.extend(EarlyPush(rank, count, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start])
                                  for m in range(lo, hi))
                     progress = True
         return completed_any
 
-    def _add_in_order(self, st, merge, rank, count, lo, hi, flat):
-        """Add the push of ``rank`` (``count`` workers' sum) whose turn it is. The first host's
-        pushes go straight into the step's sum; a later host's are summed on their own first
-        (``host_acc``) and that sum is added once the host's last worker is in."""
-        first, size, _ = self.host_of(rank)
-        if first == 0 or count > 1 or size == 1:     # a host's sum, or part of the first host's
-            merge.acc = self._accumulate(st, merge.acc, rank == 0, lo, hi, flat)
+    def _add_in_order(self, st, merge, e):
+        """Add push ``e`` whose turn it is. The first host's pushes go straight into the step's
+        sum (rank 0's whole array may become it); a later host's are summed on their own first
+        (``host_acc``), and that sum is added once the host's last worker is in."""
+        first, size, _ = self.hosts.of(e.rank)
+        if first == 0 or e.count > 1 or size == 1:    # a host's sum, or part of the first host's
+            merge.acc = self._accumulate(st, merge.acc, e.rank == 0, e.lo, e.hi, e.flat)
             return
-        merge.host_acc = self._accumulate(st, merge.host_acc, rank == first, lo, hi, flat)
-        if rank == first + size - 1:
-            host_sum = merge.host_acc[st.bounds[lo]:st.bounds[hi]]
-            merge.acc = self._accumulate(st, merge.acc, False, lo, hi, host_sum)
+        merge.host_acc = self._accumulate(st, merge.host_acc, e.rank == first, e.lo, e.hi, e.flat)
+        if e.rank == first + size - 1:
+            host_sum = merge.host_acc[st.bounds[e.lo]:st.bounds[e.hi]]
+            merge.acc = self._accumulate(st, merge.acc, False, e.lo, e.hi, host_sum)
 
     def _accumulate(self, st, acc, starts, lo, hi, flat):
         """``acc`` (a flat sum, or None) with ``flat`` copied (``starts``) or added into members
@@ -371,22 +266,21 @@ class ShardState:
                 st.completed[done] = step
             progressed = True
             still = []
-            for tok in merge.tokens:
-                _, lo, hi = tok
-                if _low(st.completed, lo, hi) >= step:
-                    replies.append(Reply(tok[0]))
+            for ack in merge.tokens:
+                if low(st.completed, ack.lo, ack.hi) >= step:
+                    replies.append(Reply(ack.token))
                 else:
-                    still.append(tok)
+                    still.append(ack)
             merge.tokens = still
-            if _low(st.completed, 0, members) >= step:
+            if low(st.completed, 0, members) >= step:
                 del st.merges[step]
                 if merge.acc is not None and merge.acc is not st.value:
                     self._release(st, merge.acc)
         if progressed and st.parked_pulls:
-            due = [p for p in st.parked_pulls if _low(st.completed, p[1], p[2]) >= p[0]]
+            due = [p for p in st.parked_pulls if low(st.completed, p.lo, p.hi) >= p.step]
             if due:
-                st.parked_pulls = [p for p in st.parked_pulls if _low(st.completed, p[1], p[2]) < p[0]]
-                replies.extend(self._value_reply(st, lo, hi, whole, t) for _, lo, hi, whole, t in due)
+                st.parked_pulls = [p for p in st.parked_pulls if low(st.completed, p.lo, p.hi) < p.step]
+                replies.extend(self._value_reply(st, p.lo, p.hi, p.whole, p.token) for p in due)
         return replies
 
     def _apply_sum(self, st, acc, members, whole):
@@ -418,74 +312,7 @@ class ShardState:
     def _update(self, st, grad, members, offset=0):
         """``optimizer.update`` of each member, whose gradient starts at ``grad[bounds[m] - offset]``."""
         self._writable_value(st)
-        opt = self.optimizer
-        if opt.elementwise and st.grouped and len(members) == len(st.names) and self._update_group(st, grad):
-            return
-        for m in members:
-            weight = st.member_view(st.value, m)
-            if st.opt_state[m] is None:
-                st.opt_state[m] = opt.create_state(st.names[m], weight)
-            g = grad[st.bounds[m] - offset:st.bounds[m + 1] - offset].reshape(st.shapes[m])
-            try:
-                opt.update(st.names[m], weight, g, st.opt_state[m])
-            except OptimizerError:
-                raise
-            except Exception as exc:
-                raise OptimizerError(
-                    f"the update of key {st.names[m]!r} (step {int(st.completed[m]) + 1}) raised "
-                    f"{type(exc).__name__}: {exc}; the key cannot be used any more") from exc
-            self.counters["updates"] += 1
-
-    def _update_group(self, st, grad):
-        """One ``optimizer.update`` of a whole group's flat value, for an elementwise optimizer:
-        the same arithmetic on every element as one call per member, without a Python round
-        per key. Only when every member is at the same update count (members pushed on their
-        own may not be); returns False to update member by member."""
-        if st.group_state is None:
-            self._create_group_state(st)
-        steps = st.group_steps
-        t = steps[0]
-        if len(steps) > 1 and (steps != t).any():
-            return False
-        state = st.group_state
-        state[STEP_KEY][...] = t
-        try:
-            self.optimizer.update(self._group_label(st), st.value, grad[:st.bounds[-1]], state)
-        except OptimizerError:
-            raise
-        except Exception as exc:
-            raise OptimizerError(
-                f"the update of keys {self._group_label(st)} (step {int(t) + 1}) raised "
-                f"{type(exc).__name__}: {exc}; the keys cannot be used any more") from exc
-        steps += 1
-        self.counters["updates"] += len(st.names)
-        return True
-
-    def _create_group_state(self, st):
-        """The optimizer's state of a group's flat value; each member's state becomes views of
-        it (its slice of every slot, its entry of ``group_steps``), taking over what a member
-        updated on its own had learnt, so both ways of updating share one state."""
-        opt, flat = self.optimizer, st.value
-        state = opt.create_state(self._group_label(st), flat)
-        for name, a in state.items():
-            if name != STEP_KEY and a.shape != flat.shape:
-                raise OptimizerError(
-                    f"{type(opt).__name__} sets elementwise = True, but its state {name!r} has shape "
-                    f"{a.shape}, not the weight's {flat.shape}; an elementwise optimizer keeps "
-                    f"weight-shaped state only: set elementwise = False on the class")
-        steps = np.zeros(len(st.names), np.int64)
-        views = []
-        for m, old in enumerate(st.opt_state):
-            view = {name: steps[m:m + 1].reshape(()) if name == STEP_KEY else st.member_view(a, m)
-                    for name, a in state.items()}
-            for name, a in (old or {}).items():
-                view[name][...] = a
-            views.append(view)
-        st.opt_state, st.group_state, st.group_steps = views, state, steps
-
-    @staticmethod
-    def _group_label(st):
-        return f"{st.names[0]!r}..{st.names[-1]!r} ({len(st.names)} keys fused)"
+        updates.update(self.optimizer, st, grad, members, self.counters, offset)
 
     def _writable_value(self, st):
         """``st.value``, safe to write in place: once its memory went out by zmq's reference
@@ -500,11 +327,10 @@ class ShardState:
     def _fail(self, st, exc, step, tokens=()):
         """An update raised: the entry is marked failed, and everyone waiting on it (pushers of
         every pending step, parked pulls) gets the error instead of waiting forever."""
-        st.failed = exc if isinstance(exc, OptimizerError) else OptimizerError(
-            f"the update of key {st.key!r} (part {st.part}, step {step}) raised "
-            f"{type(exc).__name__}: {exc}; the key cannot be used any more")
-        waiting = list(tokens) + [t[0] for m in st.merges.values() for t in m.tokens]
-        waiting += [p[4] for p in st.parked_pulls]
+        st.failed = OptimizerError.wrapping(exc, f"the update of key {st.key!r} (part {st.part}, "
+                                            f"step {step}) raised", "the key cannot be used any more")
+        waiting = list(tokens) + [a.token for m in st.merges.values() for a in m.tokens]
+        waiting += [p.token for p in st.parked_pulls]
         st.parked_pulls = []
         for m in st.merges.values():
             m.tokens = []
@@ -531,14 +357,14 @@ class ShardState:
             return [Reply(token, error=err)]
         self.counters["pulls"][rank] += hi - lo
         whole = desc.key == st.key
-        if st.sync and desc.step > _low(st.completed, lo, hi):
-            st.parked_pulls.append((desc.step, lo, hi, whole, token))
+        if st.sync and desc.step > low(st.completed, lo, hi):
+            st.parked_pulls.append(ParkedPull(desc.step, lo, hi, whole, token))
             return []
         return [self._value_reply(st, lo, hi, whole, token)]
 
     def _value_reply(self, st, lo, hi, whole, token):
         if whole:
-            desc = ArrayDesc(st.key, st.part, st.dtype, st.shape, int(_low(st.completed, 0, len(st.names))))
+            desc = ArrayDesc(st.key, st.part, st.dtype, st.shape, int(low(st.completed, 0, len(st.names))))
             value = st.value.reshape(st.shape)
         else:
             desc = ArrayDesc(st.names[lo], 0, st.dtype, st.shapes[lo], int(st.completed[lo]))
@@ -561,13 +387,12 @@ class ShardState:
                 steps.update((repr((k, 0)), int(c)) for k, c in zip(st.names, st.completed))
             else:
                 steps[repr((key, part))] = int(st.completed[0])
-        return dict(self.counters, keys=len(self.keys), held_bytes=held, steps=steps,
-                    hosts=self.traffic.by_host(), key_steps=self.traffic.key_steps())
+        return dict(self.counters, keys=len(self.keys), held_bytes=held, steps=steps, **self.hosts.stats())
 
     def step_complete(self, desc):
         """Whether step ``desc.step`` of what ``desc`` names has been applied (timelines)."""
         st, lo, hi, err = self._lookup(desc, "timeline")
-        return err is None and _low(st.completed, lo, hi) >= desc.step
+        return err is None and low(st.completed, lo, hi) >= desc.step
 
     def _lookup(self, desc, op):
         """``(state, lo, hi, error)``: the entry ``desc`` names and its members ``lo..hi-1``
