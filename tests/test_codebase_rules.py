@@ -21,7 +21,10 @@ PACKAGE_LAYER = {
     # the worker client: records and pure grouping, then routes to servers / request tracking /
     # failure handling, the outgoing message builders over those, the API built from them all
     "kvstore": {"base": 0, "fusion": 0, "local": 1, "routes": 1, "requests": 1, "failures": 1,
-                "messages": 2, "dist": 3},
+                "messages": 2, "dist": 3,
+                # the host tier: the workers' side (dist routes data calls to it), the aggregator's
+                # own uplink to the servers (built like the client), and the aggregator itself
+                "host_tier": 2, "host_uplink": 3, "host_aggregator": 4},
 }
 
 
