@@ -1,13 +1,14 @@
 """The host tier: shared-memory segments, the (host, local rank) summation order on the servers,
 and real jobs of 1 host x 4 workers through the local launcher, tiered against flat."""
-import itertools
 import json
 import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
 
+from conftest import require
 from launcher_fixtures import Launch, assert_none_left, new_tag
 from psframe.aggregation import reduce, shm
 from psframe.errors import ConfigError, ProtocolError
@@ -39,6 +40,21 @@ def test_segment_is_shared_unlinked_and_swept():
     assert shm.sweep(prefix) == [f"{prefix}-b", f"{prefix}-c"] and shm.leftovers(prefix) == []
     with pytest.raises(ValueError, match="pass the end"):
         seg.array(4090, "float64", (1,))
+
+
+def test_a_full_dev_shm_is_a_clear_error_not_a_sigbus(tmp_path, monkeypatch):
+    require(os.geteuid() == 0, "root (to mount a small tmpfs)")
+    d = tmp_path / "shm"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], check=True, timeout=20)
+    try:
+        monkeypatch.setattr(shm, "SHM_DIR", str(d))
+        with pytest.raises(ConfigError, match=r"cannot reserve 1048576 bytes .*--shm-size.*PSFRAME_HIERARCHICAL=0"):
+            shm.Segment.create("psframe-test-big", 1 << 20)
+        assert os.listdir(d) == []                 # nothing half-made is left
+        shm.Segment.create("psframe-test-small", 4096).array(0, "int64", (512,))[:] = 1
+    finally:
+        subprocess.run(["umount", "-l", str(d)], timeout=20)
 
 
 def test_layout_aligns_every_array():

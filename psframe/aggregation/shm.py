@@ -65,7 +65,15 @@ class Segment:
             raise ConfigError(f"cannot create {path} ({exc}): the host tier needs a writable "
                               f"{SHM_DIR}; set PSFRAME_HIERARCHICAL=0 to run without it") from None
         try:
-            os.ftruncate(fd, max(size, 1))
+            try:
+                # reserve the pages now: a tmpfs past its size would otherwise kill the process
+                # that first touches a missing page (SIGBUS), not fail here
+                os.posix_fallocate(fd, 0, max(size, 1))
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot reserve {size} bytes in {SHM_DIR} ({exc.strerror}): the host tier needs "
+                    f"(workers on the host + 1) x the bytes of the keys one init call creates; "
+                    f"enlarge {SHM_DIR} (e.g. docker run --shm-size) or set PSFRAME_HIERARCHICAL=0") from None
             return cls(name, size, fd, created=True)
         except BaseException:
             os.unlink(path)
