@@ -257,8 +257,9 @@ class HostAggregator(threading.Thread):
                 self._serve(entries, error)
             elif error is not None:
                 self._broadcast(error)
-            if not self.sync:
+            if not self.sync:     # pushes held while this one was in flight go now
                 self._push_ready([e.key for e in entries if self._ready(e)])
+            self._pull_what_is_due()   # pulls held behind those pushes go after them
         self._upstream.append(_Upstream(reqs, sent, done))
 
     def _pull_what_is_due(self):
