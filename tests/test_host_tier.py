@@ -226,6 +226,14 @@ def test_async_through_the_tier_loses_no_push(tier):
         assert res[r] == {"value": k * sum(10 ** q for q in range(4)), "uniform": True}
 
 
+def test_async_pull_after_push_sees_it_through_the_tier():
+    from cluster import run_job
+    k = 20
+    res = run_job(os.path.join(HERE, "bin", "async_own_pushes.py"), 4, 2, args=[k], timeout=120).check().results()
+    for r in range(4):
+        assert res[r] == {"value": k * sum(100 ** q for q in range(4)), "own_seen": True}, res
+
+
 def _device():
     try:
         import cupy
