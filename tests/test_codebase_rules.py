@@ -24,7 +24,7 @@ PACKAGE_LAYER = {
                 "messages": 2, "dist": 3,
                 # the host tier: the workers' side (dist routes data calls to it), the aggregator's
                 # own uplink to the servers (built like the client), and the aggregator itself
-                "host_tier": 2, "host_uplink": 3, "host_aggregator": 4},
+                "host_notes": 0, "host_tier": 2, "host_uplink": 3, "host_aggregator": 4},
 }
 
 

@@ -27,46 +27,10 @@ import zmq
 from ..aggregation import reduce, shm
 from ..errors import ConfigError, PSError, to_wire
 from ..transport import sockets
-from .host_tier import pack, unpack
+from .host_notes import Entry, Note, Upstream, pack, unpack
 from .host_uplink import HostUplink
 
 logger = logging.getLogger(__name__)
-
-
-class _Msg:
-    """A worker's push / pull / pushpull note and what it still waits for."""
-    __slots__ = ("who", "id", "op", "keys", "unconsumed", "unserved", "done")
-
-    def __init__(self, who, mid, op, keys):
-        self.who, self.id, self.op, self.keys = who, mid, op, keys
-        self.unconsumed = set(keys) if op != "pull" else set()
-        self.unserved = set(keys) if op != "push" else set()
-        self.done = False
-
-
-class _Entry:
-    """One key on this host: the local ranks' slots, the result slot, and who waits."""
-    __slots__ = ("key", "slots", "result", "waiting", "readers", "pulling", "value_step",
-                 "value_seq", "pull_seq", "waiters", "pushing")
-
-    def __init__(self, key, slots, result):
-        self.key, self.slots, self.result = key, slots, result
-        self.waiting = [None] * len(slots)   # per local rank: its unconsumed push note
-        self.readers = 0            # workers copying out of ``result``
-        self.pulling = False        # a pull is writing ``result``
-        self.value_step = -1        # the result holds at least this step (sync)
-        self.value_seq = 0          # ... from the pull issued as number value_seq (async)
-        self.pull_seq = 0           # pulls issued so far
-        self.waiters = []           # [note, wanted step, pull_seq when it came]
-        self.pushing = 0            # upstream pushes in flight (async: the next one waits)
-
-
-class _Upstream:
-    """One request batch to the servers and what to do when it is sent / done."""
-    __slots__ = ("reqs", "on_sent", "on_done", "sent")
-
-    def __init__(self, reqs, on_sent, on_done):
-        self.reqs, self.on_sent, self.on_done, self.sent = reqs, on_sent, on_done, False
 
 
 class HostAggregator(threading.Thread):
@@ -156,7 +120,7 @@ class HostAggregator(threading.Thread):
                 if seg[2] == self.size:
                     seg[0].unlink()      # every worker has it mapped: the name can go
             elif op == "flush":
-                self._flushes.append([_Msg(who, mid, "flush", ()), list(self._upstream)])
+                self._flushes.append([Note(who, mid, "flush", ()), list(self._upstream)])
             elif op == "bye":
                 self._byes += 1
             else:
@@ -178,7 +142,7 @@ class HostAggregator(threading.Thread):
             for (k, dtype, shape), off in zip(keys, offsets):
                 shape = tuple(shape)
                 slots = [seg.array(r * arena + off, dtype, shape) for r in range(self.size)]
-                self._entries[k] = _Entry(k, slots, seg.array(self.size * arena + off, dtype, shape))
+                self._entries[k] = Entry(k, slots, seg.array(self.size * arena + off, dtype, shape))
             self._layouts[n] = (offsets, arena)
         seg, known, _ = self._segments[n]
         if known != names:
@@ -191,7 +155,7 @@ class HostAggregator(threading.Thread):
 
     def _take(self, who, mid, op, msg):
         keys = msg["keys"]
-        note = _Msg(who, mid, op, keys)
+        note = Note(who, mid, op, keys)
         rank = int(who)
         if op != "push":
             for k, step in zip(keys, msg["steps"]):
@@ -260,7 +224,7 @@ class HostAggregator(threading.Thread):
             if not self.sync:     # pushes held while this one was in flight go now
                 self._push_ready([e.key for e in entries if self._ready(e)])
             self._pull_what_is_due()   # pulls held behind those pushes go after them
-        self._upstream.append(_Upstream(reqs, sent, done))
+        self._upstream.append(Upstream(reqs, sent, done))
 
     def _pull_what_is_due(self):
         """Serve waiters the result slots can satisfy; send one pull batch for the keys whose
@@ -294,7 +258,7 @@ class HostAggregator(threading.Thread):
                     e.value_step, e.value_seq = step, e.pull_seq
             self._serve(due, error)
             self._pull_what_is_due()
-        self._upstream.append(_Upstream(reqs, None, done))
+        self._upstream.append(Upstream(reqs, None, done))
 
     def _fresh(self, e, waiter):
         """Whether the result slot can answer ``waiter``: it holds the step the worker asked

@@ -19,13 +19,13 @@ import os
 import sys
 import time
 
-import msgpack
 import zmq
 
 from .. import arrays
 from ..aggregation import reduce, shm
-from ..errors import ConfigError, PSTimeoutError, from_wire
+from ..errors import PSTimeoutError, from_wire
 from ..transport import sockets
+from .host_notes import pack, unpack
 
 
 def enabled(config):
@@ -47,17 +47,6 @@ def join(store):
     if not enabled(store.config):
         return None
     return TierLink(store)
-
-
-def pack(msg):
-    return msgpack.packb(msg, use_bin_type=True)
-
-
-def unpack(frame):
-    msg = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_bin_len=0, max_ext_len=0)
-    if not isinstance(msg, dict):
-        raise ConfigError(f"host tier: a message is {type(msg).__name__}, not a map")
-    return msg
 
 
 class TierLink:
