@@ -4,7 +4,9 @@ A destination is a lane ``(server index, big)``: every server is reached over TC
 runs on this machine and PSFRAME_IPC allows, big entries also over its unix socket. Where an
 entry lives (``place_key``, ``place_group``) decides its lane once, so its pushes and pulls stay
 in order. A call's arrays to one lane are cut into messages of about ``MESSAGE_BYTES``
-(``Batches``), each filled as one ``Batch`` by the builders in ``messages``.
+(``Batches``), each filled as one ``Batch`` by the builders in ``messages``. Destinations are
+known only here (a lane names one, ``ServerLinks`` holds its sockets), so a new kind of peer
+that takes a worker's messages is one more link here, not a change to the builders or the API.
 """
 import numpy as np
 
