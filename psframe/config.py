@@ -41,7 +41,6 @@ LOG_LEVEL = "PSFRAME_LOG_LEVEL"          # logging level name (INFO)
 EXIT_ABORTED_BY_PEER = 75
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Role:
     """What one kind of process is: everything psframe and psframe-launch need to know of it."""
@@ -69,6 +68,7 @@ ROLES = {r.name: r for r in (
     Role("worker", count="num_workers", count_env=NUM_WORKERS, rank_env=RANK, rank_field="rank",
          standalone=True, finishes_job=True, placement="slots", trace_pid=0),
 )}
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 KINDS = ("local", "dist_sync", "dist_async", "dist_device_sync")
 

@@ -253,7 +253,8 @@ class ServerService(RequestLoop):
             else:
                 bufs.append(a.reshape(-1).view(np.uint8))
                 tracked.append(a)
-        tracker = self.send_raw(peer, codec.encode(Command.OK, msg_id, self.name, descs, bufs), track=bool(tracked))
+        frames = codec.encode(Command.OK, msg_id, self.name, descs, bufs)
+        tracker = self.send_raw(peer, frames, track=bool(tracked))
         for a in tracked:
             self.guard.add(a, tracker)
 

@@ -105,7 +105,8 @@ class ShardState:
             err = self._mismatch(st.key, st.shape, st.dtype, p.shape, p.dtype, "init")
             if err is None and st.grouped and p.members != st.layout():
                 err = ConfigError(
-                    f"worker {p.rank} initialised keys {[k for k, _ in p.members or ()][:4]}... together, but "
+                    f"worker {p.rank} initialised keys {[k for k, _ in p.members or ()][:4]}... "
+                    f"together, but "
                     f"worker 0 initialised {st.names[:4]}... together; initialise the same "
                     f"lists of keys in the same order on every worker")
             if err is not None:
