@@ -133,7 +133,8 @@ class HostAggregator(threading.Thread):
         self._inits[who] = n + 1
         names = [k for k, _, _ in keys]
         if n == len(self._segments):
-            sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for _, dtype, shape in keys]
+            sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                     for _, dtype, shape in keys]
             offsets, arena = shm.layout(sizes)
             name = f"{self.prefix}-{os.getpid()}-{n}"
             seg = shm.Segment.create(name, arena * (self.size + 1))

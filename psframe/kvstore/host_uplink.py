@@ -76,7 +76,8 @@ class HostUplink:
 
     def _send(self, lane, cmd, batch, body, wait_for_send=False):
         msg_id, req = self.customer.new(lane[0], cmd, batch.acks, batch.targets)
-        frames = codec.encode(cmd, msg_id, self.name, batch.descs, [b.view(np.uint8) for b in batch.bufs], body)
+        frames = codec.encode(cmd, msg_id, self.name, batch.descs,
+                              [b.view(np.uint8) for b in batch.bufs], body)
         tracker = self.links.send(lane, frames, track=wait_for_send or bool(batch.send_buffers))
         for slot in batch.send_buffers:
             slot.tracker = tracker

@@ -16,10 +16,10 @@ Sync semantics: the i-th push of a key from every worker forms step i. Pushes ar
 host order (an array that arrives before its turn waits, unsummed). Ranks are contiguous per
 host, so this is worker-rank order with one bracket per host; with one host it is the plain
 left-to-right sum. A host's aggregator sends the same host sum as one push (``summed``), so a
-job gives bitwise-identical values run after run, fused or not, with or without the host tier. When step
-i of a key is complete its value becomes the sum (no optimizer) or ``optimizer.update(value,
-sum)``; push acks of the step go out then, which bounds how far a worker can run ahead. A pull
-for step i is parked until step i is complete.
+job gives bitwise-identical values run after run, fused or not, with or without the host tier.
+When step i of a key is complete its value becomes the sum (no optimizer) or
+``optimizer.update(value, sum)``; push acks of the step go out then, which bounds how far a
+worker can run ahead. A pull for step i is parked until step i is complete.
 Async semantics: every push is applied on arrival (``value += push`` without optimizer).
 """
 import numpy as np
@@ -210,7 +210,8 @@ class ShardState:
                 elif hi - lo > 1 and (next_rank[lo:hi] == rank).any():
                     early.remove(entry)
                     start = bounds[lo]
-                    early.extend(EarlyPush(rank, count, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start])
+                    early.extend(EarlyPush(rank, count, m, m + 1,
+                                           flat[bounds[m] - start:bounds[m + 1] - start])
                                  for m in range(lo, hi))
                     progress = True
         return completed_any
@@ -231,7 +232,8 @@ class ShardState:
     def _accumulate(self, st, acc, starts, lo, hi, flat):
         """``acc`` (a flat sum, or None) with ``flat`` copied (``starts``) or added into members
         ``lo..hi-1``; a whole owned array that starts a sum becomes the sum itself."""
-        if acc is None and starts and self.owns_pushes and hi - lo == len(st.names) and flat.flags.writeable:
+        if (acc is None and starts and self.owns_pushes and hi - lo == len(st.names)
+                and flat.flags.writeable):
             return flat
         if acc is None:
             acc = self._take_buffer(st)
