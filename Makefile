@@ -1,10 +1,11 @@
 # Two entry points for a fresh Debian machine with Python 3.11:
 #   make demo   -> venv + install + a local 4-worker / 2-server cluster training examples/train_mlp.py
+#                  (then `. .venv/bin/activate` puts psframe-launch on PATH)
 #   make test   -> venv + install everything (apt test components when root) + the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-APT_PACKAGES = openssh-server openmpi-bin slurm-wlm munge iproute2 procps
+APT_PACKAGES = openssh-server openmpi-bin slurm-wlm munge iproute2 procps packer shellcheck
 
 .PHONY: demo test venv install install-test system-packages bench clean
 
@@ -40,7 +41,8 @@ test: system-packages install-test
 	$(BIN)/python -m pytest -q tests
 
 bench: install
-	$(BIN)/psframe-bench
+	@mkdir -p demo-output
+	$(BIN)/psframe-bench --json demo-output/bench.json --plot demo-output/bench.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output

@@ -58,6 +58,22 @@ def main():
     print(f"metrics: {os.path.abspath(os.path.join(out, 'metrics.json'))}")
     if acc < 0.95:
         sys.exit(f"test accuracy {acc:.4f} is below 0.95")
+    print(next_steps())
+
+
+def next_steps():
+    """How to use this installation from a shell: nothing of it is on PATH until the
+    environment it went into is activated."""
+    bindir = os.path.dirname(sys.executable)
+    rel = os.path.relpath(bindir)
+    bindir = rel if not rel.startswith("..") else bindir
+    if sys.prefix == sys.base_prefix:     # not a venv: installed into this Python itself
+        return f"\npsframe is installed for {sys.executable}; psframe-launch is in {bindir}/"
+    return (f"\npsframe is installed in the virtual environment {os.path.dirname(bindir) or '.'}/, "
+            f"not on your PATH. To use it from your shell:\n"
+            f"  . {bindir}/activate                      # then: psframe-launch, python -c 'import psframe'\n"
+            f"or run {bindir}/psframe-launch and {bindir}/python directly.\n"
+            f"examples/train_torch.py also needs torch: {bindir}/pip install -e '.[torch]'")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,12 @@ import posixpath
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError:
+    sys.exit("examples/train_torch.py needs PyTorch, which `make demo` does not install: run "
+             "`pip install -e '.[torch]'` (torch==2.13.0) in psframe's environment, e.g. "
+             "`.venv/bin/pip install -e '.[torch]'`")
 from torch import nn
 
 import psframe

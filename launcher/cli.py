@@ -33,7 +33,8 @@ def build_parser():
     p.add_argument("--kvstore", default="dist_sync", metavar="KIND",
                    help="dist_sync (default), dist_async or dist_device_sync")
     p.add_argument("--start-timeout", type=float, default=envc.DEFAULTS[envc.START_TIMEOUT],
-                   metavar="SECONDS", help="every declared process must register within this")
+                   metavar="SECONDS", help="seconds every process has to register with the scheduler; "
+                        "after that the job fails naming who is missing (default: %(default)s)")
     p.add_argument("--optimizer-module", action="append", default=[], metavar="PATH_OR_MODULE",
                    help="file or module defining custom optimizers; the servers import it "
                         "(repeatable)")

@@ -1,5 +1,6 @@
-"""Streaming every process's output with a ``[worker 3@host]`` prefix, keeping its last lines
-for the failure report, writing ``--log-dir`` files, and the line framing the launch agent uses
+"""Streaming every process's output with a ``[worker 3@host]`` prefix (a line a progress bar
+rewrote with carriage returns shows as its final state), keeping its last lines for the failure
+report, writing ``--log-dir`` files, and the line framing the launch agent uses
 to carry several processes' output and their start/exit events over one stream.
 
 Agent framing (one line each, ``\\x1e`` = ASCII record separator)::
@@ -36,7 +37,9 @@ class LineSink:
             self.file = open(os.path.join(log_dir, name), "a", encoding="utf-8")
 
     def write(self, text):
-        text = text.rstrip("\r\n")
+        text = final_state(text.rstrip("\r\n"))
+        if text is None:
+            return
         self.tail.append(text)
         with _print_lock:
             try:
@@ -52,6 +55,16 @@ class LineSink:
         if self.file:
             self.file.close()
             self.file = None
+
+
+def final_state(line):
+    """What a line rewritten in place with carriage returns (a progress bar) finally shows: its
+    last drawing, so the prefix stays at the start of the line and log files get no half-drawn
+    fragments. None when that is blank (a bar that cleared itself)."""
+    if "\r" not in line:
+        return line
+    last = line.rsplit("\r", 1)[1]
+    return last if last.strip() else None
 
 
 def frame_output(index, text):

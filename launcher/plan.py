@@ -13,8 +13,9 @@ from psframe.errors import ConfigError
 from psframe.transport.addresses import tcp
 
 # Variables the launcher owns; --env may not override them (it would break rank assignment).
-RESERVED = (envc.ROLE, envc.SCHEDULER, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST) + tuple(
-    v for role in envc.ROLES.values() for v in (role.count_env, role.rank_env) if v)
+RESERVED = (envc.ROLE, envc.SCHEDULER, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST,
+            envc.JOB_ID) + tuple(v for role in envc.ROLES.values()
+                                 for v in (role.count_env, role.rank_env) if v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +82,9 @@ def _local_ranks(host_indexes):
     return ranks, counts
 
 
-def make_plan(config, hosts, scheduler_port):
-    """Place every process of the job. Pure: no I/O, no clock, no randomness.
+def make_plan(config, hosts, scheduler_port, job_id=""):
+    """Place every process of the job. Pure: no I/O, no clock, no randomness (the caller picks
+    ``job_id``, the tag every process of the job carries in ``PSFRAME_JOB_ID``).
 
     Raises:
         ConfigError: slots do not suffice, or ``--env`` tries to set a launcher-owned variable.
@@ -104,6 +106,8 @@ def make_plan(config, hosts, scheduler_port):
     })
     if not config.host_tier:
         common[envc.HIERARCHICAL] = "0"
+    if job_id:
+        common[envc.JOB_ID] = job_id
     if config.optimizer_modules:
         common[envc.USER_MODULES] = os.pathsep.join(config.optimizer_modules)
     python = config.python

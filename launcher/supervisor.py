@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import queue
+import secrets
 import signal
 import sys
 import threading
@@ -17,6 +18,8 @@ import time
 
 from psframe import config as envc
 from psframe.aggregation import shm
+from psframe.config import parse_blame
+from psframe.logs import count
 from psframe.transport.addresses import free_port
 
 from .backends.base import LaunchError, get_backend
@@ -41,6 +44,7 @@ class JobResult:
     stopped_by: str = None    # "signal SIGTERM" when the launcher itself was told to stop
     retry_port: bool = False  # the scheduler could not bind its port: try another one
     cause_known: bool = True  # False: every failure was EXIT_ABORTED_BY_PEER (no own failure)
+    blamed: tuple = None      # (handle, reason): the process the failing scheduler named
 
 
 def choose_backend(config, env=os.environ):
@@ -145,8 +149,22 @@ class Job:
             retry = root.spec.role == "scheduler" and any(
                 m in line.lower() for line in root.sink.tail for m in _ADDRESS_IN_USE)
             return JobResult(root.status.exit_code, failures, retry_port=retry,
-                             cause_known=bool(own))
+                             cause_known=bool(own), blamed=self._blamed(root))
         return JobResult(0, [])
+
+    def _blamed(self, root):
+        """The process a failing scheduler named as the cause (a hung or stalling process), with
+        the scheduler's reason; None when the root cause is not the scheduler or it named none."""
+        if root.spec.role != "scheduler":
+            return None
+        for line in reversed(root.sink.tail):
+            found = parse_blame(line)
+            if found:
+                role, rank, reason = found
+                for h in self.handles:
+                    if h.spec.role == role and h.spec.index == rank:
+                        return h, reason
+        return None
 
     def report(self, result):
         """Write the failure report (nothing when the job succeeded)."""
@@ -156,8 +174,19 @@ class Job:
         w("\n" + "=" * 72 + "\n")
         if result.stopped_by:
             w(f"psframe-launch: stopped by {result.stopped_by}; every process was terminated\n")
+        if result.blamed and not result.stopped_by:
+            h, reason = result.blamed
+            w(f"psframe-launch: ROOT CAUSE: {h.spec.label} (role {h.spec.role}, rank "
+              f"{h.spec.index}, host {h.spec.host}, pid {h.pid if h.pid is not None else '?'}): "
+              f"{reason} (named by the scheduler, which ended the job)\n")
+            if h.sink.tail:
+                w(f"  last {len(h.sink.tail)} lines of {h.spec.label}:\n")
+                for line in h.sink.tail:
+                    w(f"    | {line}\n")
         for n, h in enumerate(result.failures):
-            if n == 0 and not result.stopped_by:
+            if n == 0 and result.blamed and not result.stopped_by:
+                title = "detected by"
+            elif n == 0 and not result.stopped_by:
                 title = "ROOT CAUSE"
                 if not result.cause_known:
                     title = ("ROOT CAUSE: unknown: every process that ended stopped because "
@@ -181,7 +210,8 @@ class Job:
             w(f"  last {len(lines)} lines of {scheduler.spec.label}:\n")
             for line in lines:
                 w(f"    | {line}\n")
-        others = [h for h in self.handles if h not in result.failures]
+        blamed = result.blamed[0] if result.blamed else None
+        others = [h for h in self.handles if h not in result.failures and h is not blamed]
         if others:
             w("psframe-launch: stopped by the launcher: "
               + ", ".join(h.spec.label for h in others) + "\n")
@@ -224,9 +254,9 @@ def launch(config, out=None, err=None):
             previous[sig] = signal.signal(sig, on_signal)
     try:
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            plan = make_plan(config, hosts, _scheduler_port(hosts[0].name))
-            logger.info("launching %d workers, %d servers via %s; scheduler at %s",
-                        config.num_workers, len(plan.by_role("server")), name, plan.scheduler)
+            plan = make_plan(config, hosts, _scheduler_port(hosts[0].name), secrets.token_hex(8))
+            logger.info("launching %s, %s via %s; scheduler at %s", count(config.num_workers, "worker"),
+                        count(len(plan.by_role("server")), "server"), name, plan.scheduler)
             job = Job(plan, backend if attempt == 1 else get_backend(name, config), config, out, err)
             if pending:   # a signal that came before this job existed still stops it
                 job.request_stop(pending[0])

@@ -9,7 +9,8 @@ import socket
 
 from .errors import ConfigError
 
-# --- the contract of DESIGN.md -------------------------------------------------------------
+# --- the environment contract, every name in docs/operations.md "Environment variables" -------
+# the job and this process's place in it
 ROLE = "PSFRAME_ROLE"                    # scheduler | server | worker
 SCHEDULER = "PSFRAME_SCHEDULER"          # tcp://host:port of the scheduler
 NUM_WORKERS = "PSFRAME_NUM_WORKERS"
@@ -19,7 +20,8 @@ RANK = "PSFRAME_RANK"                    # worker rank, 0..num_workers-1 (launch
 LOCAL_RANK = "PSFRAME_LOCAL_RANK"
 LOCAL_SIZE = "PSFRAME_LOCAL_SIZE"
 HOST = "PSFRAME_HOST"                    # this process's host name in the job
-# --- psframe's own additions (documented in the README) -----------------------------------
+JOB_ID = "PSFRAME_JOB_ID"                # one job's tag: whatever carries it dies with the job
+# tuning, timeouts and tools
 SERVER_RANK = "PSFRAME_SERVER_RANK"      # server index, 0..num_servers-1 (launch order)
 BIND_HOST = "PSFRAME_BIND_HOST"          # interface servers bind to (default: PSFRAME_HOST)
 START_TIMEOUT = "PSFRAME_START_TIMEOUT"  # seconds for every declared process to register
@@ -68,6 +70,27 @@ ROLES = {r.name: r for r in (
     Role("worker", count="num_workers", count_env=NUM_WORKERS, rank_env=RANK, rank_field="rank",
          standalone=True, finishes_job=True, placement="slots", trace_pid=0),
 )}
+
+# The scheduler prints this line (then the reason) when it ends a job because of another
+# process (a hung one, or one a stall waits on), so the launcher names that process, not the
+# scheduler that noticed, as the root cause.
+BLAME_PREFIX = "psframe-scheduler blames "
+
+
+def blame_line(role, rank, reason):
+    """``psframe-scheduler blames worker 2: <reason>`` (one line)."""
+    return f"{BLAME_PREFIX}{role} {int(rank)}: {' '.join(str(reason).split())}"
+
+
+def parse_blame(line):
+    """``(role, rank, reason)`` of a ``blame_line`` found in ``line``, else None."""
+    at = line.find(BLAME_PREFIX)
+    if at < 0:
+        return None
+    who, _, reason = line[at + len(BLAME_PREFIX):].partition(": ")
+    role, _, rank = who.partition(" ")
+    return (role, int(rank), reason) if rank.isdigit() else None
+
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 KINDS = ("local", "dist_sync", "dist_async", "dist_device_sync")

@@ -70,9 +70,11 @@ class DTypeMismatchError(PSError, TypeError):
 class UnsupportedDTypeError(PSError, TypeError):
     """An array dtype psframe does not carry."""
 
-    def __init__(self, dtype, supported):
-        self.dtype = str(dtype)
-        super().__init__(f"dtype {self.dtype} is not supported; use one of {', '.join(supported)}")
+    def __init__(self, dtype, supported, key=None, op=None):
+        self.dtype, self.key = str(dtype), key
+        where = f"{op or 'value'} of key {key!r}: " if key is not None else ""
+        super().__init__(f"{where}dtype {self.dtype} is not supported; use one of "
+                         f"{', '.join(supported)} (e.g. .astype('float32'))")
 
 
 class OptimizerError(PSError, ValueError):
@@ -159,3 +161,12 @@ def from_wire(name, message, attrs=None):
 def from_body(body):
     """The exception carried by an error reply's body."""
     return from_wire(body.get("name", ""), body.get("message", ""), body.get("attrs"))
+
+
+
+def stopped_by_peer_line(exc):
+    """The one line a process prints when ``exc`` (a ``PeerLostError``) stopped it. It failed
+    because another process did, so its own traceback would only bury the report of the real
+    cause (the failed process's own output and psframe-launch's ROOT CAUSE block)."""
+    return (f"psframe: stopped because another process of the job failed: {type(exc).__name__}: "
+            f"{exc}\n")

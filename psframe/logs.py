@@ -33,3 +33,8 @@ def run_role(role, rank, host, level, service):
     except PSError as exc:
         logging.getLogger(f"psframe.{role}").error("%s: %s", type(exc).__name__, exc)
         return 1
+
+
+def count(n, noun):
+    """``n`` and ``noun``, plural unless n is 1: ``count(1, "server")`` is "1 server"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -10,10 +10,6 @@ import threading
 import time
 import uuid
 
-import pytest
-
-from conftest import require, require_exe
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "bin")
 WORKER = os.path.join(BIN, "launch_sum_worker.py")
@@ -241,84 +237,101 @@ def kill_9(tag, **env):
     return act
 
 
-# -- hosts in network namespaces, each with its own sshd (the ssh backend's real target) --------
-ADDRS = ["10.200.0.11", "10.200.0.12", "10.200.0.13"]
-SSH_PORT = 2222
-LIFETIME = 300   # seconds: sshd dies by itself even if this process is killed
+# --- test hosts: network namespaces on a private bridge, each optionally with its own sshd ----
+
+SSHD = "/usr/sbin/sshd"
 
 
-def _ip(*args, check=True):
+def ip(*args, check=True):
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20, check=check)
 
 
-@pytest.fixture(scope="module")
-def netns_hosts(tmp_path_factory):
-    require(os.geteuid() == 0, "root (to create network namespaces)")
-    require_exe("ip")
-    require_exe("ssh")
-    require(os.path.exists("/usr/sbin/sshd"), "/usr/sbin/sshd (openssh-server)")
-    d = tmp_path_factory.mktemp("ssh")
-    uid = uuid.uuid4().hex[:6]
-    bridge, names = f"pl{uid}-br", [f"pl{uid}-h{i}" for i in (1, 2, 3)]
-    procs = []
-    try:
+def keygen(path):
+    """A new passphrase-less ed25519 key pair at ``path`` / ``path``.pub."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                   check=True, timeout=20)
+    return str(path)
+
+
+class NetnsHosts:
+    """Test "hosts": network namespaces named ``<prefix>-<name>``, each with an ``eth0`` on one
+    bridge that lives in its own namespace. Nothing is added to the root namespace, so every
+    client must run inside a host (``exec_prefix``). sshd processes get a bounded lifetime and
+    their own UTS namespace (hostname = namespace name); ``close`` stops them and deletes every
+    namespace."""
+
+    def __init__(self, workdir, prefix, lifetime=300):
+        self.dir, self.prefix, self.lifetime = str(workdir), prefix, lifetime
+        self.bridge = f"{prefix}-br"
+        self.namespaces, self.sshd = [], []
+        self.hostkey = None
+        ip("netns", "add", self.bridge)
+        self.namespaces.append(self.bridge)
+        ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.bridge, "link", "set", "br0", "up")
+
+    def add_host(self, name, addr, prefixlen=24):
+        """A namespace with ``addr`` on ``eth0``; returns its name."""
+        ns, port = f"{self.prefix}-{name}", f"port{len(self.namespaces)}"
+        ip("netns", "add", ns)
+        self.namespaces.append(ns)
+        ip("link", "add", "veth0", "netns", ns, "type", "veth", "peer", "name", port,
+           "netns", self.bridge)
+        ip("-n", self.bridge, "link", "set", port, "master", "br0")
+        ip("-n", self.bridge, "link", "set", port, "up")
+        ip("-n", ns, "link", "set", "veth0", "name", "eth0")
+        ip("-n", ns, "addr", "add", f"{addr}/{prefixlen}", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        return ns
+
+    @staticmethod
+    def exec_prefix(ns):
+        return ("ip", "netns", "exec", ns)
+
+    def start_sshd(self, ns, addr, authorized_keys, port=2222, accept_env=()):
+        """sshd in ``ns`` on ``addr:port``, key-only root login with ``authorized_keys``."""
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        for key in ("hostkey", "id_ed25519"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)],
-                           check=True, timeout=20)
-        (d / "authorized_keys").write_text((d / "id_ed25519.pub").read_text())
-        os.chmod(d / "authorized_keys", 0o600)
-        _ip("netns", "add", bridge)
-        _ip("-n", bridge, "link", "add", "br0", "type", "bridge")
-        _ip("-n", bridge, "link", "set", "br0", "up")
-        for i, (ns, addr) in enumerate(zip(names, ADDRS), 1):
-            _ip("netns", "add", ns)
-            _ip("link", "add", f"veth{i}", "netns", ns, "type", "veth", "peer", "name", f"port{i}",
-                "netns", bridge)
-            _ip("-n", bridge, "link", "set", f"port{i}", "master", "br0")
-            _ip("-n", bridge, "link", "set", f"port{i}", "up")
-            _ip("-n", ns, "link", "set", f"veth{i}", "name", "eth0")
-            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-            conf = d / f"sshd_{ns}.conf"
-            conf.write_text(f"Port {SSH_PORT}\nListenAddress {addr}\nHostKey {d}/hostkey\n"
-                            f"PidFile {d}/sshd_{ns}.pid\nPermitRootLogin prohibit-password\n"
-                            "PubkeyAuthentication yes\nPasswordAuthentication no\n"
-                            "KbdInteractiveAuthentication no\n"
-                            f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n"
-                            "PrintMotd no\n")
-            log = open(d / f"sshd_{ns}.log", "w")
-            procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
-                 f"hostname {ns}; exec timeout {LIFETIME} /usr/sbin/sshd -D -e -f {conf}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            log.close()
-        deadline = time.monotonic() + 10
-        for ns in names:
-            while ":2222" not in _ip("netns", "exec", ns, "ss", "-ltn").stdout:
-                assert time.monotonic() < deadline, (d / f"sshd_{ns}.log").read_text()
+        if self.hostkey is None:
+            self.hostkey = keygen(os.path.join(self.dir, "hostkey"))
+        conf = os.path.join(self.dir, f"sshd_{ns}.conf")
+        with open(conf, "w") as f:
+            f.write(f"Port {port}\nListenAddress {addr}\nHostKey {self.hostkey}\n"
+                    f"PidFile {self.dir}/sshd_{ns}.pid\nPermitRootLogin prohibit-password\n"
+                    "PubkeyAuthentication yes\nPasswordAuthentication no\n"
+                    "KbdInteractiveAuthentication no\n"
+                    f"AuthorizedKeysFile {authorized_keys}\nStrictModes no\nUsePAM no\n"
+                    "PrintMotd no\n" + "".join(f"AcceptEnv {e}\n" for e in accept_env))
+        with open(os.path.join(self.dir, f"sshd_{ns}.log"), "w") as log:
+            self.sshd.append((ns, port, subprocess.Popen(
+                [*self.exec_prefix(ns), "unshare", "--uts", "sh", "-c",
+                 f"hostname {ns}; exec timeout {self.lifetime} {SSHD} -D -e -f {conf}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)))
+
+    def wait_sshd(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        for ns, port, _ in self.sshd:
+            while f":{port}" not in ip("netns", "exec", ns, "ss", "-ltn").stdout:
+                if time.monotonic() > deadline:
+                    with open(os.path.join(self.dir, f"sshd_{ns}.log")) as f:
+                        raise AssertionError(f"sshd in {ns} not listening: {f.read()}")
                 time.sleep(0.05)
-        # the rule above all: traffic to the test hosts stays on the test bridge
-        for addr in ADDRS[1:]:
-            route = _ip("netns", "exec", names[0], "ip", "route", "get", addr).stdout
-            assert "dev eth0" in route and "via" not in route, route
-        hostfile = d / "hostfile"
-        hostfile.write_text("# three netns hosts, 2 workers each\n"
-                            + "".join(f"{a} slots=2\n" for a in ADDRS))
-        yield {"names": names, "dir": d, "hostfile": str(hostfile),
-               "ssh_args": ["--ssh-port", str(SSH_PORT), "--ssh-identity", str(d / "id_ed25519"),
-                            "--ssh-option", "StrictHostKeyChecking=no",
-                            "--ssh-option", "UserKnownHostsFile=/dev/null",
-                            "--ssh-option", "LogLevel=ERROR"]}
-    finally:
-        for p in procs:
+
+    def assert_on_link(self, ns, addrs):
+        """The rule above all: from ``ns``, traffic to ``addrs`` stays on the test bridge (or is
+        the namespace's own address)."""
+        for addr in addrs:
+            route = ip("netns", "exec", ns, "ip", "route", "get", addr).stdout
+            assert route.startswith("local ") or ("dev eth0" in route and "via" not in route), route
+
+    def close(self):
+        for _, _, p in self.sshd:
             p.send_signal(signal.SIGTERM)   # `timeout` forwards it to sshd
-        for p in procs:
+        for _, _, p in self.sshd:
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-        for ns in names + [bridge]:
-            _ip("netns", "del", ns, check=False)
+        for ns in reversed(self.namespaces):
+            ip("netns", "del", ns, check=False)

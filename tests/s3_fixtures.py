@@ -1,5 +1,7 @@
-"""A real S3 endpoint for tests: ``moto_server`` in a subprocess on 127.0.0.1, with moto's request
-recorder so tests can see which client (User-Agent) fetched which object."""
+"""A real AWS endpoint for tests: ``moto_server`` in a subprocess on 127.0.0.1 (or, with ``prefix``,
+inside a test network namespace), with moto's request recorder so tests can see which client
+(User-Agent) fetched which object, or which API calls were made."""
+import base64
 import json
 import os
 import subprocess
@@ -13,14 +15,17 @@ from conftest import require
 from psframe.transport.addresses import free_port
 
 MOTO = os.path.join(os.path.dirname(os.path.realpath(__import__("sys").executable)), "moto_server")
-REGION = "us-west-2"     # us-east-1 + s3fs mkdir -> invalid location-constraint (TEST-INFRA §1)
+REGION = "us-west-2"     # us-east-1 + s3fs mkdir -> an invalid location-constraint error
 KEY, SECRET = "testing", "testing-secret-do-not-log"
 
 
 class MotoServer:
-    """One moto_server process. ``requests()`` parses its recording (JSON lines)."""
+    """One moto_server process. ``requests()`` parses its recording (JSON lines).
 
-    def __init__(self, workdir, start_timeout=20.0):
+    ``prefix`` runs it under a command such as ``ip netns exec NS``, listening on ``host`` there;
+    readiness is then read from its log, so no request crosses from this namespace."""
+
+    def __init__(self, workdir, start_timeout=20.0, host="127.0.0.1", prefix=()):
         self.recording = os.path.join(workdir, "moto-recording.jsonl")
         self.log_path = os.path.join(workdir, "moto.log")
         env = dict(os.environ, MOTO_RECORDER_FILEPATH=self.recording)
@@ -28,9 +33,10 @@ class MotoServer:
         last = None
         for _ in range(3):   # the free port may be taken between free_port() and bind
             self.port = free_port()
-            self.endpoint = f"http://127.0.0.1:{self.port}"
+            self.endpoint = f"http://{host}:{self.port}"
+            self._prefixed = bool(prefix)
             self._log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(self.port)],
+            self.proc = subprocess.Popen([*prefix, MOTO, "-H", host, "-p", str(self.port)],
                                          stdout=self._log, stderr=subprocess.STDOUT, env=env)
             try:
                 self._wait_ready(start_timeout)
@@ -45,6 +51,11 @@ class MotoServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"moto_server exited {self.proc.returncode}: {self.log_tail()}")
+            if self._prefixed:
+                if f"Running on {self.endpoint}" in self.log_tail():
+                    return
+                time.sleep(0.1)
+                continue
             try:
                 with urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=2) as r:
                     if r.status == 200:
@@ -83,6 +94,22 @@ class MotoServer:
                 headers = {k.lower(): v for k, v in entry["headers"].items()}
                 out.append({"method": entry["method"], "bucket": bucket, "key": key,
                             "range": headers.get("range"), "agent": headers.get("user-agent", "")})
+        return out
+
+    def calls(self):
+        """Recorded AWS query-protocol calls as dicts of their form fields (``Action`` etc.)."""
+        out = []
+        if not os.path.exists(self.recording):
+            return out
+        with open(self.recording) as f:
+            for line in f:
+                entry = json.loads(line)
+                body = entry.get("body") or ""
+                if entry.get("body_encoded"):
+                    body = base64.b64decode(body).decode(errors="replace")
+                fields = dict(urllib.parse.parse_qsl(body))
+                if "Action" in fields:
+                    out.append(fields)
         return out
 
     def stop(self):

@@ -73,3 +73,80 @@ def test_zmq_echo_round_trips_over_every_local_transport_and_reaps_its_process()
 def test_bench_rejects_a_zero_size():
     from psframe.bench import cli
     assert cli.main(["--sizes", "4KiB", "--allreduce-sizes", "0"]) == 1
+
+
+def test_link_rates_in_tc_spelling():
+    from psframe.bench.netns import parse_rate
+    assert parse_rate("1gbit") == 1e9 and parse_rate("10gbit") == 1e10
+    assert parse_rate("500mbit") == 5e8 and parse_rate("2.5Gbit") == 2.5e9
+    for bad in ("1gbps", "fast", "0gbit", ""):
+        with pytest.raises(ValueError):
+            parse_rate(bad)
+
+
+def test_multihost_floors_of_the_issue_setup():
+    """2 hosts, 4 workers (2 per host), 2 servers (one per host), a 100 MiB key sliced in half:
+    a flat PS moves 210 MB per direction per round, a ring 157 MB, a host tier 105 MB."""
+    from psframe.bench import multihost
+    m = 100 * 2 ** 20
+    workers, servers = multihost.worker_hosts(4, 2), multihost.server_hosts(2, 2)
+    assert workers == [0, 0, 1, 1] and servers == [0, 1]
+    fl = multihost.floors(m, [0.5, 0.5], workers, servers)
+    assert fl == {"flat PS": 2 * m, "ring": 1.5 * m, "host tier": m}
+    assert [round(b / 1e6) for b in fl.values()] == [210, 157, 105]
+
+
+def test_multihost_floors_with_three_hosts_and_a_key_on_one_server():
+    from psframe.bench import multihost
+    m = 3000
+    workers, servers = multihost.worker_hosts(6, 3), multihost.server_hosts(3, 3)
+    assert workers == [0, 0, 1, 1, 2, 2] and servers == [0, 1, 2]
+    # key whole on server 0 (host 0): its host answers 4 remote workers and takes their pushes
+    fl = multihost.floors(m, [1.0, 0.0, 0.0], workers, servers)
+    assert fl == {"flat PS": 4 * m, "ring": 2 * 5 / 6 * m, "host tier": 2 * m}
+    # sliced in thirds: each host's 2 workers send 2/3 out, its servers answer 4 workers 1/3
+    fl = multihost.floors(m, [1 / 3] * 3, workers, servers)
+    assert fl["flat PS"] == pytest.approx(2 * 2 / 3 * m + 4 / 3 * m)
+    assert fl["host tier"] == pytest.approx(2 / 3 * m + 2 / 3 * m)
+
+
+def test_multihost_crossing_counts_only_bytes_between_hosts():
+    from psframe.bench import multihost
+    zero = {"bytes_in_by_rank": [0] * 4, "bytes_out_by_rank": [0] * 4}
+    after = [{"bytes_in_by_rank": [1, 2, 4, 8], "bytes_out_by_rank": [10, 20, 40, 80]},     # host 0
+             {"bytes_in_by_rank": [100, 200, 400, 800], "bytes_out_by_rank": [1000, 2000, 4000, 8000]}]
+    # host 0 (ranks 0, 1): out = its pushes to server 1 + server 0's answers to ranks 2, 3
+    assert multihost.crossing([zero, zero], after, [0, 0, 1, 1], [0, 1]) == (300 + 120, 3000 + 12)
+    assert multihost.crossing([zero, zero], after, [0, 0, 1, 1], [0, 1], host=1) == (3000 + 12, 300 + 120)
+
+
+def test_help_shows_every_default():
+    from psframe.bench.cli import build_parser
+    text = " ".join(build_parser().format_help().split())
+    assert "compare them with baselines measured in the same run (raw pyzmq round trip," in text
+    assert "the default cases take about 2-3 minutes" in text
+    for default in ("(default: 4KiB,64KiB,1MiB,16MiB,100MiB)", "(default: 16MiB,100MiB)",
+                    "(default: 1000)", "(default: 10)", "(default: resnet50)", "(default: ipc)"):
+        assert default in text, (default, text)
+
+
+def test_an_estimate_comes_first_for_the_default_cases(monkeypatch, capsys):
+    """The default run takes minutes: it says how long before measuring (stopped here at once)."""
+    from psframe.bench import cli
+
+    def measure(ns):
+        raise RuntimeError("stopped by the test")
+    monkeypatch.setattr(cli, "measure", measure)
+    assert cli.main([]) == 1
+    assert "about 2-3 minutes" in capsys.readouterr().err
+    assert cli.main(["--sizes", "4KiB"]) == 1           # a custom set: no promise about its time
+    assert "minutes" not in capsys.readouterr().err
+
+
+def test_make_bench_writes_the_plot():
+    """``make bench`` passes --plot (and --json), so it leaves the plot the docs show."""
+    import pathlib
+    import re
+    makefile = (pathlib.Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    recipe = re.search(r"^bench:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert re.search(r"psframe-bench .*--plot \S+\.png", recipe), recipe

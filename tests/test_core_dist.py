@@ -1,9 +1,11 @@
 """The core job end to end: real scheduler, servers and workers as processes on 127.0.0.1."""
 import os
 
+import numpy as np
 import pytest
 
 from cluster import run_job
+from psframe.config import EXIT_ABORTED_BY_PEER
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 N = 3
@@ -75,8 +77,13 @@ def test_uncaught_exception_stops_the_job_without_a_launcher():
     job = run_job(os.path.join(HERE, "bin", "crash_at_start.py"), 2, 1, timeout=60)
     assert job.elapsed < 30     # includes start-up under load; a missed abort would take 60 s
     assert all(code != 0 for code in job.codes.values()), job.codes
-    assert "worker 1@127.0.0.1 failed: uncaught RuntimeError: boom" in job.outputs["worker:0"]
-    assert "JobAbortedError" in job.outputs["worker:0"]
+    # the worker stopped because worker 1 failed says so in one line, with no traceback
+    stopped = [l for l in job.outputs["worker:0"].splitlines() if l.strip()]
+    assert stopped == ["psframe: stopped because another process of the job failed: JobAbortedError: "
+                       "job aborted by the scheduler: worker 1@127.0.0.1 failed: uncaught RuntimeError: "
+                       "boom at step 0"], job.outputs["worker:0"]
+    assert job.codes["worker:0"] == EXIT_ABORTED_BY_PEER
+    assert "Traceback" in job.outputs["worker:1"]      # the failed worker keeps its own
 
 
 def test_async_with_optimizer_applies_every_push():
@@ -132,3 +139,19 @@ def test_big_entries_reach_servers_on_their_machine_over_a_unix_socket(ipc):
             assert res[r]["local"] == [None, None], res[r]
             assert res[r]["big_sent"] == {"tcp": 2, "unix": 0}, res[r]
         assert res[r]["small_sent"] == {"tcp": 1, "unix": 0}, res[r]
+
+
+def test_plain_python_numbers_are_arrays_in_dist_kinds():
+    """The same rules as the local kind (tests/test_kvstore_local.py), through real servers:
+    a list of numbers is one array, a scalar a 0-d array; the sums are those numpy gives."""
+    res = run_job(os.path.join(HERE, "bin", "plain_values.py"), N, 2, timeout=60).check().results()
+    for r in range(N):
+        got = res[r]
+        assert got["b"] == [1.0, 2.0, 3.0] and got["w_dtype"] == "float32", got
+        assert got["w"] == (N * np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)).tolist(), got
+        assert got["s"] == float(sum(range(N))), got
+        assert got["i"] == [sum(range(N)), 10 * sum(range(N))], got
+        assert got["errors"]["str"][0] == "TypeError" and "push of key 'w'" in got["errors"]["str"][1]
+        assert got["errors"]["out"][0] == "TypeError" and "out must be an array" in got["errors"]["out"][1]
+        assert got["errors"]["bool"][0] == "UnsupportedDTypeError", got["errors"]
+        assert "init of key 'flags': dtype bool" in got["errors"]["bool"][1], got["errors"]

@@ -4,9 +4,12 @@ import gc
 import io
 import json
 import os
+import struct
 import threading
 import time
+import tracemalloc
 import uuid
+import zlib
 
 import fsspec
 from fsspec.implementations.memory import MemoryFileSystem
@@ -14,7 +17,7 @@ import numpy as np
 import pytest
 
 import psframe
-from psframe.data import PartitionedDataset, write_partitions
+from psframe.data import PartitionedDataset, readers, write_partitions
 from psframe.errors import ConfigError, DataError
 
 
@@ -308,3 +311,58 @@ def test_webhdfs_and_hdfs_urls_take_the_same_path():
         with pytest.raises(DataError, match="install"):
             PartitionedDataset("hdfs://127.0.0.1:9000/data/*.npz", 4, rank=0, num_workers=1)
 
+
+
+def test_compressed_npz_inflated_once_per_epoch(tmp_path, monkeypatch):
+    # A compressed shard cannot be read by byte range; many small read groups must still share
+    # one download and inflation per epoch.
+    np.savez_compressed(tmp_path / "c.npz", **records(600))
+    calls = []
+    real = readers._load_whole
+    monkeypatch.setattr(readers, "_load_whole", lambda *a: calls.append(1) or real(*a))
+    ds = PartitionedDataset(str(tmp_path / "c.npz"), 10, rank=0, num_workers=2, seed=1,
+                            read_block_bytes=256, shuffle_blocks=1)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        assert sorted(sum(epoch_ids(ds), [])) == list(range(300))
+    assert len(calls) == 2
+
+
+def _deflate_zip_bomb(path, npy_header, zero_chunks, chunk=1 << 24):
+    """An .npz whose one member is ``npy_header`` followed by ``zero_chunks * chunk`` zero bytes,
+    deflated without compressing a gigabyte: one fully flushed block of zeros is repeated."""
+    first = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(chunk)
+    body = first.compress(npy_header) + first.compress(zeros) + first.flush(zlib.Z_FULL_FLUSH)
+    again = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = again.compress(zeros) + again.flush(zlib.Z_FULL_FLUSH)
+    body += block * (zero_chunks - 1) + zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+    crc = zlib.crc32(npy_header)
+    for _ in range(zero_chunks):
+        crc = zlib.crc32(zeros, crc)
+    size, name = len(npy_header) + zero_chunks * chunk, b"x.npy"
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(body), size,
+                        len(name), 0) + name
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(body),
+                          size, len(name), 0, 0, 0, 0, 0, 0) + name
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central),
+                      len(local) + len(body), 0)
+    path.write_bytes(local + body + central + end)
+
+
+def test_zip_bomb_member_rejected_without_inflating(tmp_path):
+    # The member's header declares 10 float32 records; the member inflates to 1 GiB of zeros.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (10,)})
+    bomb = tmp_path / "bomb.npz"
+    _deflate_zip_bomb(bomb, header.getvalue(), zero_chunks=64)
+    assert bomb.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="zip bomb"):
+            list(PartitionedDataset(str(bomb), 5, rank=0, num_workers=1, shuffle=False))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak} bytes allocated while rejecting the shard"

@@ -137,3 +137,16 @@ def test_mlp_backward_matches_autograd():
     assert loss == pytest.approx(ref.item(), rel=1e-5)
     for k in train_mlp.KEYS:
         np.testing.assert_allclose(grads[k], tp[k].grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_demo_trains_and_says_how_to_use_the_installation(tmp_path):
+    """``make demo``'s script: the 4-worker / 2-server job, then how to reach psframe-launch and
+    ``import psframe`` from a shell (nothing of the venv is on PATH after ``make demo``)."""
+    root = os.path.dirname(EXAMPLES)
+    out = run([sys.executable, os.path.join(EXAMPLES, "run_demo.py"), "--out", str(tmp_path)],
+              cwd=root, timeout=240)
+    assert re.search(r"4 workers, 2 servers: test accuracy 0\.9\d{3}", out), out[-3000:]
+    bindir = os.path.relpath(os.path.dirname(sys.executable), root)
+    if sys.prefix != sys.base_prefix:          # the tests run in a venv (make test: .venv)
+        assert f"  . {bindir}/activate" in out and "not on your PATH" in out, out[-2000:]
+    assert f"{bindir}/pip install -e '.[torch]'" in out, out[-2000:]

@@ -1,22 +1,25 @@
-"""The host tier across machines: 2 network-namespace hosts (sshd each) x 3 workers, 2 servers,
-launched over ssh, through the tier and flat (--no-host-tier)."""
+"""The host tier across machines: 2 network-namespace hosts (sshd each, ``psframe.bench.netns``)
+x 3 workers, 2 servers, launched over ssh, through the tier and flat (--no-host-tier)."""
 import json
 import re
 
 import pytest
 
-from launcher_fixtures import ADDRS, Launch, assert_none_left, netns_hosts, new_tag  # noqa: F401 (fixture)
+from conftest import require
+from launcher_fixtures import Launch, assert_none_left, new_tag
+from psframe.bench import netns
 from test_host_tier import JOB
 
 pytestmark = pytest.mark.integration
 
+SUBNET = "10.201.0"
+ADDRS = [f"{SUBNET}.11", f"{SUBNET}.12"]
+
 
 def _run(hosts, *flags):
-    hostfile = hosts["dir"] / "two_hosts_three_slots"
-    hostfile.write_text("".join(f"{a} slots=3\n" for a in ADDRS[:2]))
-    job = Launch(["-H", str(hostfile), *hosts["ssh_args"], "-n", "6", "-s", "2",
+    job = Launch(["-H", hosts.hostfile, *hosts.launch_args, "-n", "6", "-s", "2",
                   "--env", "PSFRAME_BIGARRAY_BOUND=1000", "--env", "PSFRAME_HEARTBEAT_TIMEOUT=20",
-                  *flags, JOB], new_tag(), timeout=180, prefix=("ip", "netns", "exec", hosts["names"][0]))
+                  *flags, JOB], new_tag(), timeout=180, prefix=hosts.exec_prefix(0))
     try:
         rc, _ = job.wait(180)
         assert rc == 0, job.text()
@@ -32,8 +35,13 @@ def _run(hosts, *flags):
 
 
 @pytest.fixture(scope="module")
-def two_hosts(netns_hosts):
-    return _run(netns_hosts), _run(netns_hosts, "--no-host-tier")
+def two_hosts(tmp_path_factory):
+    missing = netns.missing_requirements()
+    require(not missing, "; ".join(missing))
+    with netns.NetnsHosts(2, slots=3, workdir=tmp_path_factory.mktemp("tier"), lifetime=300,
+                          subnet=SUBNET, prefix="pt") as hosts:
+        assert hosts.addresses == ADDRS
+        return _run(hosts), _run(hosts, "--no-host-tier")
 
 
 def test_two_hosts_tiered_equal_flat_bit_for_bit(two_hosts):

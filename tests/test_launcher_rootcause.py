@@ -123,4 +123,9 @@ def test_uncaught_exception_is_the_root_cause_not_the_processes_it_took_down():
                          r"exited with code 1\n", report), f"attempt {attempt}:\n{job.text()}"
         assert "| ValueError: boom" in report, report
         assert rc == 1, job.text()
+        # workers stopped because rank 1 failed print one line each, not a traceback
+        for rank in (0, 2):
+            own = [l for l in job.lines if l.startswith(f"[worker {rank}@")]
+            assert not any("Traceback" in l for l in own), job.text()
+            assert len([l for l in own if "stopped because another process" in l]) <= 1, job.text()
         assert took < 10, f"launcher took {took:.1f}s after the worker's failure"

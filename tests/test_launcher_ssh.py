@@ -4,19 +4,40 @@ first host's namespace, so no packet ever leaves for the root namespace's defaul
 import hashlib
 import os
 import re
+import signal
+import subprocess
 import uuid
 
 import pytest
 
-from conftest import require_exe
-from launcher_fixtures import (ADDRS, SSH_PORT, WORKER, ArgvWatcher, Launch, assert_no_helpers_left, assert_none_left,
-                               check_fails_fast, kill_9, netns_hosts, new_tag)
+from conftest import require, require_exe
+from psframe.bench import netns
+from launcher_fixtures import (WORKER, ArgvWatcher, Launch, assert_no_helpers_left, assert_none_left,
+                               check_fails_fast, cmdline_pids, kill_9, new_tag, pids_with_env,
+                               tagged_pids)
 
 pytestmark = pytest.mark.integration
 
+SUBNET = "10.200.0"
+ADDRS = [f"{SUBNET}.{11 + i}" for i in range(3)]
+LIFETIME = 300   # seconds: sshd dies by itself even if this process is killed
+
+
+@pytest.fixture(scope="module")
+def netns_hosts(tmp_path_factory):
+    missing = netns.missing_requirements()
+    require(not missing, "; ".join(missing))
+    with netns.NetnsHosts(3, slots=2, workdir=tmp_path_factory.mktemp("ssh"), lifetime=LIFETIME,
+                          subnet=SUBNET, prefix="pl") as hosts:
+        assert hosts.addresses == ADDRS
+        yield hosts
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20).stdout
+    assert not [n for n in hosts.names + [hosts.bridge] if n in listed], listed
+
+
 def _launch(hosts, *args, tag=None, timeout=90, env=None):
-    return Launch(["-H", hosts["hostfile"], *hosts["ssh_args"], *args], tag or new_tag(),
-                  timeout=timeout, prefix=("ip", "netns", "exec", hosts["names"][0]), env=env)
+    return Launch(["-H", hosts.hostfile, *hosts.launch_args, *args], tag or new_tag(),
+                  timeout=timeout, prefix=hosts.exec_prefix(0), env=env)
 
 
 def test_real_job_over_three_ssh_hosts(netns_hosts, tmp_path):
@@ -39,13 +60,31 @@ def test_real_job_over_three_ssh_hosts(netns_hosts, tmp_path):
     for s in range(3):
         assert any(l.startswith(f"[server {s}@{ADDRS[s]}]") for l in job.lines), text
     # the processes really ran on the namespaces' hosts (hostname = namespace name)
-    names = netns_hosts["names"]
+    names = netns_hosts.names
     for rank in range(6):
         assert f"[worker {rank}@{ADDRS[rank // 2]}] hostname={names[rank // 2]}" in job.lines, text
     # the secret reached every worker through stdin, and no argv ever held it
     sha = hashlib.sha256(secret.encode()).hexdigest()[:12]
     assert sum(f"secret_sha={sha}" in l for l in job.lines) == 6, text
     assert watcher.scans > 5 and watcher.seen == [], watcher.seen
+    assert_none_left(job.tag)
+    assert_no_helpers_left(job)
+
+
+def test_clean_job_over_ssh_ends_without_an_error(netns_hosts):
+    """A clean multi-host run prints no interpreter error at shutdown (the launch agents once
+    died in ``Fatal Python error: _enter_buffered_busy`` while a thread still read stdin)."""
+    job = _launch(netns_hosts, "-n", "4", "-s", "2", WORKER)
+    try:
+        rc, _ = job.wait(90)
+    finally:
+        job.stop()
+    text = job.text()
+    assert rc == 0, text
+    for rank in range(4):
+        assert f"[worker {rank}@{ADDRS[rank // 2]}] DONE rank={rank}" in job.lines, text
+    for bad in ("Fatal Python error", "Traceback", "Exception ignored"):
+        assert bad not in text, text
     assert_none_left(job.tag)
     assert_no_helpers_left(job)
 
@@ -64,24 +103,42 @@ def test_remote_server_kill_9(netns_hosts):
                      lambda: rf"server 2@10\.200\.0\.13 .*pid {kill.pid}\) killed by SIGKILL", act=kill)
 
 
+def test_launcher_kill_9_leaves_no_descendant_on_any_host(netns_hosts):
+    # every worker started two `sleep 300`, one of them in a session of its own: the agents
+    # (child subreapers) must take both down when the ssh connection dies with the launcher
+    job = _launch(netns_hosts, "-n", "6", "-s", "3", WORKER, "--steps", "1000", "--sleep", "0.05",
+                  "--spawn-children")
+    try:
+        job.wait_for_line(r"\[worker 5@10\.200\.0\.13\] STEP 2 OK", 60)
+        assert len(pids_with_env(job.tag, PSFRAME_ROLE="worker")) == 6 * 3   # and the sleeps
+        launcher = [p for p in cmdline_pids(r"^\S*python\S* \S*/psframe-launch ")
+                    if p in tagged_pids(job.tag)]
+        assert len(launcher) == 1
+        os.kill(launcher[0], signal.SIGKILL)
+        job.wait(30)
+        assert_none_left(job.tag, within=10)
+    finally:
+        job.stop()
+
+
 def test_mpirun_across_the_ssh_hosts(netns_hosts):
     """--launcher mpi -H: mpirun's --host list puts every rank on its planned host."""
     require_exe("mpirun")
-    d = netns_hosts["dir"]
+    d = netns_hosts.dir
     env = dict(os.environ,
-               OMPI_MCA_plm_rsh_agent=f"ssh -p {SSH_PORT} -i {d}/id_ed25519 -o BatchMode=yes "
+               OMPI_MCA_plm_rsh_agent=f"ssh -p {netns.SSH_PORT} -i {netns_hosts.identity} -o BatchMode=yes "
                                       "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
                                       "-o LogLevel=ERROR",
-               OMPI_MCA_oob_tcp_if_include="10.200.0.0/24", OMPI_MCA_btl_tcp_if_include="10.200.0.0/24")
-    job = Launch(["--launcher", "mpi", "-H", netns_hosts["hostfile"], "-n", "6", "-s", "3", WORKER],
-                 new_tag(), timeout=90, env=env, cwd=str(d),
-                 prefix=("ip", "netns", "exec", netns_hosts["names"][0]))
+               OMPI_MCA_oob_tcp_if_include=netns_hosts.subnet,
+               OMPI_MCA_btl_tcp_if_include=netns_hosts.subnet)
+    job = Launch(["--launcher", "mpi", "-H", netns_hosts.hostfile, "-n", "6", "-s", "3", WORKER],
+                 new_tag(), timeout=90, env=env, cwd=str(d), prefix=netns_hosts.exec_prefix(0))
     try:
         rc, _ = job.wait(90)
     finally:
         job.stop()
     assert rc == 0, job.text()
-    names = netns_hosts["names"]
+    names = netns_hosts.names
     for rank in range(6):
         assert f"[worker {rank}@{ADDRS[rank // 2]}] DONE rank={rank}" in job.lines, job.text()
     # ranks on hosts 2 and 3 came through orted over ssh (their own hostnames); host 1 is
@@ -93,9 +150,9 @@ def test_mpirun_across_the_ssh_hosts(netns_hosts):
 
 
 def test_unreachable_host_fails_fast_with_ssh_words(netns_hosts):
-    args = [a if a != str(SSH_PORT) else "2223" for a in netns_hosts["ssh_args"]]   # nobody there
-    job = Launch(["-H", netns_hosts["hostfile"], *args, "-n", "6", WORKER], new_tag(), timeout=60,
-                 prefix=("ip", "netns", "exec", netns_hosts["names"][0]))
+    args = [a if a != str(netns.SSH_PORT) else "2223" for a in netns_hosts.launch_args]   # nobody there
+    job = Launch(["-H", netns_hosts.hostfile, *args, "-n", "6", WORKER], new_tag(), timeout=60,
+                 prefix=netns_hosts.exec_prefix(0))
     try:
         rc, elapsed = job.wait(60)
     finally:

@@ -222,3 +222,28 @@ def test_agent_of_local_rank_0_sweeps_its_hosts_segments():
     assert shm.leftovers(prefix) == [f"{prefix}-left"]
     sweep_host_tier(dict(env, **{envc.LOCAL_RANK: "0"}))
     assert shm.leftovers(prefix) == []
+
+
+def test_line_sink_shows_a_line_rewritten_with_carriage_returns_as_its_final_state(tmp_path):
+    """A progress bar redraws its line with \\r: the prefix stays at the line's start, and the
+    terminal, the tail and the log get the last drawing, not every fragment."""
+    out = io.StringIO()
+    sink = LineSink("worker 0@hostA", str(tmp_path), out)
+    sink.write("  0%|          | 0/21\r 50%|#####     | 10/21\r100%|##########| 21/21\n")
+    sink.write("\r 10%|#         | 2/21\r          \repoch 1 loss 0.5\n")    # tqdm.write over a bar
+    sink.write("\r 10%|#         | 2/21\r                    \r")             # a bar that cleared itself
+    sink.write("\n")                                                            # a real empty line
+    sink.close()
+    expected = ["100%|##########| 21/21", "epoch 1 loss 0.5", ""]
+    assert out.getvalue().split("\n")[:-1] == [f"[worker 0@hostA] {t}".rstrip() if t else "[worker 0@hostA] "
+                                               for t in expected]
+    assert "\r" not in out.getvalue()
+    assert (tmp_path / "worker-0-at-hostA.log").read_text().split("\n")[:-1] == expected
+    assert list(sink.tail) == expected
+
+
+def test_start_timeout_help_says_what_happens_and_the_default():
+    from psframe_launcher.cli import build_parser
+    text = " ".join(build_parser().format_help().split())
+    assert ("--start-timeout SECONDS seconds every process has to register with the scheduler; "
+            "after that the job fails naming who is missing (default: 60") in text, text

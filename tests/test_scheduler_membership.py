@@ -29,7 +29,7 @@ def test_start_timeout_names_missing_ranks():
     assert m.tick(4.9) == []
     sends = m.tick(5.1)
     assert sends and sends[0].cmd == "abort" and sends[0].id == 7
-    assert "1 of 2 workers (ranks [1])" in m.failure and "1 of 1 servers (ranks [0])" in m.failure
+    assert "1 of 2 workers (ranks [1])" in m.failure and "1 of 1 server (ranks [0])" in m.failure
 
 
 def test_heartbeat_clock_starts_when_everyone_is_in():

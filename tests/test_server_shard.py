@@ -103,3 +103,23 @@ def test_optimizer_updates_in_place_and_keeps_weights_on_reset():
     (rep,) = s.pull(0, d(1), "q")
     np.testing.assert_array_equal(rep.arrays[0][1], [0.0] * 3)
     assert s.stats()["updates"] == 1
+
+
+def test_stats_count_bytes_per_worker_rank_both_ways():
+    """Pushed and pulled bytes per rank (a parked pull counts when it is answered): with the
+    ranks' hosts, the bench tells what crossed between hosts."""
+    s = ShardState(3)
+    s.init(0, d(), np.zeros(3), None)
+    s.push(0, d(1), np.ones(3), None)
+    assert s.pull(2, d(1), "q2") == []
+    assert s.stats()["bytes_out_by_rank"] == [0, 0, 0]
+    s.push(2, d(1), np.ones(3), None)
+    s.push(1, d(1), np.ones(3), None)
+    s.pull(1, d(1), "q1")
+    s.pull(1, d(1), "q1b")
+    stats = s.stats()
+    item = np.dtype("float64").itemsize
+    assert stats["bytes_in_by_rank"] == [3 * item] * 3
+    assert stats["bytes_out_by_rank"] == [0, 6 * item, 3 * item]
+    assert sum(stats["bytes_in_by_rank"]) == stats["bytes_in"]
+    assert sum(stats["bytes_out_by_rank"]) == stats["bytes_out"]

@@ -1,5 +1,6 @@
 """``local``: every process a child of the launcher on this machine, each in its own session
-(process group) so that stopping it stops whatever it started too."""
+(process group) so that stopping it stops whatever it started too, and a reaper beside them
+(``reaping``) that kills what is left of the job when the launcher ends, even by SIGKILL."""
 import ctypes
 import os
 import signal
@@ -11,6 +12,7 @@ from psframe.errors import ConfigError
 
 from ..hosts import Host
 from ..output import pump
+from .. import reaping
 from ..plan import child_env
 from .base import Backend, ExitStatus, LaunchError, ProcessHandle
 
@@ -101,6 +103,7 @@ class LocalBackend(Backend):
 
     def start(self, plan, events, sinks):
         handles = []
+        self.reaper = start_reaper(plan.specs[0].env.get(reaping.JOB_ID), self.config.python)
         try:
             for spec, sink in zip(plan.specs, sinks):
                 proc = popen(list(spec.command), child_env(spec, os.environ), spec.cwd)
@@ -114,6 +117,34 @@ class LocalBackend(Backend):
 
     def stop(self, handles, grace):
         stop_groups(handles, grace)
+
+    def close(self):
+        end_reaper(getattr(self, "reaper", None))
+
+
+def start_reaper(job_id, python):
+    """Start the job's reaper (None without a job id); it sweeps when its stdin closes."""
+    if not job_id:
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSFRAME_")}
+    try:
+        return subprocess.Popen([python, "-m", "psframe_launcher.reaping", job_id], env=env,
+                                stdin=subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        raise LaunchError(f"cannot start the job's reaper with {python!r}: {exc.strerror}") \
+            from None
+
+
+def end_reaper(reaper):
+    """Close the reaper's stdin (it sweeps the job's leftovers) and wait for it (bounded)."""
+    if reaper is None:
+        return
+    reaper.stdin.close()
+    try:
+        reaper.wait(timeout=reaping.SWEEP_DEADLINE + 5)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+        reaper.wait()
 
 
 BACKEND = LocalBackend

@@ -15,6 +15,7 @@ import zmq
 from ..server.heap import keep_freed_memory
 from ..transport import addresses
 from .cases import rounds_for
+from .netns import interface_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -232,21 +233,34 @@ def _gloo_main(arg):
     spec = json.loads(arg)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
-    result = {}
+    result, link, iface = {}, {}, spec.get("link")
     try:
         for nbytes in spec["sizes"]:
             t = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
             samples = []
-            for _ in range(spec["warmup"] + rounds_for(nbytes, spec["rounds"])):
+            for r in range(spec["warmup"] + rounds_for(nbytes, spec["rounds"])):
+                if iface and r == spec["warmup"]:
+                    before = _link_bytes(dist, iface)
                 dist.barrier()
                 t0 = time.perf_counter()
                 dist.all_reduce(t)
                 samples.append(time.perf_counter() - t0)
+            if iface:
+                link[nbytes] = [before, _link_bytes(dist, iface)]
             result[nbytes] = statistics.median(samples[spec["warmup"]:])
     finally:
         dist.destroy_process_group()
     if int(os.environ["RANK"]) == 0:
         print("GLOO " + json.dumps(result), flush=True)
+        if iface:
+            print("GLOOLINK " + json.dumps(link), flush=True)
+
+
+def _link_bytes(dist, iface):
+    """Bytes this rank's link received and sent, once every rank got here (multi-host bench)."""
+    dist.barrier()
+    received, sent = interface_bytes(iface)
+    return {"received": received, "sent": sent}
 
 
 if __name__ == "__main__":

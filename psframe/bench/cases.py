@@ -16,6 +16,18 @@ def parse_size(text):
     return int(t)
 
 
+def parse_sizes(text):
+    """A comma list of sizes (``'16MiB,100MiB'``; ``''`` is none).
+
+    Raises:
+        ValueError: an entry is not a size, or not positive.
+    """
+    sizes = [parse_size(s) for s in text.split(",") if s.strip()]
+    if any(n <= 0 for n in sizes):
+        raise ValueError(f"sizes must be positive, got {text!r}; pass an empty list ('') to skip a job")
+    return sizes
+
+
 def format_size(nbytes):
     for unit, scale in (("MiB", 1024 ** 2), ("KiB", 1024)):
         if nbytes >= scale and nbytes % scale == 0:

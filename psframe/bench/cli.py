@@ -2,39 +2,46 @@
 measured in the same run (raw pyzmq round trip, raw pyzmq moving the same traffic, numpy
 copy, gloo allreduce). Baselines run while no job does, before and after the jobs, and the
 faster run counts. The raw pyzmq round trip is the best of every transport psframe may use on
-the machine (``--transport ipc``: TCP and the unix socket; ``tcp``: TCP only)."""
+the machine (``--transport ipc``: TCP and the unix socket; ``tcp``: TCP only). ``--hosts-netns N``
+runs the multi-host mode instead (``multihost.py``)."""
 import argparse
-import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 
 import zmq
 
 from .. import optim
-from . import baselines, cases, report, raw_traffic
-from .cases import parse_size
+from . import baselines, cases, multihost, report, raw_traffic
+from .cases import parse_size, parse_sizes
+from .runner import run_job
 
 logger = logging.getLogger("psframe.bench")
 
-JOB_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job.py")
 OPS = ("push", "pull", "pushpull")
 CHUNK = 1 << 20       # frame size of the chunked raw pyzmq baselines (the faster size there)
+ESTIMATE = ("the default cases take about 2-3 minutes on an idle 2-core machine, longer when "
+            "other jobs share it (fewer --sizes, --keys 0 or --model none take less); the table "
+            "comes at the end")
+DEFAULT_CASES = ("sizes", "allreduce_sizes", "keys", "model", "rounds", "kinds")
 OPTIMIZERS = {"none": None, "sgd": lambda: optim.SGD(lr=0.01, momentum=0.9), "adam": lambda: optim.Adam(lr=1e-3)}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="psframe-bench", description=__doc__.split("\n")[0])
+    first_sentence = " ".join(__doc__.split(". ")[0].split()) + "."
+    p = argparse.ArgumentParser(prog="psframe-bench", description=first_sentence, epilog=f"Time: {ESTIMATE}.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", default="4KiB,64KiB,1MiB,16MiB,100MiB",
                    help="key sizes of the 1-server job (comma list; KiB/MiB suffixes)")
     p.add_argument("--allreduce-sizes", default="16MiB,100MiB",
                    help="key sizes of the multi-server job, compared with gloo allreduce")
-    p.add_argument("-n", dest="num_workers", type=int, default=2, help="workers per job")
-    p.add_argument("-s", dest="num_servers", type=int, default=2,
-                   help="servers of the multi-server job (the size sweep uses 1)")
+    p.add_argument("-n", dest="num_workers", type=int, default=None,
+                   help="workers per job (default 2; with --hosts-netns, 2 per host)")
+    p.add_argument("-s", dest="num_servers", type=int, default=None,
+                   help="servers of the multi-server job (default 2; with --hosts-netns, one per "
+                        "host; the size sweep uses 1)")
     p.add_argument("--kinds", default="dist_sync", help="kvstore kinds (dist_sync,dist_async)")
     p.add_argument("--keys", type=int, default=1000, help="keys in the many-small-keys case (0: skip)")
     p.add_argument("--key-size", default="4KiB", help="bytes per key in the many-small-keys case")
@@ -63,54 +70,8 @@ def build_parser():
                    help="also record a Chrome trace of the jobs (PSFRAME_TIMELINE)")
     p.add_argument("--job-timeout", type=float, default=600, help="seconds per job")
     p.add_argument("-v", "--verbose", action="store_true", help="stream the jobs' output")
+    multihost.add_arguments(p)
     return p
-
-
-def _sizes(text):
-    sizes = [parse_size(s) for s in text.split(",") if s.strip()]
-    if any(n <= 0 for n in sizes):
-        raise ValueError(f"sizes must be positive, got {text!r}; pass an empty list ('') to skip a job")
-    return sizes
-
-
-def run_job(num_workers, num_servers, kind, spec, ns, tag="", flat=False):
-    """Run the bench worker script under ``psframe-launch``; returns every worker's RESULT.
-    ``flat``: without the host tier (each worker talks to the servers itself).
-
-    Raises:
-        RuntimeError: the job failed or ran past ``--job-timeout``.
-    """
-    cmd = [sys.executable, "-m", "psframe_launcher", "-n", str(num_workers), "-s", str(num_servers),
-           "--kvstore", kind, "--env", "PSFRAME_TIMEOUT=120",
-           "--env", f"PSFRAME_IPC={int(ns.transport == 'ipc')}", *(["--no-host-tier"] if flat else [])]
-    trace = None
-    if ns.timeline:
-        stem, ext = os.path.splitext(os.path.abspath(ns.timeline))
-        trace = f"{stem}.{num_servers}x{num_workers}.{kind}{tag}{ext or '.json'}"
-        cmd += ["--env", f"PSFRAME_TIMELINE={trace}"]
-    cmd += [JOB_SCRIPT, json.dumps(spec)]
-    logger.info("job: %d servers x %d workers, %s, %d cases", num_servers, num_workers, kind,
-                len(spec["cases"]))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = proc.communicate(timeout=ns.job_timeout)
-    except subprocess.TimeoutExpired:
-        proc.terminate()     # the launcher stops the whole job on SIGTERM
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        raise RuntimeError(f"bench job did not finish within {ns.job_timeout:g}s:\n{out[-3000:]}")
-    if ns.verbose:
-        sys.stderr.write(out)
-    results = [json.loads(l.split("] RESULT ", 1)[1]) for l in out.splitlines() if "] RESULT " in l]
-    if proc.returncode != 0 or len(results) != num_workers:
-        raise RuntimeError(f"bench job failed (exit {proc.returncode}):\n{out[-3000:]}")
-    if trace:
-        from .. import timeline
-        logger.info("timeline %s: %d events", trace, timeline.merge(trace))
-    return sorted(results, key=lambda r: r["rank"])
 
 
 def _rows(job, kind, spec, results, raw_rt=None):
@@ -144,7 +105,7 @@ def _memory(results):
 
 def measure(ns):
     """Run every job and baseline; returns the report dict."""
-    sizes, big = _sizes(ns.sizes), _sizes(ns.allreduce_sizes)
+    sizes, big = parse_sizes(ns.sizes), parse_sizes(ns.allreduce_sizes)
     key_bytes = parse_size(ns.key_size)
     make_optimizer = OPTIMIZERS[ns.optimizer]
     common = {"rounds": ns.rounds, "warmup": ns.warmup,
@@ -197,7 +158,8 @@ def measure(ns):
         spec3 = dict(common, cases=[cases.size_case(n, ["pushpull"]) for n in big] + ([model] if model else []))
         for mode in ("tier", "flat"):
             job = f"{ns.num_servers}x{ns.tier_workers} {mode}"
-            res = run_job(ns.tier_workers, ns.num_servers, kinds[0], spec3, ns, tag=f".{mode}", flat=mode == "flat")
+            res = run_job(ns.tier_workers, ns.num_servers, kinds[0], spec3, ns, tag=f".{mode}",
+                          launch_args=("--no-host-tier",) if mode == "flat" else ())
             rep["rows"] += _rows(job, kinds[0], spec3, res)
             rep["host_bytes"] = dict(rep.get("host_bytes", {}), **{job: _host_bytes(res)})
     zmq_runs.append(baselines.zmq_roundtrips(all_sizes, ns.transport, ns.rounds, ns.warmup, CHUNK))
@@ -230,7 +192,7 @@ def _pp(rep, job, kind, label):
 
 
 def targets(rep, job1, kind):
-    """The issue's targets as ratios of figures of this run."""
+    """The targets (docs/performance.md) as ratios of figures of this run."""
     out = []
     for n in (2 ** 20, 16 * 2 ** 20, 100 * 2 ** 20):
         row = _row(rep, job1, kind, f"size-{n}")
@@ -275,16 +237,15 @@ def tier_targets(rep, kind):
     """Host tier / flat pushpull time of each case of the tier job (target 0.5x at 100 MiB;
     elsewhere the tier must at least not be slower)."""
     out = []
-    tier = sorted({r["job"] for r in rep["rows"] if r["job"].endswith(" tier")})
-    for job in tier:
+    sent = rep.get("host_bytes", {})
+    for job in sorted({r["job"] for r in rep["rows"] if r["job"].endswith(" tier")}):
         flat = job[:-len(" tier")] + " flat"
-        sent = rep.get("host_bytes", {})
+        note = ""
+        if sent.get(job) and sent.get(flat):
+            note = f"  [bytes the servers received, flat / tier: {sent[flat] / sent[job]:.2f}x over the job]"
         for row in (r for r in rep["rows"] if r["job"] == job):
             a, b = _pp(rep, job, kind, row["case"]), _pp(rep, flat, kind, row["case"])
-            note = ""
-            if sent.get(job) and sent.get(flat):
-                note = f"  [bytes the servers received, flat / tier: {sent[flat] / sent[job]:.2f}x over the job]"
-            out.append({"name": f"{job.replace(' tier', '')} pushpull {row['case']}: host tier / flat",
+            out.append({"name": f"{job[:-len(' tier')]} pushpull {row['case']}: host tier / flat",
                         "ratio": a / b if a and b else None,
                         "limit": 0.5 if row["nbytes"] == 100 * 2 ** 20 else 1, "note": note})
     return out
@@ -294,6 +255,13 @@ def main(argv=None):
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING,
                         format="psframe-bench: %(message)s")
+    if ns.hosts_netns:
+        return multihost.main(ns)
+    ns.num_workers = 2 if ns.num_workers is None else ns.num_workers
+    ns.num_servers = 2 if ns.num_servers is None else ns.num_servers
+    default = build_parser().parse_args([])
+    if all(getattr(ns, a) == getattr(default, a) for a in DEFAULT_CASES):
+        print(f"psframe-bench: {ESTIMATE}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     try:
         rep = measure(ns)

@@ -5,6 +5,10 @@ Each case runs its warm-up and timed rounds on its own, as a training loop repea
 sizes every step (and as the raw pyzmq baseline is measured): interleaved with rounds of 100 MiB,
 a 1 MiB round ran from caches that those had just flushed. Every timed call starts right after a barrier; each worker prints its times as one
 ``RESULT {json}`` line, and the bench takes the slowest worker of each round.
+
+With ``"link": IFACE`` in the spec (the multi-host bench), rank 0 also records, right before a
+case's timed rounds and right after them (every worker at a barrier), the bytes its host's
+interface received and sent (``/proc/net/dev`` of its namespace) and ``server_stats``.
 """
 import json
 import logging
@@ -15,6 +19,7 @@ import numpy as np
 
 import psframe
 from psframe.bench.cases import rounds_for
+from psframe.bench.netns import interface_bytes
 
 logger = logging.getLogger("psframe.bench.job")
 
@@ -54,6 +59,15 @@ class Case:
         return {"label": self.label, "times": {op: t[warmup:] for op, t in self.times.items()}}
 
 
+def _link_snapshot(kv, iface):
+    """Rank 0: its link's byte counters and the servers' counters, once every worker is here."""
+    kv.barrier()
+    if kv.rank != 0:
+        return None
+    received, sent = interface_bytes(iface)
+    return {"received": received, "sent": sent, "servers": kv.server_stats()}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
@@ -65,11 +79,18 @@ def main(argv=None):
             kv.init(case.keys, case.values)
         if spec.get("optimizer"):
             kv.set_optimizer(psframe.optim.from_spec(spec["optimizer"]))
+        link, iface = {}, spec.get("link")
         for case in cases:
-            for _ in range(spec["warmup"] + rounds_for(case.spec["nbytes"], spec["rounds"])):
+            for r in range(spec["warmup"] + rounds_for(case.spec["nbytes"], spec["rounds"])):
+                if iface and r == spec["warmup"]:
+                    before = _link_snapshot(kv, iface)
                 case.round()
+            if iface:
+                link[case.label] = [before, _link_snapshot(kv, iface)]
         kv.barrier()
         out = {"rank": kv.rank, "kind": kv.type, "cases": [c.result(spec["warmup"]) for c in cases]}
+        if iface and kv.rank == 0:
+            out["link"] = link
         if kv.rank == 0:
             out["idle_servers"], out["servers"] = idle, kv.server_stats()
     print("RESULT " + json.dumps(out), flush=True)

@@ -6,6 +6,7 @@ concurrent byte ranges); a group's records are permuted again by ``(seed, epoch,
 So the same seed gives the same stream on every run, and a resume can skip whole groups without
 reading them. Shard headers are read lazily, once, and only for this worker's shards.
 """
+import collections
 import dataclasses
 import logging
 import threading
@@ -62,13 +63,22 @@ class EpochReader:
         """Yield ``(is_last, {name: array})`` per group of the epoch, after skipping ``skip``
         records."""
         plan = self.plan(epoch)
+        # Shards that must be read whole (compressed .npz) are downloaded and inflated once per
+        # epoch: kept in ``whole`` until the epoch's last block of that shard has been read.
+        whole, blocks_left = {}, collections.Counter(fi for blocks in plan for fi, _, _ in blocks)
         for g, blocks in enumerate(plan):
             size = sum(stop - start for _, start, stop in blocks)
+            for fi, _, _ in blocks:
+                blocks_left[fi] -= 1
             if skip >= size:
                 skip -= size
                 continue
             parts = readers.read_rows(self.source.fs, [(self.layout(fi), s, e)
-                                                       for fi, s, e in blocks], self._policy)
+                                                       for fi, s, e in blocks], self._policy,
+                                      whole)
+            for fi, _, _ in blocks:
+                if not blocks_left[fi]:
+                    whole.pop(self.layout(fi).path, None)
             arrays = {k: np.concatenate([p[k] for p in parts]) for k in self.arrays}
             if self.shuffle.enabled:
                 perm = np.random.default_rng([self.shuffle.seed, epoch, self.rank, g]) \

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -196,24 +197,64 @@ def _npz_layout(fs, path, url, size, read):
 
 
 def _load_whole(fs, layout, policy):
+    """Download a shard that cannot be read by byte range and return ``{name: array}``.
+
+    Compressed ``.npz`` members are inflated with a bound: a member that inflates to more than
+    its ``.npy`` header declares is rejected before the excess is produced (a zip bomb costs
+    one header's worth of work, not gigabytes)."""
     data = retry.call(lambda: fs.cat_file(layout.path), layout.url, "reading", policy)
     try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if not layout.npz:
-            return {next(iter(layout.arrays)): loaded}
-        with loaded:
-            return {k: loaded[k] for k in layout.arrays}
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+            return {next(iter(layout.arrays)): np.load(io.BytesIO(data), allow_pickle=False)}
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return {name: _inflate_member(zf, name, layout.url) for name in layout.arrays}
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise _corrupt(layout.url, str(exc)) from None
 
 
-def read_rows(fs, requests, policy):
+def _inflate_member(zf, name, url):
+    """One ``.npz`` member as an array, reading at most the bytes its header declares."""
+    info = zf.getinfo(name + ".npy")
+    with zf.open(info) as member:
+        head = member.read(_PREFIX)
+        parsed = parse_npy_header(head, url)
+        if parsed[0] == "short":
+            head += member.read(parsed[1] - len(head))
+            parsed = parse_npy_header(head, url)
+            if parsed[0] == "short":
+                raise _corrupt(url, f"truncated member {info.filename}")
+        dtype, shape, fortran, hdr = parsed
+        declared = hdr + dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        if info.file_size > declared:
+            raise _bomb(url, info.filename, info.file_size, declared)
+        body = bytearray(head[hdr:declared])
+        while len(body) < declared - hdr:
+            chunk = member.read(min(1 << 24, declared - hdr - len(body)))
+            if not chunk:
+                raise _corrupt(url, f"member {info.filename} is shorter than its header declares")
+            body += chunk
+        if member.read(1):
+            raise _bomb(url, info.filename, "more than", declared)
+    array = np.frombuffer(body, dtype=dtype)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def _bomb(url, member, size, declared):
+    return DataError(f"shard {url}: member {member} inflates to {size} bytes but its header "
+                     f"declares {declared}; the shard is corrupt or hostile (a zip bomb) and was "
+                     f"rejected: rewrite it with psframe.data.write_partitions", url=url)
+
+
+def read_rows(fs, requests, policy, whole=None):
     """Read record ranges of shards.
 
     Args:
         fs: the fsspec filesystem.
         requests: a list of ``(layout, start, stop)``.
         policy: a ``retry.RetryPolicy``.
+        whole: a dict (path -> ``{name: array}``) of shards already downloaded whole; shards
+            that must be read whole are added to it, so a caller that keeps it across calls
+            downloads and inflates each such shard once.
 
     Returns:
         A list (one per request) of ``{name: array}`` with ``stop - start`` rows each.
@@ -223,7 +264,7 @@ def read_rows(fs, requests, policy):
     """
     paths, starts, ends, slots = [], [], [], []
     out = [dict() for _ in requests]
-    whole = {}
+    whole = {} if whole is None else whole
     for i, (layout, start, stop) in enumerate(requests):
         for name, spec in layout.arrays.items():
             if spec.offset is None:

@@ -7,10 +7,12 @@ key for values (device lists already summed), one list of output arrays per key 
 import abc
 import dataclasses
 
+import numpy as np
+
 from .. import arrays
 from ..aggregation.reduce import sum_arrays
 from ..errors import (ConfigError, DoubleInitError, DTypeMismatchError, ShapeMismatchError,
-                      UninitializedKeyError)
+                      UninitializedKeyError, UnsupportedDTypeError)
 
 
 @dataclasses.dataclass
@@ -46,9 +48,52 @@ def _check_key(k):
     return k
 
 
-def normalise(key, value, what):
+def _is_array(v):
+    """A numpy, cupy or torch array (anything with a shape and a dtype)."""
+    return hasattr(v, "shape") and hasattr(v, "dtype")
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_numbers(v):
+    """A number, or a (nested) list/tuple of numbers: what ``np.asarray`` makes an array of."""
+    if isinstance(v, (list, tuple)):
+        return len(v) > 0 and all(_is_numbers(x) for x in v)
+    return _is_number(v)
+
+
+_ACCEPTED = ("pass a numpy/cupy/torch array, a list of them (one per local device, summed), "
+             "or plain Python numbers (a number or a list of numbers is one array)")
+
+
+def _devices(key, v, what, known, output):
+    """The list of arrays one key's ``v`` stands for: an array is one entry, a list of arrays is
+    one per local device, and plain numbers are one array (of the key's dtype when ``known``
+    holds the key and they convert without changing kind)."""
+    if _is_array(v):
+        return [v]
+    if isinstance(v, (list, tuple)) and v and all(_is_array(x) for x in v):
+        return list(v)
+    if output:
+        raise TypeError(f"{what} of key {key!r}: out must be an array (or a list of arrays, one per "
+                        f"local device) to write the value into, not {type(v).__name__}")
+    if _is_numbers(v):
+        a = np.asarray(v)
+        dtype = np.dtype(known[key].dtype) if key in known else None
+        if dtype is not None and a.dtype != dtype and np.can_cast(a.dtype, dtype, "same_kind"):
+            a = a.astype(dtype)
+        return [a]
+    held = (f" holding {', '.join(sorted({type(x).__name__ for x in v}))}"
+            if isinstance(v, (list, tuple)) and v else "")
+    raise TypeError(f"{what} of key {key!r}: cannot use a {type(v).__name__}{held}; {_ACCEPTED}")
+
+
+def normalise(key, value, what, known=None, output=False):
     """``(keys, per_key_values)``: single key -> one entry; list key -> a list of equal length.
-    Each value entry is a list of arrays (one per local device)."""
+    Each value entry is a list of arrays (one per local device). ``known`` (key -> KeyInfo)
+    gives plain Python numbers the key's dtype; ``output``: the values are ``out`` arrays."""
     if isinstance(key, (list, tuple)):
         keys = [_check_key(k) for k in key]
         if not isinstance(value, (list, tuple)) or len(value) != len(keys):
@@ -58,11 +103,31 @@ def normalise(key, value, what):
         keys, vals = [_check_key(key)], [value]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{what}: a key appears twice in {keys}")
-    return keys, [list(v) if isinstance(v, (list, tuple)) else [v] for v in vals]
+    known = known or {}
+    return keys, [_devices(k, v, what, known, output) for k, v in zip(keys, vals)]
+
+
+# the ops whose arrays are outputs (written into, so they must be arrays)
+_PUSHPULL_OUT = "pushpull out"
+_OUTPUT_OPS = ("pull", _PUSHPULL_OUT)
+
+
+def _all_arrays(value):
+    """Whether ``value`` (one key's or a list of keys' values) holds arrays only."""
+    if type(value) is np.ndarray or _is_array(value):
+        return True
+    return isinstance(value, (list, tuple)) and all(_all_arrays(v) for v in value)
+
+
+def _dtype_name(key, a, op):
+    try:
+        return arrays.dtype_name(a)
+    except UnsupportedDTypeError as exc:
+        raise UnsupportedDTypeError(exc.dtype, arrays.DTYPES, key=key, op=op) from None
 
 
 class KVStore(abc.ABC):
-    """A key-value store of arrays shared by the workers of a job (see README "API")."""
+    """A key-value store of arrays shared by the workers of a job (docs/api.md)."""
 
     type = "base"
 
@@ -90,7 +155,7 @@ class KVStore(abc.ABC):
             hosts.append(a)
         self._check_open()
         for k, a in zip(keys, hosts):
-            self._keys[k] = KeyInfo(arrays.shape_of(a), arrays.dtype_name(a))
+            self._keys[k] = KeyInfo(arrays.shape_of(a), _dtype_name(k, a, "init"))
         try:
             self._init(keys, hosts)
         except Exception:
@@ -112,8 +177,11 @@ class KVStore(abc.ABC):
 
     def pushpull(self, key, value, out=None, priority=0):
         """push then pull in one round trip; ``out=None`` writes the result into ``value``."""
+        if out is None and not _all_arrays(value):
+            raise TypeError("pushpull of plain Python numbers needs out= (an array to write the "
+                            "result into); with out=None the result goes back into value")
         keys, vals = self._checked(key, value, "pushpull")
-        outs = vals if out is None else self._checked(key, out, "pushpull")[1]
+        outs = vals if out is None else self._checked(key, out, _PUSHPULL_OUT)[1]
         self._pushpull(keys, [sum_arrays(v) for v in vals], outs, priority)
 
     def set_optimizer(self, optimizer):
@@ -161,13 +229,13 @@ class KVStore(abc.ABC):
 
     def _checked(self, key, value, op):
         self._check_open()
-        keys, vals = normalise(key, value, op)
+        keys, vals = normalise(key, value, op, self._keys, op in _OUTPUT_OPS)
         for k, v in zip(keys, vals):
             info = self._keys.get(k)
             if info is None:
                 raise UninitializedKeyError(k, op)
             for a in v:
-                shape, dtype = arrays.shape_of(a), arrays.dtype_name(a)
+                shape, dtype = arrays.shape_of(a), _dtype_name(k, a, op)
                 if shape != info.shape:
                     raise ShapeMismatchError(k, info.shape, shape, op)
                 if dtype != info.dtype:

@@ -10,7 +10,7 @@ import os
 import sys
 
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import PeerLostError, PSTimeoutError
+from ..errors import PeerLostError, PSTimeoutError, stopped_by_peer_line
 from ..protocol import Command, codec
 from ..transport import peers, sockets
 
@@ -88,7 +88,7 @@ class ExceptHook:
 
     def __call__(self, exc_type, exc, tb):
         if issubclass(exc_type, PeerLostError):
-            self.previous(exc_type, exc, tb)
+            sys.stderr.write(stopped_by_peer_line(exc))
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(EXIT_ABORTED_BY_PEER)

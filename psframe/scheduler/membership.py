@@ -7,6 +7,7 @@ Every method takes the event (and the time, passed in) and returns a list of ``S
 import dataclasses
 
 from ..config import ROLES
+from ..logs import count
 from ..sharding import PlacementState
 
 REGISTERING = [r for r in ROLES.values() if r.registers]
@@ -53,6 +54,7 @@ class MembershipState:
         self.finished = False             # every worker done: shut down
         self.failure = None               # reason the job was aborted
         self.failure_reported = False     # ... by the failing node itself (not detected here)
+        self.blamed = None                # (role, rank): the node the failure is put on
 
     # -- registration -------------------------------------------------------------------
     def register(self, peer, msg_id, role, rank, host, address, now, local_address=""):
@@ -110,7 +112,7 @@ class MembershipState:
         if self.failure or self.finished:
             return []
         if not self.ready and now - self.started_at > self.start_timeout:
-            absent = " and ".join(f"{len(ranks)} of {self.counts[role]} {role}s (ranks {ranks})"
+            absent = " and ".join(f"{len(ranks)} of {count(self.counts[role], role)} (ranks {ranks})"
                                   for role, ranks in self.missing().items())
             return self.abort(
                 f"start-up timed out after {self.start_timeout:g}s: {absent} never registered; "
@@ -119,6 +121,7 @@ class MembershipState:
         if self.ready:
             for node in self.nodes.values():
                 if not node.done and now - node.last_seen > self.heartbeat_timeout:
+                    self.blamed = (node.role, node.rank)
                     return self.abort(
                         f"{node.role} {node.rank}@{node.host} stopped responding: no heartbeat "
                         f"for {now - node.last_seen:.1f}s (PSFRAME_HEARTBEAT_TIMEOUT="

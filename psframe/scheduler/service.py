@@ -1,10 +1,12 @@
 """The scheduler's event loop: each request goes to its ``handle_<command>``, which asks
 MembershipState, and the sends it returns go out."""
 import logging
+import sys
 import time
 
-from ..config import EXIT_ABORTED_BY_PEER
+from ..config import EXIT_ABORTED_BY_PEER, blame_line
 from ..errors import ProtocolError
+from ..logs import count
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
 from ..transport.requests import RequestLoop
@@ -27,8 +29,8 @@ class SchedulerService(RequestLoop):
                                      config.start_timeout, config.heartbeat_timeout, time.monotonic())
 
     def run(self):
-        logger.info("scheduler at %s waiting for %d workers and %d servers", self.config.scheduler,
-                    self.config.num_workers, self.config.num_servers)
+        logger.info("scheduler at %s waiting for %s and %s", self.config.scheduler,
+                    count(self.config.num_workers, "worker"), count(self.config.num_servers, "server"))
         try:
             while True:
                 for _ in sockets.poll([self.sock], 0.1):
@@ -36,6 +38,9 @@ class SchedulerService(RequestLoop):
                 self._send(self.state.tick(time.monotonic()))
                 if self.state.failure:
                     logger.error("job failed: %s", self.state.failure)
+                    if self.state.blamed:
+                        print(blame_line(*self.state.blamed, self.state.failure), file=sys.stderr,
+                              flush=True)
                     # a node that reported its own failure is the root cause; we only relay it
                     return EXIT_ABORTED_BY_PEER if self.state.failure_reported else 1
                 if self.state.finished:

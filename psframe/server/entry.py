@@ -26,12 +26,13 @@ class Reply:
 @dataclasses.dataclass(slots=True)
 class ParkedPull:
     """A sync pull of members ``lo..hi-1`` waiting for their ``step`` to be applied; ``whole``:
-    it named the whole entry (not one member of a group)."""
+    it named the whole entry (not one member of a group); ``rank``: the worker asking."""
     step: int
     lo: int
     hi: int
     whole: bool
     token: object
+    rank: int
 
 
 @dataclasses.dataclass(slots=True)

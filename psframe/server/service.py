@@ -114,8 +114,9 @@ class ServerService(RequestLoop):
             else:
                 link.check_silence(time.monotonic())
         if link.shutdown:
-            logger.info("shutdown: %s", self.shard.stats()["pushes"])
+            logger.info("shutdown: pushes received per worker rank: %s", self.shard.stats()["pushes"])
             return 0
+        logger.error("%s", link.reason)
         return EXIT_ABORTED_BY_PEER
 
     # -- the receive-and-reply loop's hooks and the handlers --------------------------------

@@ -47,8 +47,11 @@ class ShardState:
         self.keys = {}                 # (key, part) -> KeyState (a key-part or a group)
         self.members = {}              # key of a group member -> (its group's _KeyState, index)
         self.optimizer = None
+        # bytes per worker rank too: with the ranks' hosts, what crossed between hosts
         self.counters = {"pushes": [0] * num_workers, "pulls": [0] * num_workers,
-                         "bytes_in": 0, "bytes_out": 0, "updates": 0}
+                         "bytes_in": 0, "bytes_out": 0, "updates": 0,
+                         "bytes_in_by_rank": [0] * num_workers,
+                         "bytes_out_by_rank": [0] * num_workers}
         self.hosts = Hosts(num_workers)
 
     # -- init ---------------------------------------------------------------------------
@@ -158,6 +161,7 @@ class ShardState:
                 f"push of key {desc.key!r} from worker {rank} is step {desc.step}, {why}"))]
         self.counters["pushes"][rank] += hi - lo
         self.counters["bytes_in"] += flat.nbytes
+        self.counters["bytes_in_by_rank"][rank] += flat.nbytes
         if not st.sync:
             row[lo:hi] += 1
             return self._apply_async(st, lo, hi, flat, token)
@@ -175,6 +179,7 @@ class ShardState:
         for r in range(rank, rank + count):
             self.counters["pushes"][r] += hi - lo
         self.counters["bytes_in"] += flat.nbytes
+        self.counters["bytes_in_by_rank"][rank] += flat.nbytes     # the host's bytes came from it
         if not st.sync:
             rows += 1
             return self._apply_async(st, lo, hi, flat, token)
@@ -283,7 +288,8 @@ class ShardState:
             due = [p for p in st.parked_pulls if low(st.completed, p.lo, p.hi) >= p.step]
             if due:
                 st.parked_pulls = [p for p in st.parked_pulls if low(st.completed, p.lo, p.hi) < p.step]
-                replies.extend(self._value_reply(st, p.lo, p.hi, p.whole, p.token) for p in due)
+                replies.extend(self._value_reply(st, p.lo, p.hi, p.whole, p.token, p.rank)
+                               for p in due)
         return replies
 
     def _apply_sum(self, st, acc, members, whole):
@@ -361,11 +367,11 @@ class ShardState:
         self.counters["pulls"][rank] += hi - lo
         whole = desc.key == st.key
         if st.sync and desc.step > low(st.completed, lo, hi):
-            st.parked_pulls.append(ParkedPull(desc.step, lo, hi, whole, token))
+            st.parked_pulls.append(ParkedPull(desc.step, lo, hi, whole, token, rank))
             return []
-        return [self._value_reply(st, lo, hi, whole, token)]
+        return [self._value_reply(st, lo, hi, whole, token, rank)]
 
-    def _value_reply(self, st, lo, hi, whole, token):
+    def _value_reply(self, st, lo, hi, whole, token, rank):
         if whole:
             desc = ArrayDesc(st.key, st.part, st.dtype, st.shape, int(low(st.completed, 0, len(st.names))))
             value = st.value.reshape(st.shape)
@@ -373,6 +379,7 @@ class ShardState:
             desc = ArrayDesc(st.names[lo], 0, st.dtype, st.shapes[lo], int(st.completed[lo]))
             value = st.member_view(st.value, lo)
         self.counters["bytes_out"] += value.nbytes
+        self.counters["bytes_out_by_rank"][rank] += value.nbytes
         return Reply(token, arrays=[(desc, value)])
 
     # -- optimizer and checks -----------------------------------------------------------

@@ -62,7 +62,10 @@ class SchedulerLink:
 
     def _abort(self, reason, error_cls):
         self.error_cls, self.reason = error_cls, reason
-        logger.error("%s", reason)
+        # said once, by whoever ends the process: a worker's next KVStore call raises it (one
+        # line, errors.stopped_by_peer_line), a server's loop returns, or the heartbeat thread
+        # exits after its grace period
+        logger.info("%s", reason)
 
     def check(self):
         """Raise if the job was aborted (called from every blocking wait)."""
@@ -112,7 +115,8 @@ class HeartbeatThread(threading.Thread):
         finally:
             link.close()
         if link.reason is not None and not self._stop_evt.wait(self.grace):
-            logger.error("exiting: the job was aborted and this process did not stop by itself")
+            logger.error("exiting: %s (this process did not stop by itself within %gs)",
+                         link.reason, self.grace)
             os._exit(EXIT_ABORTED_BY_PEER)
 
     def check(self):

@@ -1,4 +1,4 @@
-"""Worker script: the core semantics of dist_sync (issue 2), one RESULT line of facts."""
+"""Worker script: the core semantics of dist_sync (docs/api.md "Semantics"), one RESULT line of facts."""
 import json
 import sys
 

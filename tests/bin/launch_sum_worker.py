@@ -5,6 +5,8 @@ sum N(N+1)/2 each step, then close. Options make one rank misbehave at a step:
   --hang-rank R --hang-step K                 rank R sleeps at step K (kill -9 it from outside)
   --never-start-rank R                        rank R never creates its KVStore (sleeps)
   --steps N, --sleep S (per step)
+  --spawn-children                            every rank starts two `sleep 300` children: one
+                                              in its process group, one in a session of its own
 
 Prints "secret_sha=<sha256[:12]>" when PSF_SECRET is set, "STEP <k> OK" per step and "DONE rank=<r>" at the end (the tests read these).
 """
@@ -12,6 +14,7 @@ import argparse
 import hashlib
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -28,7 +31,11 @@ p.add_argument("--fail-code", type=int, default=7)
 p.add_argument("--hang-rank", type=int, default=-1)
 p.add_argument("--hang-step", type=int, default=3)
 p.add_argument("--never-start-rank", type=int, default=-1)
+p.add_argument("--spawn-children", action="store_true")
 args = p.parse_args()
+if args.spawn_children:
+    children = [subprocess.Popen(["sleep", "300"]),
+                subprocess.Popen(["sleep", "300"], start_new_session=True)]
 
 rank = int(os.environ["PSFRAME_RANK"])
 if rank == args.never_start_rank:

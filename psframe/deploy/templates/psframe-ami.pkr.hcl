@@ -1,0 +1,1 @@
+../../../deploy/ami/psframe-ami.pkr.hcl

@@ -1,0 +1,79 @@
+"""Stall diagnosis, pure: worker call records in, a report naming who is behind out."""
+from psframe.kvstore.call_record import CallRecord
+from psframe.scheduler.stalls import diagnose
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _records(setup, wait):
+    clock = Clock()
+    recs = {}
+    for rank, calls in setup.items():
+        rec = CallRecord(clock)
+        for call in calls[:-1]:
+            with rec.call(*call):
+                pass
+        if calls and calls[-1] is not None:
+            rec.enter(*calls[-1])
+        recs[rank] = rec
+    clock.now += wait
+    return {r: rec.wire() for r, rec in recs.items()}
+
+
+def test_rank_that_never_called_init_is_named():
+    recs = _records({0: [("init", ["w"]), ("init", ["big"])],
+                     1: [("init", ["w"]), ("init", ["big"])],
+                     2: [("init", ["w"]), ("pushpull", ["w"], 7)]}, wait=31)
+    stall = diagnose(recs, 30)
+    assert stall.blamed == 2
+    assert "ranks 0,1 have waited 31 s in init('big')" in stall.report
+    assert "rank 2 is in pushpull('w', step 7) and never called init('big')" in stall.report
+
+
+def test_no_stall_before_the_timeout():
+    recs = _records({0: [("init", ["big"])], 1: [("pushpull", ["w"], 1)]}, wait=5)
+    assert diagnose(recs, 30) is None
+
+
+def test_set_optimizer_on_one_rank_only():
+    recs = _records({0: [("set_optimizer", [])],
+                     1: [("pushpull", ["w"], 3)], 2: [("pushpull", ["w"], 3)]}, wait=40)
+    stall = diagnose(recs, 30)
+    assert stall.blamed == 1
+    assert "rank 0 has waited 40 s in set_optimizer()" in stall.report
+    assert "rank 1 is in pushpull('w', step 3) and never called set_optimizer()" in stall.report
+    assert "rank 2 is in pushpull('w', step 3) and never called set_optimizer()" in stall.report
+
+
+def test_late_barrier_counts_calls():
+    recs = _records({0: [("barrier", []), ("barrier", [])],
+                     1: [("barrier", []), ("pull", ["w"], 4)]}, wait=31)
+    stall = diagnose(recs, 30)
+    assert stall.blamed == 1
+    assert "rank 1 is in pull('w', step 4) and called barrier() 1 of 2 times" in stall.report
+
+
+def test_finished_rank_is_named():
+    recs = _records({1: [("pushpull", ["w"], 6)], 2: [("pushpull", ["w"], 6)]}, wait=31)
+    stall = diagnose(recs, 30, finished=[0])
+    assert stall.blamed == 0
+    assert "rank 0 has finished" in stall.report
+
+
+def test_everyone_waiting_in_the_same_call_blames_no_rank():
+    recs = _records({0: [("pushpull", ["w"], 2)], 1: [("pushpull", ["w"], 2)]}, wait=31)
+    stall = diagnose(recs, 30)
+    assert stall.blamed is None and "a server is not answering" in stall.report
+
+
+def test_many_keys_are_summarised():
+    recs = _records({0: [("init", list("abcdefg"))], 1: [None]}, wait=31)
+    stall = diagnose(recs, 30)
+    assert "init('a', 'b', 'c', 'd' and 3 more)" in stall.report
+    assert stall.blamed == 1 and "has made no call yet" in stall.report
