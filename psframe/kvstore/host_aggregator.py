@@ -25,7 +25,7 @@ import numpy as np
 import zmq
 
 from ..aggregation import reduce, shm
-from ..errors import ConfigError, PSError, to_wire
+from ..errors import ConfigError, PeerLostError, PSError, to_wire
 from ..transport import sockets
 from .host_notes import Entry, Note, Upstream, pack, unpack
 from .host_uplink import HostUplink
@@ -72,7 +72,8 @@ class HostAggregator(threading.Thread):
         try:
             self._loop()
         except BaseException as exc:       # the workers of this host hear it from their calls
-            logger.error("host aggregator failed: %s: %s", type(exc).__name__, exc)
+            if not isinstance(exc, PeerLostError):     # the job's end is told by the main thread
+                logger.error("host aggregator failed: %s: %s", type(exc).__name__, exc)
             self.failure = exc if isinstance(exc, PSError) else PSError(
                 f"the host aggregator failed: {type(exc).__name__}: {exc}")
             for who in self._workers:
