@@ -23,7 +23,7 @@ import zmq
 
 from .. import arrays
 from ..aggregation import reduce, shm
-from ..errors import PSTimeoutError, from_wire
+from ..errors import ConfigError, PSTimeoutError, from_wire
 from ..transport import sockets
 from .host_notes import pack, unpack
 
@@ -81,7 +81,11 @@ class TierLink:
         infos = [self.store._keys[k] for k in keys]
         reply = self._call({"op": "init", "keys": [[k, i.dtype, list(i.shape)] for k, i in zip(keys, infos)]},
                            f"init of {len(keys)} keys")
-        seg = shm.Segment.attach(reply["segment"], reply["size"])
+        try:
+            seg = shm.Segment.attach(reply["segment"], reply["size"])
+        except ConfigError:
+            self._job_gone_first()
+            raise
         reduce.pin(seg)
         self._segments.append(seg)
         arena = reply["arena"]
@@ -138,6 +142,15 @@ class TierLink:
         self._segments = []
 
     # -- helpers --------------------------------------------------------------------------
+    def _job_gone_first(self):
+        """A segment that vanished before this worker attached it: the aggregator ends (and
+        unlinks) when the job is aborted, which this worker's heartbeat hears a moment later;
+        that is the cause to report, so wait for it briefly before blaming the segment."""
+        deadline = time.monotonic() + 2 * self.config.heartbeat_interval + 1.0
+        while time.monotonic() < deadline:
+            self.store._failures.check()
+            time.sleep(0.05)
+
     def _fill(self, keys, values):
         """Copy ``values`` into this worker's slots, once the aggregator consumed what they held."""
         self._wait(lambda: all(self._consumed[k] == self._pushed[k] for k in keys), "a push (slot in use)")
