@@ -46,6 +46,9 @@ def build_parser():
     p.add_argument("--optimizer-module", action="append", default=[], metavar="PATH_OR_MODULE",
                    help="file or module defining custom optimizers; the servers import it "
                         "(repeatable)")
+    p.add_argument("--no-host-tier", dest="host_tier", action="store_false",
+                   help="workers on one host push to the servers each on their own, not through "
+                        "the host's aggregator (sets PSFRAME_HIERARCHICAL=0; for comparison)")
     p.add_argument("--ssh-port", type=int, default=None, help="ssh port (default: ssh's own)")
     p.add_argument("--ssh-identity", default=None, metavar="FILE", help="ssh private key")
     p.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
@@ -71,7 +74,7 @@ def config_from_args(ns):
         start_timeout=ns.start_timeout, security=ns.security, max_restarts=ns.max_restarts,
         optimizer_modules=resolve_modules(ns.optimizer_module, cwd),
         ssh_port=ns.ssh_port, ssh_options=tuple(ns.ssh_option), ssh_identity=ns.ssh_identity and os.path.abspath(ns.ssh_identity),
-        log_dir=ns.log_dir and os.path.abspath(ns.log_dir),
+        log_dir=ns.log_dir and os.path.abspath(ns.log_dir), host_tier=ns.host_tier,
         script=ns.script, script_args=tuple(ns.args), cwd=cwd)
 
 

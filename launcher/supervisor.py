@@ -17,6 +17,7 @@ import threading
 import time
 
 from psframe import config as envc
+from psframe.aggregation import shm
 from psframe.config import parse_blame
 from psframe.logs import count
 from psframe.transport import credentials
@@ -83,6 +84,9 @@ class Job:
             for sink in sinks:
                 sink.close()
             self.backend.close()
+            # the host tier's segments on this machine, if a kill left any (remote hosts:
+            # the agent of each local rank 0 does the same there)
+            shm.sweep(shm.job_prefix(self.plan.scheduler))
 
     def _run(self, sinks):
         try:

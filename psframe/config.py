@@ -37,6 +37,7 @@ IPC = "PSFRAME_IPC"                      # 1: big entries go to servers on this 
 USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules servers import
 TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
 RESTART = "PSFRAME_RESTART"              # set by psframe-launch --max-restarts: 1, 2, ... on restarts
+HIERARCHICAL = "PSFRAME_HIERARCHICAL"    # 1: workers on one host push through the host tier
 
 LOG_LEVEL = "PSFRAME_LOG_LEVEL"          # logging level name (INFO)
 SECURITY = "PSFRAME_SECURITY"            # curve | token | none: how connections authenticate
@@ -116,6 +117,7 @@ DEFAULTS = {
     IPC: 1,
     MAX_MESSAGE_BYTES: 1 << 30,
     SEND_TIMEOUT: 60.0,
+    HIERARCHICAL: 1,
 }
 
 
@@ -143,6 +145,7 @@ class Config:
     max_steps_ahead: int = DEFAULTS[MAX_STEPS_AHEAD]
     fuse_key_bytes: int = DEFAULTS[FUSE_KEY_BYTES]
     ipc: bool = True
+    hierarchical: bool = True
     user_modules: tuple = ()
     timeline: str = ""
     log_level: str = "INFO"
@@ -234,7 +237,9 @@ def from_env(env=None):
         max_steps_ahead=_get(env, MAX_STEPS_AHEAD, int, DEFAULTS[MAX_STEPS_AHEAD], minimum=1),
         fuse_key_bytes=_get(env, FUSE_KEY_BYTES, int, DEFAULTS[FUSE_KEY_BYTES], minimum=0),
         ipc=bool(_get(env, IPC, int, DEFAULTS[IPC], minimum=0)),
-        user_modules=modules, timeline=env.get(TIMELINE, ""), log_level=log_level,
+        user_modules=modules, timeline=env.get(TIMELINE, ""),
+        hierarchical=bool(_get(env, HIERARCHICAL, int, DEFAULTS[HIERARCHICAL], minimum=0)),
+        log_level=log_level,
         restart=_get(env, RESTART, int, 0, minimum=0))
 
 

@@ -29,7 +29,11 @@ PACKAGE_LAYER = {
     # request tracking / failure handling, the outgoing message builders over those, the API
     # built from them all
     "kvstore": {"base": 0, "fusion": 0, "call_record": 0, "checkpointing": 0, "local": 1,
-                "routes": 1, "requests": 1, "failures": 1, "messages": 2, "dist": 3},
+                "routes": 1, "requests": 1, "failures": 1, "messages": 2, "dist": 3,
+                # the host tier: the notes and records, the workers' side (dist routes data calls
+                # to it), the aggregator's own uplink to the servers (built like the client), and
+                # the aggregator itself
+                "host_notes": 0, "host_tier": 2, "host_uplink": 3, "host_aggregator": 4},
 }
 
 

@@ -126,7 +126,8 @@ def test_big_entries_reach_servers_on_their_machine_over_a_unix_socket(ipc):
     """With PSFRAME_IPC=1 a big key-part travels over the server's unix socket and a small key
     over TCP (which moves small messages faster); with 0 everything is TCP. Sums are exact."""
     res = run_job(os.path.join(HERE, "bin", "server_addresses.py"), 2, 2, timeout=60,
-                  env={"PSFRAME_IPC": ipc, "PSFRAME_BIGARRAY_BOUND": "1000"}).check().results()
+                  env={"PSFRAME_IPC": ipc, "PSFRAME_BIGARRAY_BOUND": "1000",
+                       "PSFRAME_HIERARCHICAL": "0"}).check().results()
     for r in range(2):
         assert res[r]["sum"] == 3.0 and res[r]["uniform"], res[r]
         assert res[r]["small_sum"] == 3.0 and res[r]["small_uniform"], res[r]

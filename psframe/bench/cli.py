@@ -64,6 +64,10 @@ def build_parser():
                    help="what the servers apply to each step's sum (none: they only sum, as an "
                         "allreduce does; sgd: momentum 0.9; adam): shows what updates cost")
     p.add_argument("--no-gloo", action="store_true", help="skip the torch gloo baseline")
+    p.add_argument("--tier-workers", type=int, default=4,
+                   help="workers of the host-tier job: one host, -s servers, the allreduce sizes "
+                        "and the model list, run through the host tier and flat (--no-host-tier); "
+                        "0 skips it")
     p.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
                    help="how workers reach servers on this machine (PSFRAME_IPC), and what the raw "
                         "pyzmq baselines may use: ipc (psframe's default: big entries over the unix "
@@ -106,6 +110,11 @@ def _faster(runs):
     return {n: {way: min(r[n][way] for r in runs) for way in runs[0][n]} for n in runs[0]}
 
 
+def _host_bytes(results):
+    """Bytes the servers received from the job's one host (``server_stats``)."""
+    return sum(c.get("bytes", 0) for s in results[0]["servers"] for c in s.get("hosts", {}).values())
+
+
 def _memory(results):
     s, idle = results[0]["servers"][0], results[0]["idle_servers"][0]
     return {"held": s.get("held_bytes"), "rss": s.get("rss_bytes"), "peak_rss": s.get("peak_rss_bytes"),
@@ -123,6 +132,7 @@ def measure(ns):
     if ns.keys:
         spec1["cases"] += [cases.keys_case(ns.keys, key_bytes, ["pushpull"]),
                            cases.one_key_case("onekey-of-keys", ns.keys * key_bytes, ["pushpull"])]
+    model = None
     if ns.model == "resnet50":
         model = cases.model_case("resnet50", cases.scaled(cases.resnet50_shapes(), ns.model_scale), ["pushpull"])
         spec1["cases"] += [model, cases.one_key_case("onekey-of-model", model["nbytes"], ["pushpull"])]
@@ -161,6 +171,15 @@ def measure(ns):
     for name, fn in others.items():
         runs[name].append(fn())
         rep["baselines"][name] = {n: min(r[n] for r in runs[name]) for n in big}
+    if ns.tier_workers and (big or model):
+        # the host tier against flat: the same job, one after the other
+        spec3 = dict(common, cases=[cases.size_case(n, ["pushpull"]) for n in big] + ([model] if model else []))
+        for mode in ("tier", "flat"):
+            job = f"{ns.num_servers}x{ns.tier_workers} {mode}"
+            res = run_job(ns.tier_workers, ns.num_servers, kinds[0], spec3, ns, tag=f".{mode}",
+                          launch_args=("--no-host-tier",) if mode == "flat" else ())
+            rep["rows"] += _rows(job, kinds[0], spec3, res)
+            rep["host_bytes"] = dict(rep.get("host_bytes", {}), **{job: _host_bytes(res)})
     zmq_runs.append(baselines.zmq_roundtrips(all_sizes, ns.transport, ns.rounds, ns.warmup, CHUNK))
     raw_rt = _faster(zmq_runs)
     rep["server_updates"] = {}
@@ -208,7 +227,7 @@ def targets(rep, job1, kind):
         out.append({"name": f"{job1} pushpull {cases.format_size(n)} / pyzmq round trip",
                     "ratio": pp / z if pp and z else None, "limit": 3,
                     "note": f"  [{note}]" if note else ""})
-    jobs = sorted({r["job"] for r in rep["rows"]} - {job1})
+    jobs = sorted({r["job"] for r in rep["rows"]} - {job1} - {r["job"] for r in rep["rows"] if " " in r["job"]})
     for job in jobs:
         for n in (16 * 2 ** 20, 100 * 2 ** 20):
             pp, g = _pp(rep, job, kind, f"size-{n}"), rep["baselines"].get("gloo", {}).get(n)
@@ -218,6 +237,7 @@ def targets(rep, job1, kind):
                 f"psframe = {pp / raw:.2f}x that]")
             out.append({"name": f"{job} pushpull {cases.format_size(n)} / gloo allreduce",
                         "ratio": pp / g if pp and g else None, "limit": 2, "note": note})
+    out += tier_targets(rep, kind)
     for case, ref, limit in (("keys-", "onekey-of-keys", 3), ("model-", "onekey-of-model", 1.5)):
         label = next((r["case"] for r in rep["rows"] if r["case"].startswith(case)), None)
         if label is None:        # the case was not run (--keys 0, --model none)
@@ -232,6 +252,24 @@ def targets(rep, job1, kind):
                     "note": f"  [peak {mem['peak_rss'] / 2**20:.0f} MiB, idle {mem['idle_rss'] / 2**20:.0f} MiB, "
                             f"holds {mem['held'] / 2**20:.0f} MiB; growth over idle / held = "
                             f"{(mem['peak_rss'] - mem['idle_rss']) / mem['held']:.2f}x]"})
+    return out
+
+
+def tier_targets(rep, kind):
+    """Host tier / flat pushpull time of each case of the tier job (target 0.5x at 100 MiB;
+    elsewhere the tier must at least not be slower)."""
+    out = []
+    sent = rep.get("host_bytes", {})
+    for job in sorted({r["job"] for r in rep["rows"] if r["job"].endswith(" tier")}):
+        flat = job[:-len(" tier")] + " flat"
+        note = ""
+        if sent.get(job) and sent.get(flat):
+            note = f"  [bytes the servers received, flat / tier: {sent[flat] / sent[job]:.2f}x over the job]"
+        for row in (r for r in rep["rows"] if r["job"] == job):
+            a, b = _pp(rep, job, kind, row["case"]), _pp(rep, flat, kind, row["case"])
+            out.append({"name": f"{job[:-len(' tier')]} pushpull {row['case']}: host tier / flat",
+                        "ratio": a / b if a and b else None,
+                        "limit": 0.5 if row["nbytes"] == 100 * 2 ** 20 else 1, "note": note})
     return out
 
 

@@ -183,7 +183,18 @@ class ServerService(RequestLoop):
             self.held.append((peer, msg))
             return
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
-        self.handler(msg)(peer, msg, rank)
+        try:
+            self.handler(msg)(peer, msg, rank)
+        finally:     # after the handler: an init names the sender's host first
+            self.shard.hosts.count_message(rank, sum(d.nbytes for d in msg.arrays))
+
+    @staticmethod
+    def _summed(msg):
+        """Whether a push message carries host sums (the host tier's aggregator sent it)."""
+        summed = msg.body.get("summed", False)
+        if type(summed) is not bool:
+            raise ProtocolError(f"push body.summed is {summed!r}, not a bool")
+        return summed
 
     def handle_init(self, peer, msg, rank):
         descs = list(msg.arrays) + codec.decode_meta(msg.body)
@@ -191,6 +202,12 @@ class ServerService(RequestLoop):
         if type(sync) is not bool:
             raise ProtocolError(f"init body.sync is {sync!r}, not a bool")
         groups = codec.decode_groups(msg.body, len(descs))
+        host = msg.body.get("host")
+        if host is not None:
+            if (type(host) is not list or len(host) != 3 or type(host[0]) is not int
+                    or type(host[1]) is not int or type(host[2]) is not str):
+                raise ProtocolError(f"init body.host is {host!r}, not [first rank, workers, name]")
+            self.shard.hosts.set(rank, *host)
         arrays = [codec.as_array(d, b) for d, b in zip(msg.arrays, msg.buffers)]
         arrays += [None] * (len(descs) - len(arrays))
         self.budget.charge(descs, self.shard.keys.__contains__)
@@ -199,6 +216,7 @@ class ServerService(RequestLoop):
             self._deliver(self.shard.init(rank, desc, array, token, sync, members, adopt=True))
 
     def handle_push(self, peer, msg, rank):
+        summed = self._summed(msg)
         token = self._expect(peer, msg, len(msg.arrays))
         push, frombuffer, replies = self.shard.push, np.frombuffer, []
         for desc, buf in zip(msg.arrays, msg.buffers):
@@ -206,7 +224,7 @@ class ServerService(RequestLoop):
             self.bytes_in_wire += buf.nbytes
             array = (frombuffer(buf, desc.dtype) if desc.compression is None
                      else codec.as_array(desc, buf)).reshape(desc.shape)
-            replies += push(rank, desc, array, token)
+            replies += push(rank, desc, array, token, summed)
         self._deliver(replies)
         if self.timeline is not None:
             self._trace_merges(msg)
@@ -218,13 +236,14 @@ class ServerService(RequestLoop):
             self._deliver(self.shard.pull(rank, desc, token))
 
     def handle_pushpull(self, peer, msg, rank):
+        summed = self._summed(msg)
         token = self._expect(peer, msg, 2 * len(msg.arrays))
         push, pull, frombuffer, replies = self.shard.push, self.shard.pull, np.frombuffer, []
         for desc, buf in zip(msg.arrays, msg.buffers):
             self.bytes_in_wire += buf.nbytes
             array = (frombuffer(buf, desc.dtype) if desc.compression is None
                      else codec.as_array(desc, buf)).reshape(desc.shape)
-            replies += push(rank, desc, array, token)
+            replies += push(rank, desc, array, token, summed)
             replies += pull(rank, desc, token)
         self._deliver(replies)
         if self.timeline is not None:
