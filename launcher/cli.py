@@ -46,9 +46,12 @@ def build_parser():
     p.add_argument("--optimizer-module", action="append", default=[], metavar="PATH_OR_MODULE",
                    help="file or module defining custom optimizers; the servers import it "
                         "(repeatable)")
-    p.add_argument("--no-host-tier", dest="host_tier", action="store_false",
-                   help="workers on one host push to the servers each on their own, not through "
-                        "the host's aggregator (sets PSFRAME_HIERARCHICAL=0; for comparison)")
+    p.add_argument("--host-tier", dest="host_tier", action="store_const", const=True, default=None,
+                   help="workers on one host push through the host's aggregator, which sums their "
+                        "gradients and talks to the servers once per host (sets "
+                        "PSFRAME_HIERARCHICAL=1; opt-in for now, see docs/architecture.md)")
+    p.add_argument("--no-host-tier", dest="host_tier", action="store_const", const=False,
+                   help="every worker pushes to the servers on its own (PSFRAME_HIERARCHICAL=0)")
     p.add_argument("--ssh-port", type=int, default=None, help="ssh port (default: ssh's own)")
     p.add_argument("--ssh-identity", default=None, metavar="FILE", help="ssh private key")
     p.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",

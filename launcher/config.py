@@ -31,7 +31,7 @@ class LaunchConfig:
     ssh_identity: str = None
     ssh_options: tuple = ()             # extra '-o KEY=VALUE' for ssh
     log_dir: str = None
-    host_tier: bool = True              # False: PSFRAME_HIERARCHICAL=0 for every process
+    host_tier: bool = None              # True/False: PSFRAME_HIERARCHICAL=1/0 for every process
     python: str = sys.executable
     cwd: str = dataclasses.field(default_factory=os.getcwd)
     shutdown_grace: float = 3.0         # after the workers end, how long scheduler/servers get

@@ -110,8 +110,8 @@ def make_plan(config, hosts, scheduler_port, job_id="", restart=0):
         envc.START_TIMEOUT: repr(float(config.start_timeout)),
         "PYTHONUNBUFFERED": "1",   # so every line reaches the launcher as it is printed
     })
-    if not config.host_tier:
-        common[envc.HIERARCHICAL] = "0"
+    if config.host_tier is not None:
+        common[envc.HIERARCHICAL] = "1" if config.host_tier else "0"
     if job_id:
         common[envc.JOB_ID] = job_id
     if restart:

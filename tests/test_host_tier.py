@@ -144,8 +144,9 @@ def test_a_host_sum_must_come_from_the_first_worker_of_its_host():
 
 # -- real jobs: 1 host x 4 workers, 2 servers --------------------------------------------------
 def _run(*flags, expect_rc=0):
+    tier = () if "--no-host-tier" in flags[:-1] else ("--host-tier",)
     job = Launch(["-n", "4", "-s", "2", "--env", "PSFRAME_BIGARRAY_BOUND=1000",
-                  "--env", "PSFRAME_HEARTBEAT_TIMEOUT=20", *flags[:-1], JOB, *flags[-1]],
+                  "--env", "PSFRAME_HEARTBEAT_TIMEOUT=20", *tier, *flags[:-1], JOB, *flags[-1]],
                  new_tag(), timeout=150)
     try:
         rc, _ = job.wait(150)

@@ -19,7 +19,8 @@ ADDRS = [f"{SUBNET}.11", f"{SUBNET}.12"]
 def _run(hosts, *flags):
     job = Launch(["-H", hosts.hostfile, *hosts.launch_args, "-n", "6", "-s", "2",
                   "--env", "PSFRAME_BIGARRAY_BOUND=1000", "--env", "PSFRAME_HEARTBEAT_TIMEOUT=20",
-                  *flags, JOB], new_tag(), timeout=180, prefix=hosts.exec_prefix(0))
+                  *(flags or ("--host-tier",)), JOB], new_tag(), timeout=180,
+                 prefix=hosts.exec_prefix(0))
     try:
         rc, _ = job.wait(180)
         assert rc == 0, job.text()

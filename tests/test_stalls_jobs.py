@@ -62,7 +62,7 @@ def test_worker_that_finished_early_fails_the_next_step_at_once():
 def test_worker_that_finished_early_through_the_host_tier_is_named_by_the_stall_rule():
     # through the host tier, rank 0 (whose process runs the host's aggregator) waits in close
     # for the others: the stall rule names it
-    rc, took, report, job = _run("uneven")
+    rc, took, report, job = _run("uneven", "--host-tier")
     assert rc != 0, job.text()
     assert took < STALL + 5, f"{took:.1f}s"
     assert re.search(r"ROOT CAUSE: worker 0@.*rank 0 is closing its KVStore", report), report

@@ -133,7 +133,8 @@ def measure(ns, hosts, sizes, num_workers, num_servers, rate):
     servers = server_hosts(num_servers, len(hosts.names))
     # token, not the multi-host default CURVE: gloo does not encrypt either, so both move the
     # same plain bytes (docs/operations.md#security gives CURVE's cost)
-    launch = ["--launcher", "ssh", "-H", hosts.hostfile, *hosts.launch_args, "--security", "token"]
+    launch = ["--launcher", "ssh", "-H", hosts.hostfile, *hosts.launch_args, "--security", "token",
+              "--host-tier"]
     rows = []
     for nbytes, kind in [(n, t) for n in sizes for t in ("none", *compression.parse_types(ns.compression))]:
         case = size_case(nbytes, ["pushpull"])

@@ -249,6 +249,11 @@ class DistKVStore(KVStore):
             checkpointing.save_dist(checkpointing.DistClient(self), url, worker_state, storage_options)
 
     def _load_checkpoint(self, url, storage_options):
+        if self._tier is not None:
+            raise ConfigError("kv.load_checkpoint() works on the flat path only for now: this "
+                              "host's workers push through the host tier (PSFRAME_HIERARCHICAL=1 / "
+                              "--host-tier), whose step counters a load does not restore; run "
+                              "without it to resume")
         with self.calls.call("load_checkpoint"):
             return checkpointing.load_dist(checkpointing.DistClient(self), url, storage_options)
 
