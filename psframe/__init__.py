@@ -5,12 +5,13 @@ Public surface only: ``create``, ``KVStore``, the ``PSError`` family, ``optim`` 
 """
 from .errors import (PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
                      ShapeMismatchError, DTypeMismatchError, UnsupportedDTypeError, OptimizerError,
+                     SparseRowError,
                      PSTimeoutError, PeerLostError, JobAbortedError, RemoteError)
 
 __version__ = "0.1.0"
 __all__ = ["create", "KVStore", "optim", "data", "PSError", "ConfigError", "ProtocolError",
            "UninitializedKeyError", "DoubleInitError", "ShapeMismatchError", "DTypeMismatchError",
-           "UnsupportedDTypeError", "OptimizerError", "PSTimeoutError", "PeerLostError",
+           "UnsupportedDTypeError", "OptimizerError", "SparseRowError", "RowSparse", "PSTimeoutError", "PeerLostError",
            "JobAbortedError", "RemoteError"]
 
 
@@ -24,6 +25,9 @@ def __getattr__(name):
     import importlib
     if name in ("optim", "data", "kvstore", "torch"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "RowSparse":
+        from .rowsparse import RowSparse
+        return RowSparse
     if name == "KVStore":
         from .kvstore.base import KVStore
         return KVStore
