@@ -8,7 +8,7 @@ SOURCES = [p for d in ("psframe", "launcher", "examples") for p in (ROOT / d).rg
 # lower layers never import higher ones (each layer can be read and tested without those above);
 # every top-level module or package of psframe/ must be here (except __init__, the public API,
 # which may import anything)
-LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "protocol": 2,
+LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "rowsparse": 1, "protocol": 2,
          "transport": 3, "sharding": 4, "optim": 4, "aggregation": 4, "server": 5, "scheduler": 5,
          "kvstore": 6,
          # a side branch for training scripts: above the core, so no core module imports it
@@ -22,7 +22,7 @@ PACKAGE_LAYER = {
     # the worker client: records and pure grouping, then routes to servers / request tracking /
     # failure handling, the outgoing message builders over those, the API built from them all
     "kvstore": {"base": 0, "fusion": 0, "call_record": 0, "local": 1, "routes": 1, "requests": 1, "failures": 1,
-                "messages": 2, "dist": 3},
+                "messages": 2, "rows": 2, "dist": 3},
 }
 
 
@@ -142,7 +142,7 @@ def test_psframe_never_imports_the_launcher():
 
 # Pure state inside the service packages: events in, replies/sends out; no sockets, threads or
 # clocks, so every rule of merging and membership is testable without a process
-PURE_STATE = ("server/shard.py", "server/entry.py", "server/updates.py", "scheduler/membership.py",
+PURE_STATE = ("server/shard.py", "server/entry.py", "server/updates.py", "server/sparse.py", "scheduler/membership.py",
               "sharding.py")
 IMPURE = {"zmq", "socket", "threading", "time", "os", "transport", "timeline"}
 

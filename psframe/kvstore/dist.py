@@ -13,7 +13,7 @@ from .. import timeline
 from ..errors import PeerLostError, PSError, from_wire, to_wire
 from ..protocol import Command, codec
 from ..transport import peers, sockets
-from . import fusion, messages
+from . import fusion, messages, rows
 from .base import KVStore
 from .failures import Failures, leaves_on_timeout
 from .requests import NP_DTYPES, Customer
@@ -89,6 +89,43 @@ class DistKVStore(KVStore):
         self._customer.wait(reqs, f"pushpull of {_keys_text(keys)}")
         for f in finish:
             f()
+
+    # -- sparse keys (rows.py builds the messages) ------------------------------------------
+    def _row_servers(self):
+        return len(self._servers)
+
+    @leaves_on_timeout
+    def _init_sparse(self, key, table):
+        info = self._keys[key]
+        info.part_acked = [0] * len(self._servers)
+        reqs = [self._send(rows.lane(s), Command.SPARSE_INIT, batch, body, wait_for_send=True)
+                for s, batch, body in rows.init_messages(key, info, table, self.rank, self.sync)]
+        self._customer.wait(reqs, f"init of sparse key {key!r}")
+
+    @leaves_on_timeout
+    def _push_sparse(self, key, ids, values):
+        info = self._keys[key]
+        self._backpressure(info)
+        info.pushes += 1
+        reqs = [self._send(rows.lane(s), cmd, batch, wait_for_send=True)
+                for s, cmd, batch in rows.push_messages(key, info, ids, values, None, None, self.sync)]
+        self._customer.wait_sent(reqs)
+        self._customer.raise_deferred()
+
+    @leaves_on_timeout
+    def _rows_call(self, key, push, ids, land):
+        info = self._keys[key]
+        if push is not None and ids is not None:
+            self._backpressure(info)
+            info.pushes += 1
+            reqs = [self._send(rows.lane(s), cmd, batch, wait_for_send=True)
+                    for s, cmd, batch in rows.push_messages(key, info, *push, ids, land, self.sync)]
+        else:
+            if push is not None:
+                self._push_sparse(key, *push)
+            reqs = [self._send(rows.lane(s), Command.SPARSE_PULL, batch, body)
+                    for s, batch, body in rows.pull_messages(key, info, ids, land)]
+        self._customer.wait(reqs, f"{'pushpull' if push is not None else 'pull'} of sparse key {key!r}")
 
     def _set_optimizer(self, spec):
         # Every earlier push must be merged under the old rule before the new one applies.

@@ -21,6 +21,11 @@ class Command(str, enum.Enum):
     PUSHPULL = "pushpull"
     SET_OPTIMIZER = "set_optimizer"
     STATS = "stats"                  # counters of a server (for tests and the bench)
+    # worker <-> server, sparse keys (frames checked by protocol.rows)
+    SPARSE_INIT = "sparse_init"      # declare a table's rows on a server; rank 0 sends them
+    SPARSE_PUSH = "sparse_push"      # frames: row ids (int64), rows
+    SPARSE_PULL = "sparse_pull"      # frame: row ids; none: every row the server holds
+    SPARSE_PUSHPULL = "sparse_pushpull"   # frames: row ids, rows, row ids to pull
     # replies
     OK = "ok"                        # success; may carry arrays (pull) or a body
     ERROR = "error"                  # body: {"name": whitelisted error name, "message": str}

@@ -14,11 +14,13 @@ import numpy as np
 from .. import timeline
 from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import OptimizerError, ProtocolError
-from ..protocol import Command, codec
+from ..protocol import Command, codec, rows
 from ..transport import addresses, peers, sockets
 from ..transport.link import SchedulerLink
 from ..transport.requests import RequestLoop
+from .entry import Reply
 from .shard import ShardState
+from .sparse import SparseTables
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class ServerService(RequestLoop):
         self.ctx = ctx or sockets.new_context(io_threads=2)
         self.guard = sockets.SendGuard(timeout=config.timeout)
         self.shard = ShardState(config.num_workers, guard=self.guard, owns_pushes=True)
+        self.sparse = SparseTables(config.num_workers, counters=self.shard.counters, guard=self.guard)
         host = config.bind_host or config.host
         self.sock, port = sockets.router_bind_random(self.ctx, peers.bind_ip(host))
         self.address = addresses.tcp(config.host, port)
@@ -181,15 +184,44 @@ class ServerService(RequestLoop):
                 self.timeline.complete(f"merge {timeline.key_name(desc.key)}", "merge", start, end, tid=desc.part,
                                        args={"step": desc.step, "part": desc.part})
 
+    # -- sparse keys: one message names one table's rows on this server --------------------
+    def handle_sparse_init(self, peer, msg, rank):
+        key, dtype, shape, lo, hi, sync, offset, chunk, last = rows.init_table(msg)
+        token = self._expect(peer, msg, 1)
+        self._deliver(self.sparse.init(rank, key, dtype, shape, lo, hi, token, sync, offset, chunk, last))
+
+    def handle_sparse_push(self, peer, msg, rank):
+        desc, ids, values, _ = rows.row_arrays(msg, False)
+        self._deliver(self.sparse.push(rank, desc.key, desc.step, ids, values, self._expect(peer, msg, 1)))
+
+    def handle_sparse_pull(self, peer, msg, rank):
+        desc, ids = rows.pull_ids(msg)
+        self._deliver(self.sparse.pull(rank, desc.key, desc.step, ids, self._expect(peer, msg, 1), desc.part))
+
+    def handle_sparse_pushpull(self, peer, msg, rank):
+        desc, ids, values, pulled = rows.row_arrays(msg, True)
+        token = self._expect(peer, msg, 2)
+        replies = self.sparse.push(rank, desc.key, desc.step, ids, values, token)
+        refused = [r for r in replies if r.token == token and r.error is not None]
+        if refused or not pulled.size:   # nothing to pull: the push's ack is the answer
+            replies.append(Reply(token, error=refused[0].error if refused else None))
+        else:
+            replies += self.sparse.pull(rank, desc.key, desc.step, pulled, token, desc.part)
+        self._deliver(replies)
+
     def handle_set_optimizer(self, peer, msg, rank):
         from .. import optim   # the registry is the only way a wire name becomes code
         optimizer = optim.from_spec(msg.body.get("optimizer"))   # validates the spec
+        self.sparse.set_optimizer(optimizer)     # refuses one that cannot update sparse keys
         self.shard.set_optimizer(optimizer)
         logger.info("optimizer set: %s", msg.body["optimizer"]["name"])
         self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
 
     def handle_stats(self, peer, msg, rank):
         body = dict(self.shard.stats(), **process_usage())
+        held, steps = self.sparse.stats()
+        body["held_bytes"] += held
+        body["steps"].update(steps)
         self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
 
     # -- replies ------------------------------------------------------------------------
