@@ -98,8 +98,12 @@ class DistKVStore(KVStore):
     def _init_sparse(self, key, table):
         info = self._keys[key]
         info.part_acked = [0] * len(self._servers)
-        reqs = [self._send(rows.lane(s), Command.SPARSE_INIT, batch, body, wait_for_send=True)
-                for s, batch, body in rows.init_messages(key, info, table, self.rank, self.sync)]
+        reqs = []
+        for s, batch, body in rows.init_messages(key, info, table, self.rank, self.sync):
+            if len(reqs) >= rows.INIT_WINDOW:     # bounded: a server holds few chunks at once
+                self._customer.wait(reqs[:1], f"init of sparse key {key!r}")
+                reqs = reqs[1:]
+            reqs.append(self._send(rows.lane(s), Command.SPARSE_INIT, batch, body, wait_for_send=True))
         self._customer.wait(reqs, f"init of sparse key {key!r}")
 
     @leaves_on_timeout

@@ -11,6 +11,10 @@ from ..rowsparse import split_by_owner
 from .requests import Ack
 from .routes import MESSAGE_BYTES, Batch
 
+# rank 0's init chunks in flight at once (about MESSAGE_BYTES each): what a server may have to
+# hold beyond its rows while a table arrives
+INIT_WINDOW = 8
+
 
 def lane(server):
     return server, False
