@@ -328,8 +328,10 @@ class KVStore(abc.ABC):
         land = out if direct else np.empty((info.shape[0] if uniq is None else len(uniq), info.shape[1]),
                                            info.dtype)
         self._rows_call(key, push, uniq, land)
-        if not direct:
-            arrays.copy_into(out, land if inverse is None else land[inverse])
+        if inverse is not None and type(out) is np.ndarray and out.flags.c_contiguous and out.flags.writeable:
+            np.take(land, inverse, axis=0, out=out)
+        elif not direct:
+            arrays.copy_into(out, land if inverse is None else rowsparse.gather(land, inverse))
 
     def _row_servers(self):
         """How many servers a sparse key's rows are spread over."""

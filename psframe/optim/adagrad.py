@@ -1,6 +1,7 @@
 """Adagrad, step for step equal to ``torch.optim.Adagrad``, with a lazy row-sparse form."""
 import numpy as np
 
+from ..rowsparse import gather, scatter
 from .base import Optimizer, _number, array_module, register
 
 
@@ -51,10 +52,11 @@ class Adagrad(Optimizer):
         weight -= self._clr(lr, t) * (grad / std)
 
     def sparse_step(self, key, weight, rows, grad, state, lr, t):
+        w = gather(weight, rows)
         if self.weight_decay:
-            grad = grad + self.weight_decay * weight[rows]
+            grad = grad + self.weight_decay * w
         total = state["sum"]
-        s = total[rows] + grad * grad
-        total[rows] = s
+        s = gather(total, rows) + grad * grad
+        scatter(total, rows, s)
         std = np.sqrt(s) + self.eps
-        weight[rows] = weight[rows] + (-self._clr(lr, t)) * (grad / std)
+        scatter(weight, rows, w + (-self._clr(lr, t)) * (grad / std))

@@ -2,6 +2,7 @@
 from ..errors import OptimizerError
 import numpy as np
 
+from ..rowsparse import gather, scatter
 from .base import Optimizer, _number, array_module, register
 
 
@@ -82,17 +83,17 @@ class Adam(Optimizer):
         """``torch.optim.SparseAdam`` on the touched rows: moments of other rows stay as they
         were; bias corrections use the table's update count."""
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        old_m, old_v = m[rows], v[rows]
+        old_m, old_v = gather(m, rows), gather(v, rows)
         m_step = (grad - old_m) * (1.0 - self.beta1)
         v_step = (grad * grad - old_v) * (1.0 - self.beta2)
         numer = m_step + old_m
-        m[rows] = numer
+        scatter(m, rows, numer)
         v_new = v_step + old_v
-        v[rows] = v_new
+        scatter(v, rows, v_new)
         denom = np.sqrt(v_new) + self.eps
         n = t + 1
         step_size = lr * (1.0 - self.beta2 ** n) ** 0.5 / (1.0 - self.beta1 ** n)
-        weight[rows] = weight[rows] + (-step_size) * (numer / denom)
+        scatter(weight, rows, gather(weight, rows) + (-step_size) * (numer / denom))
 
 
 @register

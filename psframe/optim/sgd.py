@@ -1,5 +1,6 @@
 """SGD with momentum, Nesterov momentum and L2 weight decay, step for step equal to ``torch.optim.SGD``."""
 from ..errors import OptimizerError
+from ..rowsparse import gather, scatter
 from .base import Optimizer, _number, array_module, register
 
 
@@ -52,8 +53,8 @@ class SGD(Optimizer):
 
     def sparse_step(self, key, weight, rows, grad, state, lr, t):
         """Touched rows only: ``w[r] -= lr * (g[r] + weight_decay * w[r])``."""
-        w = weight[rows]
+        w = gather(weight, rows)
         if self.weight_decay:
             grad = grad + self.weight_decay * w
         w -= lr * grad
-        weight[rows] = w
+        scatter(weight, rows, w)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, DoubleInitError, OptimizerError, SparseRowError, UninitializedKeyError
 from ..protocol import ArrayDesc
-from ..rowsparse import coalesce
+from ..rowsparse import coalesce, gather, scatter
 from .entry import NoGuard, Reply
 
 
@@ -177,10 +177,10 @@ class SparseTables:
                 ids_u, rows_u = coalesce(local, rows) if not st.sync else (local, rows)
                 self.optimizer.update_rows(st.key, st.value, ids_u, rows_u, st.opt_state)
             elif st.sync:
-                st.value[local] = rows
+                scatter(st.value, local, rows)
             else:
                 ids_u, rows_u = coalesce(local, rows)
-                st.value[ids_u] += rows_u
+                scatter(st.value, ids_u, gather(st.value, ids_u) + rows_u)
         except Exception as exc:
             st.failed = OptimizerError.wrapping(exc, f"the update of sparse key {st.key!r} (step "
                                                 f"{st.completed + 1}) raised", "the key cannot be used any more")
@@ -206,7 +206,7 @@ class SparseTables:
         return [self._rows_reply(st, ids, token, rank, part)]
 
     def _rows_reply(self, st, ids, token, rank, part):
-        value = st.value if ids is None else st.value[ids - st.lo]
+        value = st.value if ids is None else gather(st.value, ids - st.lo)
         desc = ArrayDesc(st.key, part, st.dtype, value.shape, st.completed)
         self.counters["bytes_out"] += value.nbytes
         self.counters["bytes_out_by_rank"][rank] += value.nbytes
