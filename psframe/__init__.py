@@ -1,18 +1,17 @@
 """psframe: a parameter-server training framework over ZeroMQ.
 
-Public surface only: ``create``, ``KVStore``, the ``PSError`` family, ``optim`` and ``data``
+Public surface only: ``create``, ``KVStore``, ``RowSparse``, the ``PSError`` family, ``optim`` and ``data``
 (imported lazily so ``import psframe`` pulls in neither zmq, fsspec nor cupy).
 """
 from .errors import (PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
                      ShapeMismatchError, DTypeMismatchError, UnsupportedDTypeError, OptimizerError,
-                     SparseRowError,
-                     PSTimeoutError, PeerLostError, JobAbortedError, RemoteError)
+                     SparseRowError, PSTimeoutError, PeerLostError, JobAbortedError, RemoteError)
 
 __version__ = "0.1.0"
 __all__ = ["create", "KVStore", "optim", "data", "PSError", "ConfigError", "ProtocolError",
            "UninitializedKeyError", "DoubleInitError", "ShapeMismatchError", "DTypeMismatchError",
-           "UnsupportedDTypeError", "OptimizerError", "SparseRowError", "RowSparse", "PSTimeoutError", "PeerLostError",
-           "JobAbortedError", "RemoteError"]
+           "UnsupportedDTypeError", "OptimizerError", "SparseRowError", "PSTimeoutError",
+           "PeerLostError", "JobAbortedError", "RemoteError", "RowSparse"]
 
 
 def create(kind=None, **kwargs):
