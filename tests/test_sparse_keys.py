@@ -197,3 +197,72 @@ def test_three_workers_two_servers_equal_the_numpy_reference(tmp_path):
         assert "row id 40 is out of range [0, 40)" in res["errors"][0]
         assert "row id -3 is out of range" in res["errors"][1]
         assert json.dumps(res["full"]) == json.dumps(results[0]["full"])   # every rank alike
+
+
+ASYNC_WORKER = """
+import json
+import numpy as np
+import psframe
+
+kv = psframe.create("dist_async")
+kv.init("emb", np.zeros((40, 2), np.float32), sparse=True)
+for step in range(6):       # rows of server 0 only: server 1 is never contacted by pushes
+    kv.push("emb", psframe.RowSparse([1, 5, 5], np.full((3, 2), kv.rank + 1, np.float32)))
+kv.barrier()
+full = np.zeros((40, 2), np.float32)
+kv.pull("emb", out=full)
+print("RESULT " + json.dumps({"full": full.tolist(), "pushes": [s["pushes"] for s in kv.server_stats()]}))
+kv.close()
+"""
+
+
+def test_async_pushes_add_on_arrival_and_reach_only_the_owner(tmp_path):
+    script = tmp_path / "async_job.py"
+    script.write_text(ASYNC_WORKER)
+    results = run_job(str(script), num_workers=2, num_servers=2, timeout=60).check().results()
+    want = np.zeros((40, 2), np.float32)
+    want[1] = 6 * (1 + 2)
+    want[5] = 6 * 2 * (1 + 2)
+    for res in results.values():
+        np.testing.assert_array_equal(np.array(res["full"], np.float32), want)
+        assert res["pushes"] == [[6, 6], [0, 0]]
+
+
+def _message(cmd, descs, arrays, body=None):
+    from psframe.protocol import codec
+    frames = codec.encode(cmd, 1, "worker:0", descs, [a.view(np.uint8) for a in arrays], body)
+    return codec.decode(frames)
+
+
+@pytest.mark.parametrize("descs,arrays,why", [
+    ([("int32", (2,)), ("float32", (2, 3))], [np.zeros(2, np.int32), np.zeros((2, 3), np.float32)],
+     "not a 1-d int64 array"),
+    ([("int64", (2,)), ("float32", (3, 3))], [np.zeros(2, np.int64), np.zeros((3, 3), np.float32)],
+     "not \\[2, dim\\] for 2 row ids"),
+    ([("int64", (2,))], [np.zeros(2, np.int64)], "carries 2"),
+])
+def test_codec_refuses_malformed_sparse_frames(descs, arrays, why):
+    from psframe.protocol import ArrayDesc, Command, rows
+    msg = _message(Command.SPARSE_PUSH, [ArrayDesc("emb", 0, d, s, 1) for d, s in descs], arrays)
+    with pytest.raises(psframe.ProtocolError, match=why):
+        rows.row_arrays(msg, False)
+
+
+def test_codec_refuses_a_malformed_sparse_init():
+    from psframe.protocol import Command, rows
+    for table, why in ([["float32", [10, 2], 4, 12], "lo <= hi <= rows"],
+                       [["float99", [10, 2], 0, 5], "not a supported dtype"],
+                       ["x", "is not \\[dtype"]):
+        msg = _message(Command.SPARSE_INIT, [], [], {"key": "emb", "table": table})
+        with pytest.raises(psframe.ProtocolError, match=why):
+            rows.init_table(msg)
+
+
+def test_server_refuses_ids_outside_its_rows():
+    from psframe.server.sparse import SparseTables
+    tables = SparseTables(1)
+    tables.init(0, "emb", "float32", (10, 2), 5, 10, "t0", offset=5, rows=np.zeros((5, 2), np.float32))
+    (reply,) = tables.push(0, "emb", 1, np.array([2, 7]), np.ones((2, 2), np.float32), "t1")
+    assert isinstance(reply.error, psframe.SparseRowError) and "row id 2 is not among" in str(reply.error)
+    (reply,) = tables.pull(0, "emb", 0, np.array([9, 10]), "t2")
+    assert "row id 10 is not among this server's rows 5..9" in str(reply.error)
