@@ -266,3 +266,33 @@ def test_server_refuses_ids_outside_its_rows():
     assert isinstance(reply.error, psframe.SparseRowError) and "row id 2 is not among" in str(reply.error)
     (reply,) = tables.pull(0, "emb", 0, np.array([9, 10]), "t2")
     assert "row id 10 is not among this server's rows 5..9" in str(reply.error)
+
+
+JOIN_WORKER = """
+import json
+import numpy as np
+import psframe
+
+kv = psframe.create()
+kv.init("emb", np.zeros((10, 2), np.float32), sparse=True)
+steps = 4 if kv.rank == 0 else 2           # worker 1 runs out of data after 2 steps
+for step in range(steps):
+    kv.push("emb", psframe.RowSparse([step, 9], np.full((2, 2), kv.rank + 1, np.float32)))
+kv.join()
+full = np.zeros((10, 2), np.float32)
+kv.pull("emb", out=full)
+print("RESULT " + json.dumps({"full": full.tolist()}))
+kv.close()
+"""
+
+
+def test_join_counts_a_joined_workers_missing_pushes_as_no_rows(tmp_path):
+    script = tmp_path / "join_job.py"
+    script.write_text(JOIN_WORKER)
+    results = run_job(str(script), num_workers=2, num_servers=2, timeout=60).check().results()
+    want = np.zeros((10, 2), np.float32)
+    want[[0, 1]] = 1 + 2          # steps 1, 2: both workers
+    want[[2, 3]] = 1              # steps 3, 4: worker 0 alone
+    want[9] = 1                   # row 9 last named at step 4, by worker 0 alone
+    for res in results.values():
+        np.testing.assert_array_equal(np.array(res["full"], np.float32), want)

@@ -6,15 +6,17 @@ reply while waiting on one); ``failures`` connects the worker's failures and the
 """
 import atexit
 import logging
+import time
 
 import numpy as np
 
 from .. import timeline
-from ..errors import PeerLostError, PSError, from_wire, to_wire
+from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, from_body, from_wire, to_wire
 from ..protocol import Command, codec
 from ..transport import peers, sockets
 from . import fusion, messages, rows
 from .base import KVStore
+from .call_record import CallRecord
 from .failures import Failures, leaves_on_timeout
 from .requests import NP_DTYPES, Customer
 from .routes import ServerLinks
@@ -44,6 +46,7 @@ class DistKVStore(KVStore):
         self._timeline = timeline.for_process(config, "worker", config.rank)
         for i in range(len(self._servers) if self._timeline is not None else 0):
             self._timeline.name_thread(i, f"requests to server {i}")
+        self.calls = CallRecord()
         self._failures = Failures(self._ctx, config, self.name, self._sched, self)
         self._customer = Customer(self._links.sockets(), self._sched, self._failures.check,
                                   config.timeout, self._timeline)
@@ -52,8 +55,17 @@ class DistKVStore(KVStore):
                     self._links.describe())
 
     # -- the kind's operations ----------------------------------------------------------
+    def _step(self, keys, ahead):
+        """The sync step a call on ``keys`` is at (its first key's), for the call record."""
+        info = self._keys.get(keys[0]) if self.sync and keys else None
+        return info.pushes + ahead if info is not None else None
+
     @leaves_on_timeout
     def _init(self, keys, values):
+        with self.calls.call("init", keys):
+            self._init_keys(keys, values)
+
+    def _init_keys(self, keys, values):
         units = fusion.plan(keys, [self._keys[k] for k in keys], self.config.fuse_key_bytes,
                             self.config.bigarray_bound, len(self._servers))
         placed = self._ask_scheduler(Command.PLACE, {"keys": messages.placement_request(units, self._keys)},
@@ -67,12 +79,20 @@ class DistKVStore(KVStore):
 
     @leaves_on_timeout
     def _push(self, keys, values, priority):
+        with self.calls.call("push", keys, self._step(keys, 1)):
+            self._push_keys(keys, values)
+
+    def _push_keys(self, keys, values):
         plain, fused = messages.by_group(self._keys, keys, values)
         self._customer.wait_sent(self._send_pushes(Command.PUSH, plain, fused, {}))
         self._customer.raise_deferred()
 
     @leaves_on_timeout
     def _pull(self, keys, outs, priority):
+        with self.calls.call("pull", keys, self._step(keys, 0)):
+            self._pull_keys(keys, outs)
+
+    def _pull_keys(self, keys, outs):
         batches, finish = messages.pull_batches(self._keys, *messages.by_group(self._keys, keys, outs))
         reqs = [self._send(s, Command.PULL, b, {"meta": b.meta}) for s, b in batches]
         self._customer.wait(reqs, f"pull of {_keys_text(keys)}")
@@ -81,6 +101,10 @@ class DistKVStore(KVStore):
 
     @leaves_on_timeout
     def _pushpull(self, keys, values, outs, priority):
+        with self.calls.call("pushpull", keys, self._step(keys, 1)):
+            self._pushpull_keys(keys, values, outs)
+
+    def _pushpull_keys(self, keys, values, outs):
         plain, fused = messages.by_group(self._keys, keys, list(zip(values, outs)))
         targets, finish = messages.pull_targets(self._keys, [(k, out) for k, (_, out) in plain],
                                                 [(g, [o for _, o in pairs]) for g, pairs in fused])
@@ -96,42 +120,48 @@ class DistKVStore(KVStore):
 
     @leaves_on_timeout
     def _init_sparse(self, key, table):
-        info = self._keys[key]
-        info.part_acked = [0] * len(self._servers)
-        reqs = []
-        for s, batch, body in rows.init_messages(key, info, table, self.rank, self.sync):
-            if len(reqs) >= rows.INIT_WINDOW:     # bounded: a server holds few chunks at once
-                self._customer.wait(reqs[:1], f"init of sparse key {key!r}")
-                reqs = reqs[1:]
-            reqs.append(self._send(rows.lane(s), Command.SPARSE_INIT, batch, body, wait_for_send=True))
-        self._customer.wait(reqs, f"init of sparse key {key!r}")
+        with self.calls.call("init", [key]):
+            info = self._keys[key]
+            info.part_acked = [0] * len(self._servers)
+            reqs = []
+            for s, batch, body in rows.init_messages(key, info, table, self.rank, self.sync):
+                if len(reqs) >= rows.INIT_WINDOW:     # bounded: a server holds few chunks at once
+                    self._customer.wait(reqs[:1], f"init of sparse key {key!r}")
+                    reqs = reqs[1:]
+                reqs.append(self._send(rows.lane(s), Command.SPARSE_INIT, batch, body, wait_for_send=True))
+            self._customer.wait(reqs, f"init of sparse key {key!r}")
 
     @leaves_on_timeout
     def _push_sparse(self, key, ids, values):
-        info = self._keys[key]
-        self._backpressure(info)
-        info.pushes += 1
-        reqs = [self._send(rows.lane(s), cmd, batch, wait_for_send=True)
-                for s, cmd, batch in rows.push_messages(key, info, ids, values, None, None, self.sync)]
-        self._customer.wait_sent(reqs)
-        self._customer.raise_deferred()
+        with self.calls.call("push", [key], self._step([key], 1)):
+            self._customer.wait_sent(self._send_rows(key, (ids, values), None, None))
+            self._customer.raise_deferred()
 
     @leaves_on_timeout
     def _rows_call(self, key, push, ids, land):
-        info = self._keys[key]
-        if push is not None and ids is not None:
-            self._backpressure(info)
-            info.pushes += 1
-            reqs = [self._send(rows.lane(s), cmd, batch, wait_for_send=True)
-                    for s, cmd, batch in rows.push_messages(key, info, *push, ids, land, self.sync)]
-        else:
+        op = "pull" if push is None else "pushpull"
+        with self.calls.call(op, [key], self._step([key], 0 if push is None else 1)):
+            info, reqs = self._keys[key], []
             if push is not None:
-                self._push_sparse(key, *push)
-            reqs = [self._send(rows.lane(s), Command.SPARSE_PULL, batch, body)
-                    for s, batch, body in rows.pull_messages(key, info, ids, land)]
-        self._customer.wait(reqs, f"{'pushpull' if push is not None else 'pull'} of sparse key {key!r}")
+                reqs = self._send_rows(key, push, ids, land)
+            if push is None or ids is None:     # a pull, or the whole table after a push
+                reqs += [self._send(rows.lane(s), Command.SPARSE_PULL, batch, body)
+                         for s, batch, body in rows.pull_messages(key, info, ids, land)]
+            self._customer.wait(reqs, f"{op} of sparse key {key!r}")
+
+    def _send_rows(self, key, push, pull_ids, land):
+        """Send a push (``pull_ids`` None) or pushpull of ``push`` = (ids, rows)."""
+        info = self._keys[key]
+        self._backpressure(info)
+        info.pushes += 1
+        return [self._send(rows.lane(s), cmd, batch, wait_for_send=True)
+                for s, cmd, batch in rows.push_messages(key, info, *push, pull_ids, land, self.sync)]
 
     def _set_optimizer(self, spec):
+        with self.calls.call("set_optimizer"):
+            self._install_optimizer(spec)
+
+    def _install_optimizer(self, spec):
         # Every earlier push must be merged under the old rule before the new one applies.
         # Rank 0 installs it; the barrier carries its outcome so every worker raises alike.
         self._flush()
@@ -150,10 +180,35 @@ class DistKVStore(KVStore):
 
     def _barrier(self, timeout, note=None):
         """Wait for every worker; returns the notes workers attached, by rank (as str)."""
+        with self.calls.call("barrier"):
+            return self._wait_for_all(timeout, note)
+
+    def _wait_for_all(self, timeout, note):
         self._flush(timeout)
         body = {"rank": self.rank, "note": note} if note is not None else None
         reply = self._ask_scheduler(Command.BARRIER, body, "barrier", timeout)
         return (reply or {}).get("notes", {})
+
+    def _join(self, timeout):
+        with self.calls.call("join"):
+            self._flush(timeout)          # every push is in before the servers hear we left
+            ask = self.config.timeout if timeout is None else timeout
+            deadline = None if timeout is None else time.monotonic() + timeout
+            msg_id = self._customer.next_id()
+            sockets.send_frames(self._sched, codec.encode(Command.JOIN, msg_id, self.name))
+            while True:     # as long as the job lives: the others may train for hours
+                self._failures.check()
+                left = ask if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise PSTimeoutError(f"join: not every worker joined within {timeout:g}s")
+                if sockets.poll([self._sched], min(left, 1.0)):
+                    reply = codec.decode(sockets.recv_frames(self._sched))
+                    if reply.cmd is Command.ABORT:
+                        raise JobAbortedError(f"job aborted by the scheduler: {reply.body.get('reason')}")
+                    if reply.cmd is Command.ERROR:
+                        raise from_body(reply.body)
+                    if reply.id == msg_id:
+                        return
 
     def _close(self):
         error = None

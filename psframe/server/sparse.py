@@ -16,7 +16,8 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import ConfigError, DoubleInitError, OptimizerError, SparseRowError, UninitializedKeyError
+from ..errors import (ConfigError, DoubleInitError, OptimizerError, SparseRowError, UnevenStepsError,
+                      UninitializedKeyError)
 from ..protocol import ArrayDesc
 from ..rowsparse import coalesce, gather, scatter
 from .entry import NoGuard, Reply
@@ -74,6 +75,8 @@ class SparseTables:
         self.num_workers, self.sync = num_workers, sync
         self.tables = {}
         self.optimizer = None
+        self.absent = {}        # rank -> True (joined: its missing pushes are empty) or False
+                                # (finished: a step that needs its push cannot complete)
         self.guard = guard or NoGuard()
         self.counters = counters if counters is not None else {
             "pushes": [0] * num_workers, "pulls": [0] * num_workers, "bytes_in": 0, "bytes_out": 0,
@@ -142,14 +145,51 @@ class SparseTables:
         merge[rank] = (ids, rows)
         if token is not None:
             merge[-1].append(token)
+        return self._complete_ready(st)
+
+    def _complete_ready(self, st):
         replies = []
-        while st.completed + 1 in st.merges and None not in st.merges[st.completed + 1]:
-            replies += self._complete(st, st.merges.pop(st.completed + 1))
+        try:
+            while st.completed + 1 in st.merges and self._ready(st, st.completed + 1):
+                replies += self._complete(st, st.merges.pop(st.completed + 1))
+        except UnevenStepsError as exc:
+            return replies + self._fail(st, exc, [])
+        return replies
+
+    def _ready(self, st, step):
+        """Whether every worker's push of ``step`` is in (a joined worker's missing one counts
+        as a push of no rows).
+
+        Raises:
+            UnevenStepsError: a worker that finished never pushed it.
+        """
+        merge = st.merges[step]
+        for r in range(self.num_workers):
+            if merge[r] is None:
+                joined = self.absent.get(r)
+                if joined is None:
+                    return False
+                if not joined:
+                    raise UnevenStepsError(
+                        f"step {step} of sparse key {st.key!r} cannot complete: worker {r} "
+                        f"finished (closed its KVStore) after pushing it {st.pushes[r]} times; "
+                        f"every worker must push every key equally often, or call kv.join() "
+                        f"when it runs out of data")
+        return True
+
+    def leave(self, rank, joined):
+        """Worker ``rank`` pushes no more (all its pushes are in). Joined: its missing pushes
+        count as pushes of no rows; finished: a step that needs one fails now, naming it."""
+        self.absent[rank] = bool(joined)
+        replies = []
+        for st in self.tables.values():
+            if st.sync and st.failed is None:
+                replies += self._complete_ready(st)
         return replies
 
     def _complete(self, st, merge):
         """Sum step ``completed + 1``'s pushes in rank order and apply them."""
-        parts = [m for m in merge[:-1] if len(m[0])]
+        parts = [m for m in merge[:-1] if m is not None and len(m[0])]
         if len(parts) == 1:
             ids, rows = parts[0]
         elif parts:
@@ -182,15 +222,21 @@ class SparseTables:
                 ids_u, rows_u = coalesce(local, rows)
                 scatter(st.value, ids_u, gather(st.value, ids_u) + rows_u)
         except Exception as exc:
-            st.failed = OptimizerError.wrapping(exc, f"the update of sparse key {st.key!r} (step "
-                                                f"{st.completed + 1}) raised", "the key cannot be used any more")
-            waiting = list(tokens) + [t for m in st.merges.values() for t in m[-1]]
-            waiting += [p[2] for p in st.parked_pulls]
-            st.parked_pulls, st.merges = [], {}
-            return [Reply(t, error=st.failed) for t in waiting]
+            return self._fail(st, OptimizerError.wrapping(
+                exc, f"the update of sparse key {st.key!r} (step {st.completed + 1}) raised",
+                "the key cannot be used any more"), tokens)
         st.completed += 1
         self.counters["updates"] += 1
         return [Reply(t) for t in tokens]
+
+    @staticmethod
+    def _fail(st, exc, tokens):
+        """The table is unusable from now on: everyone waiting on it gets ``exc``."""
+        st.failed = exc
+        waiting = list(tokens) + [t for m in st.merges.values() for t in m[-1]]
+        waiting += [p[2] for p in st.parked_pulls]
+        st.parked_pulls, st.merges = [], {}
+        return [Reply(t, error=exc) for t in waiting]
 
     # -- pull ---------------------------------------------------------------------------
     def pull(self, rank, key, step, ids, token, part=0):
