@@ -29,7 +29,9 @@ def small_pages():
     pages for big arrays, so the first write to one row of a sparse key's optimizer state maps
     (and zeroes) 2 MiB: a step touching 20,000 random rows of a 2,000,000 x 64 float32 Adam
     state took 12.7 s and mapped all of it; with small pages 1.2 s, and only the touched rows'
-    pages are mapped. Where numpy has no such switch, nothing changes."""
+    pages are mapped. On a machine short of free huge pages, mapping a table's huge pages also
+    stalled a server past its heartbeat timeout (the kernel compacts memory first). Where numpy
+    has no such switch, nothing changes."""
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
     except ImportError:
@@ -96,8 +98,10 @@ class SparseTables:
             if self.optimizer is not None:
                 self.optimizer.check_sparse()
             st = self.tables[key] = SparseTable(key, dtype, tuple(shape), lo, hi, sync, self.num_workers)
-            # np.zeros: pages are mapped as rank 0's chunks are copied in, never twice
-            st.value = np.zeros((hi - lo, shape[1]), dtype=dtype)
+            # np.zeros: pages are mapped as rank 0's chunks are copied in, never twice; small
+            # pages, as huge ones can stall the server (compaction) on a busy machine
+            with small_pages():
+                st.value = np.zeros((hi - lo, shape[1]), dtype=dtype)
         elif (st.dtype, st.shape, st.lo, st.hi, st.sync) != (dtype, tuple(shape), lo, hi, sync):
             return [Reply(token, error=ConfigError(
                 f"sparse key {key!r}: worker {rank} initialised it as {dtype}{tuple(shape)} "
