@@ -3,6 +3,8 @@
 Kinds implement ``server_stats`` and ``_init``, ``_push``, ``_pull``, ``_pushpull``, ``_set_optimizer``,
 ``_barrier``, ``_close`` on normalised arguments: lists of keys, one host or device array per
 key for values (device lists already summed), one list of output arrays per key for outs.
+Sparse keys go one key per call to ``_init_sparse``, ``_push_sparse`` and ``_rows_call``, with
+row ids checked, sorted and (for pushes) their duplicate rows summed.
 """
 import abc
 import dataclasses
@@ -349,8 +351,7 @@ class KVStore(abc.ABC):
         """Pull rows ``row_ids`` (None: every row) into ``out``, after ``push`` if given."""
         info = self._keys[key]
         if row_ids is None:
-            want = info.shape
-            ids = uniq = inverse = None
+            want, uniq, inverse = info.shape, None, None
         else:
             ids = rowsparse.check_ids(key, row_ids, info.shape[0], "pull")
             want = (len(ids), info.shape[1])
