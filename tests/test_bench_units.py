@@ -158,3 +158,23 @@ def test_sparse_table_sizes_parse_and_bad_ones_are_named():
     for bad in ("4000000", "0x64", "ax3"):
         with pytest.raises(ValueError, match="sparse-table"):
             parse_table(bad)
+
+
+def test_security_comparison_rotates_modes_and_takes_the_faster_pass():
+    from types import SimpleNamespace
+
+    from psframe.bench import security
+    order, calls = [], {"none": 0, "token": 0}
+
+    def run_job(spec, mode):
+        order.append(mode)
+        calls[mode] += 1
+        # the second job of a pass is slower, whichever mode it is
+        seconds = 0.2 if len(order) % 2 == 0 else 0.1
+        return [{"rank": 0, "cases": [{"label": c["label"], "times": {"pushpull": [seconds]}}
+                                      for c in spec["cases"]]}]
+    figures = security.measure(run_job, ["none", "token"], SimpleNamespace(rounds=1, warmup=0), repeats=2)
+    assert order == ["none", "token", "token", "none"]
+    assert figures == {m: {n: 0.1 for n in security.SIZES} for m in ("none", "token")}
+    text = security.table(figures)
+    assert "token/none" in text and "1.000x" in text

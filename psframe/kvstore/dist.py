@@ -11,10 +11,11 @@ import time
 import numpy as np
 
 from .. import timeline
-from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, from_body, from_wire, to_wire
+from ..errors import (ConfigError, JobAbortedError, PeerLostError, PSError, PSTimeoutError, from_body,
+                      from_wire, to_wire)
 from ..protocol import Command, codec
-from ..transport import peers, sockets
-from . import fusion, messages, rows
+from ..transport import auth, peers, sockets
+from . import checkpointing, fusion, host_tier, messages, rows
 from .base import KVStore
 from .call_record import CallRecord
 from .failures import Failures, leaves_on_timeout
@@ -34,7 +35,8 @@ class DistKVStore(KVStore):
         self.name = f"worker:{config.rank}"
         self._ctx = sockets.new_context()
         try:
-            self._sched = sockets.dealer(self._ctx, config.scheduler)
+            security = auth.for_config(config)
+            self._sched = sockets.dealer(self._ctx, config.scheduler, security=security, peer="scheduler")
             book = peers.register(self._sched, config, "worker", config.rank)
             self._links = ServerLinks(self._ctx, config, book)
         except BaseException:
@@ -53,12 +55,15 @@ class DistKVStore(KVStore):
         atexit.register(self.close)
         logger.info("worker %d of %d connected to servers at %s", self.rank, self.num_workers,
                     self._links.describe())
+        self._tier = host_tier.join(self)     # None: this worker talks to the servers itself
 
     # -- the kind's operations ----------------------------------------------------------
     def _step(self, keys, ahead):
         """The sync step a call on ``keys`` is at (its first key's), for the call record."""
-        info = self._keys.get(keys[0]) if self.sync and keys else None
-        return info.pushes + ahead if info is not None else None
+        if not self.sync or not keys or keys[0] not in self._keys:
+            return None
+        pushed = self._tier.pushed(keys[0]) if self._through_tier else self._keys[keys[0]].pushes
+        return pushed + ahead
 
     @leaves_on_timeout
     def _init(self, keys, values):
@@ -72,10 +77,21 @@ class DistKVStore(KVStore):
                                      "placing keys")["servers"]
         batches = messages.init_batches(units, placed, dict(zip(keys, values)), self._keys, self.rank,
                                         len(self._servers))
-        reqs = [self._send(s, Command.INIT, b, {"meta": b.meta, "sync": self.sync, "groups": b.groups},
+        host = [self.rank - self.local_rank, self.local_size, self.config.host]   # see server/hosts.py
+        reqs = [self._send(s, Command.INIT, b, {"meta": b.meta, "sync": self.sync, "groups": b.groups,
+                                                "host": host},
                            wait_for_send=True)
                 for s, b in batches]
         self._customer.wait(reqs, "init of keys %s" % keys[:5])
+        if self._tier is not None:
+            self._tier.init(keys)
+
+    @property
+    def _through_tier(self):
+        """Data calls go through the host tier unless gradient compression is set: the tier
+        sums raw gradients, so compressed pushes go to the servers directly (every worker of
+        the job agreed on the same compression, so all of them do)."""
+        return self._tier is not None and self._compressor is None
 
     @leaves_on_timeout
     def _push(self, keys, values, priority):
@@ -83,6 +99,8 @@ class DistKVStore(KVStore):
             self._push_keys(keys, values)
 
     def _push_keys(self, keys, values):
+        if self._through_tier:
+            return self._tier.push(keys, values)
         plain, fused = messages.by_group(self._keys, keys, values)
         self._customer.wait_sent(self._send_pushes(Command.PUSH, plain, fused, {}))
         self._customer.raise_deferred()
@@ -93,6 +111,8 @@ class DistKVStore(KVStore):
             self._pull_keys(keys, outs)
 
     def _pull_keys(self, keys, outs):
+        if self._through_tier:
+            return self._tier.pull(keys, outs)
         batches, finish = messages.pull_batches(self._keys, *messages.by_group(self._keys, keys, outs))
         reqs = [self._send(s, Command.PULL, b, {"meta": b.meta}) for s, b in batches]
         self._customer.wait(reqs, f"pull of {_keys_text(keys)}")
@@ -105,6 +125,8 @@ class DistKVStore(KVStore):
             self._pushpull_keys(keys, values, outs)
 
     def _pushpull_keys(self, keys, values, outs):
+        if self._through_tier:
+            return self._tier.pushpull(keys, values, outs)
         plain, fused = messages.by_group(self._keys, keys, list(zip(values, outs)))
         targets, finish = messages.pull_targets(self._keys, [(k, out) for k, (_, out) in plain],
                                                 [(g, [o for _, o in pairs]) for g, pairs in fused])
@@ -204,6 +226,10 @@ class DistKVStore(KVStore):
         return (reply or {}).get("notes", {})
 
     def _join(self, timeout):
+        if self._tier is not None:
+            raise ConfigError("kv.join() works on the flat path only for now: this host's workers "
+                              "push through the host tier; run with PSFRAME_HIERARCHICAL=0 (or "
+                              "psframe-launch --no-host-tier) to use join")
         with self.calls.call("join"):
             self._flush(timeout)          # every push is in before the servers hear we left
             ask = self.config.timeout if timeout is None else timeout
@@ -228,12 +254,20 @@ class DistKVStore(KVStore):
         error = None
         try:
             if self._failures.job_alive and not self._failures.crashed:
+                self.calls.enter("close")
                 try:
                     self._flush()
                 except PSError as exc:    # leave the job cleanly all the same, then raise it
                     error = exc
+                if self._tier is not None:
+                    try:
+                        self._tier.close()     # the host's aggregator waits for every worker
+                    except PSError as exc:
+                        error = error or exc
                 self._ask_scheduler(Command.DONE, None, "finishing")
         finally:
+            if self._tier is not None:
+                self._tier.abandon()
             if self._timeline is not None:
                 self._timeline.save()
             self._failures.stop(self)
@@ -249,7 +283,17 @@ class DistKVStore(KVStore):
 
     def _flush(self, timeout=None):
         """Wait until every request is answered (a push counts once the servers merged it)."""
+        if self._tier is not None:
+            self._tier.flush(timeout)
         self._customer.flush(timeout)
+
+    def _save_checkpoint(self, url, worker_state, storage_options):
+        with self.calls.call("save_checkpoint"):
+            checkpointing.save_dist(checkpointing.DistClient(self), url, worker_state, storage_options)
+
+    def _load_checkpoint(self, url, storage_options):
+        with self.calls.call("load_checkpoint"):
+            return checkpointing.load_dist(checkpointing.DistClient(self), url, storage_options)
 
     def server_stats(self, timeout=None):
         """Counters of every server (pushes per worker, bytes, updates): for tests and benches."""

@@ -58,6 +58,7 @@ for k, s in SHAPES.items():
     kv.push(k, np.zeros(s, np.float32))
 kv.barrier()
 round_bytes = sum(st["bytes_in_wire"] for st in kv.server_stats()) - before
+kv.barrier()                         # nobody sends more before every worker has read them again
 
 # random gradients (different per rank) on fresh keys: the test simulates quantize + residual
 for k, s in RANDOM_KEYS.items():
