@@ -305,3 +305,29 @@ def test_join_counts_a_joined_workers_missing_pushes_as_no_rows(tmp_path):
     want[9] = 1                   # row 9 last named at step 4, by worker 0 alone
     for res in results.values():
         np.testing.assert_array_equal(np.array(res["full"], np.float32), want)
+
+
+BUDGET_WORKER = """
+import json
+import numpy as np
+import psframe
+
+kv = psframe.create()
+try:
+    kv.init("emb", np.zeros((100000, 64), np.float32), sparse=True)     # 12.8 MB per server
+    error = None
+except psframe.PSError as exc:
+    error = f"{type(exc).__name__}: {exc}"
+kv.init("small", np.zeros((100, 4), np.float32), sparse=True)
+print("RESULT " + json.dumps({"error": error}))
+kv.close()
+"""
+
+
+def test_a_table_over_the_servers_memory_budget_is_refused_before_it_is_held(tmp_path):
+    script = tmp_path / "budget_job.py"
+    script.write_text(BUDGET_WORKER)
+    results = run_job(str(script), num_workers=1, num_servers=2, timeout=60,
+                      env={"PSFRAME_SERVER_MEMORY_BYTES": "1000000"}).check().results()
+    assert results[0]["error"].startswith("MemoryBudgetError: server:"), results
+    assert "'emb'" in results[0]["error"] and "PSFRAME_SERVER_MEMORY_BYTES" in results[0]["error"]

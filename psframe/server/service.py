@@ -14,7 +14,7 @@ import numpy as np
 from .. import timeline
 from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import OptimizerError, ProtocolError, as_reply
-from ..protocol import Command, codec, rows
+from ..protocol import ArrayDesc, Command, codec, rows
 from ..transport import addresses, peers, sockets
 from ..transport.link import SchedulerLink
 from ..transport.requests import RequestLoop
@@ -266,6 +266,9 @@ class ServerService(RequestLoop):
     # -- sparse keys: one message names one table's rows on this server --------------------
     def handle_sparse_init(self, peer, msg, rank):
         key, dtype, shape, lo, hi, sync, offset, chunk, last = rows.init_table(msg)
+        # the budget holds this server's rows as part -1 of the key (dense parts count from 0)
+        self.budget.charge([ArrayDesc(key, -1, dtype, (hi - lo, shape[1]))],
+                           lambda ident: ident[0] in self.sparse.tables)
         token = self._expect(peer, msg, 1)
         self._deliver(self.sparse.init(rank, key, dtype, shape, lo, hi, token, sync, offset, chunk, last))
 
