@@ -1,19 +1,20 @@
 """psframe: a parameter-server training framework over ZeroMQ.
 
-Public surface only: ``create``, ``KVStore``, the ``PSError`` family, ``optim``, ``data`` and
-``checkpoint``
+Public surface only: ``create``, ``KVStore``, ``RowSparse``, the ``PSError`` family, ``optim``,
+``data`` and ``checkpoint``
 (imported lazily so ``import psframe`` pulls in neither zmq, fsspec nor cupy).
 """
 from .errors import (PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
                      ShapeMismatchError, DTypeMismatchError, UnsupportedDTypeError, OptimizerError,
-                     PSTimeoutError, PeerLostError, JobAbortedError, RemoteError, DataError,
-                     CheckpointError)
+                     SparseRowError, PSTimeoutError, PeerLostError, JobAbortedError, RemoteError,
+                     DataError, CheckpointError)
 
 __version__ = "0.1.0"
 __all__ = ["create", "KVStore", "optim", "data", "PSError", "ConfigError", "ProtocolError",
            "UninitializedKeyError", "DoubleInitError", "ShapeMismatchError", "DTypeMismatchError",
-           "UnsupportedDTypeError", "OptimizerError", "PSTimeoutError", "PeerLostError",
-           "JobAbortedError", "RemoteError", "DataError", "CheckpointError", "checkpoint"]
+           "UnsupportedDTypeError", "OptimizerError", "SparseRowError", "PSTimeoutError",
+           "PeerLostError", "JobAbortedError", "RemoteError", "DataError", "CheckpointError",
+           "checkpoint", "RowSparse"]
 
 
 def create(kind=None, **kwargs):
@@ -26,6 +27,9 @@ def __getattr__(name):
     import importlib
     if name in ("optim", "data", "kvstore", "torch", "checkpoint"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "RowSparse":
+        from .rowsparse import RowSparse
+        return RowSparse
     if name == "KVStore":
         from .kvstore.base import KVStore
         return KVStore

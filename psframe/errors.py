@@ -86,6 +86,11 @@ class UnsupportedDTypeError(PSError, TypeError):
                          f"{', '.join(supported)} (e.g. .astype('float32'))")
 
 
+class SparseRowError(PSError, ValueError):
+    """Row ids or rows of a sparse key that do not fit it (dtype, shape, an id out of range),
+    or a dense value where a sparse key needs a ``RowSparse`` (and the reverse)."""
+
+
 class OptimizerError(PSError, ValueError):
     """An optimizer that cannot be shipped or built (unregistered name, bad config), or an
     update that raised."""
@@ -146,7 +151,7 @@ class CheckpointError(PSError, OSError):
 _WIRE_ERRORS = {cls.__name__: cls for cls in (
     PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
     ShapeMismatchError, DTypeMismatchError, UnsupportedDTypeError, OptimizerError,
-    PSTimeoutError, PeerLostError, JobAbortedError, UnevenStepsError, RefusedError,
+    SparseRowError, PSTimeoutError, PeerLostError, JobAbortedError, UnevenStepsError, RefusedError,
     MemoryBudgetError, DataError, CheckpointError)}
 
 

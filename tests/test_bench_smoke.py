@@ -76,6 +76,22 @@ def test_bench_rejects_a_bad_size(tmp_path):
     assert proc.returncode != 0
 
 
+def test_bench_sparse_table_job_reports_its_two_ratios(tmp_path):
+    out_json = tmp_path / "b.json"
+    proc = _run_bench([
+        "--sizes", "", "--allreduce-sizes", "", "--keys", "0", "--model", "none",
+        "--sparse-table", "20000x8", "--sparse-fraction", "0.05", "--rounds", "2", "--warmup", "1",
+        "--no-gloo", "--json", str(out_json)])
+    rep = json.loads(out_json.read_text())
+    cases = {r["case"]: r for r in rep["rows"] if r["job"] == "2x2 sparse"}
+    assert set(cases) == {"sparse-20000x8-0.05", "dense-table-20000x8", "dense-touched-1000x8"}
+    assert all(r["ms"]["pushpull"] > 0 for r in cases.values())
+    names = [t["name"] for t in rep["targets"] if t["ratio"] is not None]
+    assert any("/ dense-table-20000x8" in n for n in names), names
+    assert any("/ dense-touched-1000x8" in n for n in names), names
+    assert "dense-touched-1000x8" in proc.stdout
+
+
 def test_bench_checkpoint_mode_saves_and_loads_through_a_job(tmp_path):
     out_json = tmp_path / "c.json"
     proc = _run_bench(["--mode", "checkpoint", "--model-scale", "0.01", "--rounds", "1",

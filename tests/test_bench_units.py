@@ -152,6 +152,14 @@ def test_make_bench_writes_the_plot():
     assert re.search(r"psframe-bench .*--plot \S+\.png", recipe), recipe
 
 
+def test_sparse_table_sizes_parse_and_bad_ones_are_named():
+    from psframe.bench.cli import parse_table
+    assert parse_table("4000000x64") == (4000000, 64)
+    for bad in ("4000000", "0x64", "ax3"):
+        with pytest.raises(ValueError, match="sparse-table"):
+            parse_table(bad)
+
+
 def test_security_comparison_rotates_modes_and_takes_the_faster_pass():
     from types import SimpleNamespace
 

@@ -9,7 +9,7 @@ SOURCES = [p for d in ("psframe", "launcher", "examples") for p in (ROOT / d).rg
 # every top-level module or package of psframe/ must be here (except __init__, the public API,
 # which may import anything)
 LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "compression": 1,
-         "protocol": 2,
+         "rowsparse": 1, "protocol": 2,
          "transport": 3, "sharding": 4, "optim": 4, "aggregation": 4,
          # checkpoint files on storage: below the server and the client that use them
          "checkpoint": 4,
@@ -29,7 +29,7 @@ PACKAGE_LAYER = {
     # request tracking / failure handling, the outgoing message builders over those, the API
     # built from them all
     "kvstore": {"base": 0, "fusion": 0, "call_record": 0, "checkpointing": 0, "local": 1,
-                "routes": 1, "requests": 1, "failures": 1, "messages": 2, "dist": 3,
+                "routes": 1, "requests": 1, "failures": 1, "messages": 2, "rows": 2, "dist": 3,
                 # the host tier: the notes and records, the workers' side (dist routes data calls
                 # to it), the aggregator's own uplink to the servers (built like the client), and
                 # the aggregator itself
@@ -153,7 +153,7 @@ def test_psframe_never_imports_the_launcher():
 
 # Pure state inside the service packages: events in, replies/sends out; no sockets, threads or
 # clocks, so every rule of merging and membership is testable without a process
-PURE_STATE = ("server/shard.py", "server/entry.py", "server/updates.py", "scheduler/membership.py",
+PURE_STATE = ("server/shard.py", "server/entry.py", "server/updates.py", "server/sparse.py", "scheduler/membership.py",
               "sharding.py")
 IMPURE = {"zmq", "socket", "threading", "time", "os", "transport", "timeline"}
 

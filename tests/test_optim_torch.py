@@ -12,7 +12,7 @@ needs_torch = pytest.fixture(autouse=True)(requires(torch, "the torch package"))
 STEPS = 6
 TOL = 1e-9
 
-TORCH = {"SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW", "RMSProp": "RMSprop"}
+TORCH = {"SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW", "RMSProp": "RMSprop", "Adagrad": "Adagrad"}
 # Option sets per built-in (the optimizer's own arguments).
 CASES = [
     ("SGD", dict(lr=0.1)),
@@ -29,6 +29,8 @@ CASES = [
     ("RMSProp", dict(lr=0.02, alpha=0.9, eps=1e-6)),
     ("RMSProp", dict(lr=0.01, momentum=0.9)),
     ("RMSProp", dict(lr=0.01, momentum=0.5, weight_decay=0.1)),
+    ("Adagrad", dict(lr=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.05, weight_decay=0.1, initial_accumulator_value=0.2, eps=1e-6)),
 ]
 COMMON = {
     "plain": dict(),

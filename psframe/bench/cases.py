@@ -100,3 +100,14 @@ def one_key_case(label, nbytes, ops):
     case["label"] = label
     case["kind"] = "onekey"
     return case
+
+
+def sparse_cases(rows, dim, fraction, ops):
+    """A sparse float32 table of ``rows x dim`` whose pushpull names ``fraction`` of its rows
+    (each worker its own random rows every round), a dense key of the whole table, and a dense
+    key of just the bytes those rows hold: the sparse key's two baselines."""
+    touched = max(1, int(rows * fraction))
+    sparse = {"label": f"sparse-{rows}x{dim}-{fraction:g}", "kind": "sparse", "rows": rows, "dim": dim,
+              "touched": touched, "nbytes": touched * dim * 4, "ops": list(ops)}
+    return [sparse, one_key_case(f"dense-table-{rows}x{dim}", rows * dim * 4, ops),
+            one_key_case(f"dense-touched-{touched}x{dim}", touched * dim * 4, ops)]

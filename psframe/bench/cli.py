@@ -82,6 +82,12 @@ def build_parser():
     p.add_argument("--threshold", type=float, default=0.5, help="2bit threshold of --compression")
     p.add_argument("--compression-sizes", default="16MiB,100MiB",
                    help="key sizes of the --compression comparison")
+    p.add_argument("--sparse-table", default="", metavar="ROWSxDIM",
+                   help="also run the sparse-key job: a float32 table of ROWSxDIM (e.g. 4000000x64, "
+                        "1 GiB) on -s servers, pushpull of --sparse-fraction of its rows vs dense "
+                        "pushpulls of the whole table and of just those bytes ('': skip)")
+    p.add_argument("--sparse-fraction", type=float, default=0.01,
+                   help="fraction of the sparse table's rows each worker's pushpull names")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot bandwidth vs size")
     p.add_argument("--timeline", metavar="FILE.json",
@@ -171,6 +177,11 @@ def measure(ns):
     for name, fn in others.items():
         runs[name].append(fn())
         rep["baselines"][name] = {n: min(r[n] for r in runs[name]) for n in big}
+    results3, spec3 = [], None
+    if ns.sparse_table:
+        rows, dim = parse_table(ns.sparse_table)
+        spec3 = dict(common, cases=cases.sparse_cases(rows, dim, ns.sparse_fraction, ["pushpull"]))
+        results3 = [(kinds[0], run_job(ns.num_workers, ns.num_servers, kinds[0], spec3, ns, tag=".sparse"))]
     if ns.tier_workers and (big or model):
         # the host tier against flat: the same job, one after the other
         spec3 = dict(common, cases=[cases.size_case(n, ["pushpull"]) for n in big] + ([model] if model else []))
@@ -183,7 +194,9 @@ def measure(ns):
     zmq_runs.append(baselines.zmq_roundtrips(all_sizes, ns.transport, ns.rounds, ns.warmup, CHUNK))
     raw_rt = _faster(zmq_runs)
     rep["server_updates"] = {}
-    for job, spec, results_by_kind in ((job1, spec1, results1), (f"{ns.num_servers}x{ns.num_workers}", spec2, results2)):
+    jobs = ((job1, spec1, results1), (f"{ns.num_servers}x{ns.num_workers}", spec2, results2),
+            (f"{ns.num_servers}x{ns.num_workers} sparse", spec3, results3))
+    for job, spec, results_by_kind in jobs:
         for kind, results in results_by_kind:
             rep["rows"] += _rows(job, kind, spec, results, raw_rt)
             rep["server_updates"][f"{job} {kind}"] = sum(s.get("updates", 0) for s in results[0]["servers"])
@@ -203,6 +216,21 @@ def measure(ns):
         rep["compression"] = compression.measure(run_job, ns, kinds[0], parse_sizes(ns.compression_sizes), types)
         rep["targets"] += compression.targets(rep["compression"])
     return rep
+
+
+def parse_table(text):
+    """``'4000000x64'`` -> (4000000, 64).
+
+    Raises:
+        ValueError: not ROWSxDIM of positive ints.
+    """
+    try:
+        rows, dim = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--sparse-table {text!r} is not ROWSxDIM (e.g. 4000000x64)") from None
+    if rows < 1 or dim < 1:
+        raise ValueError(f"--sparse-table {text!r}: rows and dim must be positive")
+    return rows, dim
 
 
 def _row(rep, job, kind, label):
@@ -245,6 +273,16 @@ def targets(rep, job1, kind):
         a, b = _pp(rep, job1, kind, label), _pp(rep, job1, kind, ref)
         out.append({"name": f"{job1} pushpull {label} / one key of the same bytes",
                     "ratio": a / b if a and b else None, "limit": limit})
+    sparse_rows = [r for r in rep["rows"] if r["job"].endswith(" sparse")]
+    if sparse_rows:
+        job = sparse_rows[0]["job"]
+        by_kind = {r["case"].split("-")[0] + ("-" + r["case"].split("-")[1] if r["case"].startswith("dense") else ""):
+                   r["case"] for r in sparse_rows}
+        sp = _pp(rep, job, kind, by_kind["sparse"])
+        for ref, limit in (("dense-table", 0.03), ("dense-touched", 2)):
+            d = _pp(rep, job, kind, by_kind[ref])
+            out.append({"name": f"{job}: pushpull {by_kind['sparse']} / {by_kind[ref]}",
+                        "ratio": sp / d if sp and d else None, "limit": limit})
     mem = rep.get("memory")
     if mem and mem.get("held") and mem.get("peak_rss"):
         out.append({"name": f"server peak RSS / bytes it holds ({job1}, one {cases.format_size(mem['held'])} key)",

@@ -49,6 +49,9 @@ class Case:
         self.outs = [np.empty_like(v) for v in self.values]
         self.times = {op: [] for op in spec["ops"]}
 
+    def init(self):
+        self.kv.init(self.keys, self.values)
+
     def push(self):
         self.kv.push(self.keys, self.values)
         self.kv._flush()      # a push counts as done once the servers merged it (acked)
@@ -81,6 +84,38 @@ def _counters(kv):
     return sum(s["bytes_in_wire"] for s in stats), sum(s["cpu_s"] for s in stats)
 
 
+class SparseCase(Case):
+    """A sparse table; each round every worker pushpulls its own random ``touched`` rows."""
+
+    def __init__(self, kv, spec):
+        self.kv, self.spec, self.label = kv, spec, spec["label"]
+        self.key = self.label
+        self.rng = np.random.default_rng([kv.rank, 17])
+        self.rows = np.ones((spec["touched"], spec["dim"]), np.float32)
+        self.outs = np.empty_like(self.rows)
+        self.times = {op: [] for op in spec["ops"]}
+        self.wire_bytes = self.cpu_s = self.server_cpu_s = None
+
+    def init(self):
+        # np.zeros maps no memory until read: the table costs the workers nothing
+        self.kv.init(self.key, np.zeros((self.spec["rows"], self.spec["dim"]), np.float32), sparse=True)
+
+    def round(self):
+        for op in self.spec["ops"]:       # the rows are drawn before the clock starts
+            self.ids = self.rng.choice(self.spec["rows"], self.spec["touched"], replace=False)
+            self.times[op].append(_timed(self.kv, getattr(self, op)))
+
+    def push(self):
+        self.kv.push(self.key, psframe.RowSparse(self.ids, self.rows))
+        self.kv._flush()
+
+    def pull(self):
+        self.kv.pull(self.key, out=self.outs, row_ids=self.ids)
+
+    def pushpull(self):
+        self.kv.pushpull(self.key, psframe.RowSparse(self.ids, self.rows), out=self.outs, row_ids=self.ids)
+
+
 def _link_snapshot(kv, iface):
     """Rank 0: its link's byte counters and the servers' counters, once every worker is here."""
     kv.barrier()
@@ -98,9 +133,10 @@ def main(argv=None):
         if spec.get("compression"):
             kv.set_gradient_compression(spec["compression"])
         idle = kv.server_stats() if kv.rank == 0 else None
-        cases = [Case(kv, c, random_values=bool(spec.get("compression"))) for c in spec["cases"]]
+        cases = [SparseCase(kv, c) if c["kind"] == "sparse"
+                 else Case(kv, c, random_values=bool(spec.get("compression"))) for c in spec["cases"]]
         for case in cases:
-            kv.init(case.keys, case.values)
+            case.init()
         if spec.get("optimizer"):
             kv.set_optimizer(psframe.optim.from_spec(spec["optimizer"]))
         link, iface = {}, spec.get("link")

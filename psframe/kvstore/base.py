@@ -3,16 +3,19 @@
 Kinds implement ``server_stats`` and ``_init``, ``_push``, ``_pull``, ``_pushpull``, ``_set_optimizer``,
 ``_barrier``, ``_close`` on normalised arguments: lists of keys, one host or device array per
 key for values (device lists already summed), one list of output arrays per key for outs.
+Sparse keys go one key per call to ``_init_sparse``, ``_push_sparse`` and ``_rows_call``, with
+row ids checked, sorted and (for pushes) their duplicate rows summed.
 """
 import abc
 import dataclasses
 
 import numpy as np
 
-from .. import arrays, compression
+from .. import arrays, compression, rowsparse
 from ..aggregation.reduce import sum_arrays
 from ..errors import (ConfigError, DoubleInitError, DTypeMismatchError, ShapeMismatchError,
-                      UninitializedKeyError, UnsupportedDTypeError)
+                      SparseRowError, UninitializedKeyError, UnsupportedDTypeError)
+from ..rowsparse import RowSparse
 
 
 @dataclasses.dataclass
@@ -26,6 +29,7 @@ class KeyInfo:
     group: object = None    # the fusion.Group it travels in (dist kinds), if any
     member: int = 0         # its index in that group
     part_acked: list = None  # pushes merged, per part (dist kinds, keys cut into parts)
+    rows: object = None     # a sparse key: row range bounds per server (rowsparse.row_bounds)
 
     @property
     def size(self):
@@ -135,20 +139,24 @@ class KVStore(abc.ABC):
         self.rank, self.num_workers = rank, num_workers
         self.local_rank, self.local_size = local_rank, local_size
         self._keys = {}
+        self._sparse_keys = set()    # keys initialised with sparse=True
         self._closed = False
         self._closed_by = None       # why the store closed itself (said by later calls)
         self._pushed = False         # gradient compression is fixed by the first push
         self._compressor = None      # compression.GradientCompressor, once set
 
     # -- public API ---------------------------------------------------------------------
-    def init(self, key, value):
+    def init(self, key, value, sparse=False):
         """Create keys with initial values; rank 0's value wins. Every worker returns only
-        once the key is initialised.
+        once the key is initialised. ``sparse=True``: each value is a 2-d ``(rows, dim)`` table
+        whose rows are spread over all servers and moved as ``RowSparse`` (docs/api.md).
 
         Raises:
             DoubleInitError: the key was initialised before by this worker.
         """
         keys, vals = normalise(key, value, "init")
+        if sparse:
+            return self._init_sparse_keys(keys, vals)
         hosts = []
         for k, v in zip(keys, vals):
             if k in self._keys:
@@ -168,18 +176,30 @@ class KVStore(abc.ABC):
     def push(self, key, value, priority=0):
         """Push values (an array, or a list of arrays per key, summed here first). Returns once
         the buffers are handed off; the servers merge asynchronously."""
+        if self._sparse_info(key, value, "push") is not None:
+            ids, rows = self._sparse_value(key, value, "push")
+            return self._push_sparse(key, ids, rows)
         keys, vals = self._checked(key, value, "push")
         self._pushed = True
         self._push(keys, [sum_arrays(v) for v in vals], priority)
 
-    def pull(self, key, out, priority=0):
+    def pull(self, key, out, priority=0, row_ids=None):
         """Fill ``out`` (an array or a list of arrays per key) with the newest value that
-        includes this worker's own last push."""
+        includes this worker's own last push. A sparse key: ``row_ids`` names the rows
+        (``out``: ``(len(row_ids), dim)``), None pulls the whole table."""
+        if self._sparse_info(key, None, "pull", row_ids) is not None:
+            return self._pull_rows(key, row_ids, out, None)
         keys, outs = self._checked(key, out, "pull")
         self._pull(keys, outs, priority)
 
-    def pushpull(self, key, value, out=None, priority=0):
-        """push then pull in one round trip; ``out=None`` writes the result into ``value``."""
+    def pushpull(self, key, value, out=None, priority=0, row_ids=None):
+        """push then pull in one round trip; ``out=None`` writes the result into ``value``.
+        A sparse key: ``value`` is a ``RowSparse``; ``row_ids`` (default: the pushed ids) are
+        the rows pulled into ``out`` (default: ``value.values``)."""
+        if self._sparse_info(key, value, "pushpull", row_ids) is not None:
+            ids, rows = self._sparse_value(key, value, "pushpull")
+            pull_ids = value.row_ids if row_ids is None else row_ids
+            return self._pull_rows(key, pull_ids, value.values if out is None else out, (ids, rows))
         if out is None and not _all_arrays(value):
             raise TypeError("pushpull of plain Python numbers needs out= (an array to write the "
                             "result into); with out=None the result goes back into value")
@@ -207,6 +227,7 @@ class KVStore(abc.ABC):
             ConfigError: a key is not initialised or failed.
         """
         self._check_open()
+        self._no_sparse_keys("save_checkpoint")
         self._save_checkpoint(str(url), worker_state, storage_options)
 
     def load_checkpoint(self, url, storage_options=None):
@@ -220,7 +241,9 @@ class KVStore(abc.ABC):
                 shapes, dtypes or optimizer differ from the saving job.
         """
         self._check_open()
+        self._no_sparse_keys("load_checkpoint")
         return self._load_checkpoint(str(url), storage_options)
+
     def set_gradient_compression(self, config):
         """Compress every pushed gradient of a float key from now on (inits and pulls never are):
         ``{"type": "2bit", "threshold": t}`` sends each element as +t, -t or 0 (16 to a 32-bit
@@ -305,6 +328,100 @@ class KVStore(abc.ABC):
                 if dtype != info.dtype:
                     raise DTypeMismatchError(k, info.dtype, dtype, op)
         return keys, vals
+
+    # -- sparse keys --------------------------------------------------------------------
+    def _init_sparse_keys(self, keys, vals):
+        self._check_open()
+        for k, v in zip(keys, vals):
+            if k in self._keys:
+                raise DoubleInitError(k, self.rank)
+            a = arrays.to_host(v[0])
+            if a.ndim != 2:
+                raise SparseRowError(f"init of sparse key {k!r}: value has shape {a.shape}; a sparse "
+                                     f"key is a 2-d (rows, dim) table")
+            self._keys[k] = info = KeyInfo(arrays.shape_of(a), _dtype_name(k, a, "init"))
+            info.rows = rowsparse.row_bounds(a.shape[0], self._row_servers())
+            try:
+                self._init_sparse(k, np.ascontiguousarray(a))
+            except Exception:
+                self._keys.pop(k, None)
+                raise
+            self._sparse_keys.add(k)
+
+    def _sparse_info(self, key, value, op, row_ids=None):
+        """The KeyInfo of ``key`` if it is one sparse key (None for dense keys), checking that
+        sparse values go to sparse keys only."""
+        sparse_value = isinstance(value, RowSparse)
+        if not self._sparse_keys and not sparse_value and row_ids is None:
+            return None                  # the dense hot path: no sparse key exists
+        self._check_open()
+        info = self._keys.get(key) if _is_key(key) else None
+        if info is None or info.rows is None:
+            if sparse_value or row_ids is not None:
+                named = [key] if _is_key(key) else list(key) if isinstance(key, (list, tuple)) else [key]
+                raise SparseRowError(f"{op} of key {named[0] if len(named) == 1 else named!r}: "
+                                     f"RowSparse values and row_ids are for sparse keys, one key "
+                                     f"per call (kv.init(key, table, sparse=True))")
+            if isinstance(key, (list, tuple)) and any(_is_key(k) and k in self._sparse_keys for k in key):
+                raise SparseRowError(f"{op}: sparse keys go one key per call, not in a list")
+            return None
+        if op != "pull" and not sparse_value:
+            raise SparseRowError(f"{op} of sparse key {key!r}: pass psframe.RowSparse(row_ids, "
+                                 f"values), not a {type(value).__name__}")
+        return info
+
+    def _sparse_value(self, key, value, op):
+        """``(ids, rows)`` of a RowSparse push: checked, duplicate ids summed, sorted."""
+        info = self._keys[key]
+        ids = rowsparse.check_ids(key, value.row_ids, info.shape[0], op)
+        rows = rowsparse.check_rows(key, value.values, len(ids), info.shape[1], info.dtype, op)
+        return rowsparse.coalesce(ids, rows)
+
+    def _pull_rows(self, key, row_ids, out, push):
+        """Pull rows ``row_ids`` (None: every row) into ``out``, after ``push`` if given."""
+        info = self._keys[key]
+        if row_ids is None:
+            want, uniq, inverse = info.shape, None, None
+        else:
+            ids = rowsparse.check_ids(key, row_ids, info.shape[0], "pull")
+            want = (len(ids), info.shape[1])
+            uniq, inverse = rowsparse.unique_ids(ids)
+        if not _is_array(out) or arrays.shape_of(out) != want:
+            raise SparseRowError(f"pull of sparse key {key!r}: out must be an array of shape {want}"
+                                 f", got {getattr(out, 'shape', type(out).__name__)}")
+        if _dtype_name(key, out, "pull") != info.dtype:
+            raise DTypeMismatchError(key, info.dtype, _dtype_name(key, out, "pull"), "pull")
+        direct = (inverse is None and type(out) is np.ndarray and out.flags.c_contiguous
+                  and out.flags.writeable)
+        land = out if direct else np.empty((info.shape[0] if uniq is None else len(uniq), info.shape[1]),
+                                           info.dtype)
+        self._rows_call(key, push, uniq, land)
+        if inverse is not None and type(out) is np.ndarray and out.flags.c_contiguous and out.flags.writeable:
+            np.take(land, inverse, axis=0, out=out)
+        elif not direct:
+            arrays.copy_into(out, land if inverse is None else rowsparse.gather(land, inverse))
+
+    def _no_sparse_keys(self, op):
+        """Checkpoints do not hold sparse tables yet: refuse rather than save part of a model."""
+        if self._sparse_keys:
+            keys = sorted(map(repr, self._sparse_keys))[:3]
+            raise ConfigError(f"{op}: checkpoints do not cover sparse keys yet ({', '.join(keys)}); "
+                              f"save a sparse table yourself with a dense kv.pull(key, out=table)")
+
+    def _row_servers(self):
+        """How many servers a sparse key's rows are spread over."""
+        return 1
+
+    @abc.abstractmethod
+    def _init_sparse(self, key, table): ...
+
+    @abc.abstractmethod
+    def _push_sparse(self, key, ids, rows): ...
+
+    @abc.abstractmethod
+    def _rows_call(self, key, push, ids, land):
+        """Push ``push`` ((ids, rows) or None), then pull rows ``ids`` (sorted unique; None:
+        all) into ``land``."""
 
     # -- what a kind implements ---------------------------------------------------------
     @abc.abstractmethod

@@ -8,6 +8,7 @@ the numerics of a one-worker job.
 from .. import arrays, compression
 from ..protocol import ArrayDesc
 from ..server.shard import ShardState
+from ..server.sparse import SparseTables
 from . import checkpointing
 from .base import KVStore
 
@@ -18,6 +19,7 @@ class LocalKVStore(KVStore):
     def __init__(self, sync=True):
         super().__init__()
         self.shard = ShardState(num_workers=1, sync=sync)
+        self.sparse = SparseTables(1, sync, self.shard.counters)
         self._bytes_in_wire = 0     # what the pushes would have put on the wire (compressed)
 
     def _run(self, replies):
@@ -58,9 +60,30 @@ class LocalKVStore(KVStore):
         self._push(keys, values, priority)
         self._pull(keys, outs, priority)
 
+    def _init_sparse(self, key, table):
+        info = self._keys[key]
+        self._run(self.sparse.init(0, key, info.dtype, info.shape, 0, info.shape[0], key, offset=0,
+                                   rows=table))
+
+    def _push_sparse(self, key, ids, rows):
+        info = self._keys[key]
+        info.pushes += 1
+        self._bytes_in_wire += ids.nbytes + rows.nbytes
+        self._run(self.sparse.push(0, key, info.pushes, ids, rows, key))
+        info.acked = info.pushes
+
+    def _rows_call(self, key, push, ids, land):
+        if push is not None:
+            self._push_sparse(key, *push)
+        if ids is None or len(ids):
+            (_, value), = self._run(self.sparse.pull(0, key, self._keys[key].pushes, ids, key))
+            land[...] = value
+
     def _set_optimizer(self, spec):
         from .. import optim
-        self.shard.set_optimizer(optim.from_spec(spec))   # the same round trip as the wire
+        optimizer = optim.from_spec(spec)   # the same round trip as the wire
+        self.sparse.set_optimizer(optimizer)
+        self.shard.set_optimizer(optimizer)
 
     def _barrier(self, timeout):
         pass
@@ -76,7 +99,11 @@ class LocalKVStore(KVStore):
 
     def server_stats(self, timeout=None):
         """The in-process shard's counters, shaped like the dist kinds' (one dict per server)."""
-        return [dict(self.shard.stats(), bytes_in_wire=self._bytes_in_wire)]
+        stats = dict(self.shard.stats(), bytes_in_wire=self._bytes_in_wire)
+        held, steps = self.sparse.stats()
+        stats["held_bytes"] += held
+        stats["steps"].update(steps)
+        return [stats]
 
     def _close(self):
         pass

@@ -168,7 +168,7 @@ class Customer:
             self._trace(req)
         if msg.cmd is Command.ERROR:
             req.error = from_body(msg.body)
-            if req.cmd is Command.PUSH:
+            if req.cmd is Command.PUSH or req.cmd is Command.SPARSE_PUSH:
                 self._errors.append(req.error)
             return
         if req.cmd in BODY_REPLIES:

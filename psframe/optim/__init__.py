@@ -7,8 +7,9 @@ from . import lr
 from .base import Optimizer, array_module, from_spec, register, registered, to_spec
 from .sgd import SGD
 from .adam import Adam, AdamW
+from .adagrad import Adagrad
 from .rmsprop import RMSProp
 from .worker import WorkerOptimizer
 
 __all__ = ["Optimizer", "register", "registered", "to_spec", "from_spec", "array_module", "lr",
-           "SGD", "Adam", "AdamW", "RMSProp", "WorkerOptimizer"]
+           "SGD", "Adam", "AdamW", "Adagrad", "RMSProp", "WorkerOptimizer"]

@@ -1,5 +1,8 @@
 """Adam and AdamW, step for step equal to ``torch.optim.Adam`` / ``torch.optim.AdamW``."""
 from ..errors import OptimizerError
+import numpy as np
+
+from ..rowsparse import gather, scatter
 from .base import Optimizer, _number, array_module, register
 
 
@@ -24,6 +27,7 @@ class Adam(Optimizer):
         **common: ``rescale_grad``, ``clip_gradient``, ``lr_schedule``, ``multi_precision``.
     """
     elementwise = True
+    supports_sparse = True
     decoupled = False
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, **common):
@@ -35,7 +39,10 @@ class Adam(Optimizer):
 
     def create_slots(self, key, weight):
         xp = array_module(weight)
-        return {"exp_avg": xp.zeros_like(weight), "exp_avg_sq": xp.zeros_like(weight)}
+        # zeros, not zeros_like: pages are mapped as they are first written, so the state of a
+        # sparse key's table costs memory only for the rows its steps touched
+        return {"exp_avg": xp.zeros(weight.shape, weight.dtype),
+                "exp_avg_sq": xp.zeros(weight.shape, weight.dtype)}
 
     def step(self, key, weight, grad, state, lr, t):
         xp = array_module(weight)
@@ -64,6 +71,29 @@ class Adam(Optimizer):
         xp.divide(m, s, out=s)
         s *= lr / (1.0 - self.beta1 ** n)
         weight -= s
+
+
+    def check_sparse(self):
+        super().check_sparse()
+        if self.weight_decay:
+            raise OptimizerError(f"{type(self).__name__} with weight_decay has no lazy form on "
+                                 f"sparse keys (as torch.optim.SparseAdam); use weight_decay=0")
+
+    def sparse_step(self, key, weight, rows, grad, state, lr, t):
+        """``torch.optim.SparseAdam`` on the touched rows: moments of other rows stay as they
+        were; bias corrections use the table's update count."""
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        old_m, old_v = gather(m, rows), gather(v, rows)
+        m_step = (grad - old_m) * (1.0 - self.beta1)
+        v_step = (grad * grad - old_v) * (1.0 - self.beta2)
+        numer = m_step + old_m
+        scatter(m, rows, numer)
+        v_new = v_step + old_v
+        scatter(v, rows, v_new)
+        denom = np.sqrt(v_new) + self.eps
+        n = t + 1
+        step_size = lr * (1.0 - self.beta2 ** n) ** 0.5 / (1.0 - self.beta1 ** n)
+        scatter(weight, rows, gather(weight, rows) + (-step_size) * (numer / denom))
 
 
 @register

@@ -74,9 +74,13 @@ class Optimizer:
             ``key``. A server may then update the small keys of a fusion group with one call on
             their concatenation instead of one call per key (the built-in optimizers are; a
             custom optimizer opts in by setting it).
+        supports_sparse: True when the class implements ``sparse_step``, the lazy update of
+            the rows a step of a sparse key touched (the built-ins SGD, Adagrad and Adam do);
+            a sparse key under an optimizer without it is refused with an ``OptimizerError``.
     """
     schedule_fields = ("lr_schedule",)
     elementwise = False
+    supports_sparse = False
 
     def __init__(self, lr=0.01, rescale_grad=1.0, clip_gradient=None, lr_schedule=None,
                  multi_precision=False):
@@ -184,6 +188,58 @@ class Optimizer:
         state[STEP_KEY][...] = t + 1
         if master is not None:
             weight[...] = master
+
+    # ---- sparse keys ----------------------------------------------------------------------
+    def check_sparse(self):
+        """Raise unless this optimizer can update sparse keys as configured (subclasses also
+        refuse options that have no lazy form, e.g. momentum).
+
+        Raises:
+            OptimizerError: naming the optimizer and what to change.
+        """
+        if not self.supports_sparse:
+            raise OptimizerError(
+                f"{type(self).__name__} does not support sparse keys (row-sparse updates); use "
+                f"SGD, Adagrad or Adam for them, or implement sparse_step() and set "
+                f"supports_sparse = True on the class")
+        if self.multi_precision:
+            raise OptimizerError(f"{type(self).__name__}(multi_precision=True) is not supported for "
+                                 f"sparse keys; store the table as float32")
+
+    def sparse_step(self, key, weight, rows, grad, state, lr, t):
+        """Apply one lazy update to rows ``rows`` of ``weight`` (and of the state's slots).
+
+        Args:
+            key: the user's key.
+            weight: this server's part of the table, ``(rows_held, dim)``, updated in place.
+            rows: sorted, unique int64 indices into ``weight`` of the rows the step touched.
+            grad: ``(len(rows), dim)`` prepared gradient of those rows; read-only.
+            state: the table's state dict (slots shaped like ``weight``).
+            lr: learning rate of this update.
+            t: index of this update of the table, from 0 (every step counts, as in torch).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement sparse_step()")
+
+    def update_rows(self, key, weight, rows, grad, state):
+        """Apply one step of a sparse key: ``grad[i]`` is the summed gradient of row
+        ``rows[i]`` of ``weight``; other rows and their state stay untouched.
+
+        Raises:
+            OptimizerError: unsupported, mismatched shapes, or ``sparse_step`` failed.
+        """
+        self.check_sparse()
+        if grad.shape != (len(rows),) + tuple(weight.shape[1:]):
+            raise OptimizerError(f"key {key!r}: {len(rows)} rows need a gradient of shape "
+                                 f"{(len(rows),) + tuple(weight.shape[1:])}, got {grad.shape}")
+        t = int(state[STEP_KEY])
+        g = self.prepare_grad(grad, weight.dtype)
+        try:
+            self.sparse_step(key, weight, rows, g, state, self.learning_rate(t), t)
+        except Exception as exc:
+            raise OptimizerError.wrapping(
+                exc, f"{type(self).__name__}.sparse_step failed on key {key!r} at update {t}:",
+                "that table may be partly updated, so fix the optimizer and restart from a checkpoint")
+        state[STEP_KEY][...] = t + 1
 
     # ---- checkpoints ----------------------------------------------------------------------
     def export_state(self, state):

@@ -1,5 +1,6 @@
 """SGD with momentum, Nesterov momentum and L2 weight decay, step for step equal to ``torch.optim.SGD``."""
 from ..errors import OptimizerError
+from ..rowsparse import gather, scatter
 from .base import Optimizer, _number, array_module, register
 
 
@@ -19,6 +20,7 @@ class SGD(Optimizer):
             (see ``Optimizer``).
     """
     elementwise = True
+    supports_sparse = True
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, **common):
         super().__init__(lr=lr, **common)
@@ -42,3 +44,17 @@ class SGD(Optimizer):
             buf += grad
             grad = grad + self.momentum * buf if self.nesterov else buf
         weight -= lr * grad
+
+    def check_sparse(self):
+        super().check_sparse()
+        if self.momentum:
+            raise OptimizerError("SGD with momentum has no lazy row-sparse form; use momentum=0 "
+                                 "(or Adam/Adagrad) for sparse keys")
+
+    def sparse_step(self, key, weight, rows, grad, state, lr, t):
+        """Touched rows only: ``w[r] -= lr * (g[r] + weight_decay * w[r])``."""
+        w = gather(weight, rows)
+        if self.weight_decay:
+            grad = grad + self.weight_decay * w
+        w -= lr * grad
+        scatter(weight, rows, w)

@@ -26,6 +26,11 @@ class Command(str, enum.Enum):
     STATS = "stats"                  # counters of a server (for tests and the bench)
     SAVE_CHECKPOINT = "save_checkpoint"  # write this server's shard (body: url); reply: its index
     LOAD_CHECKPOINT = "load_checkpoint"  # replace values/state/steps from a checkpoint (body: url)
+    # worker <-> server, sparse keys (frames checked by protocol.rows)
+    SPARSE_INIT = "sparse_init"      # declare a table's rows on a server; rank 0 sends them
+    SPARSE_PUSH = "sparse_push"      # frames: row ids (int64), rows
+    SPARSE_PULL = "sparse_pull"      # frame: row ids; none: every row the server holds
+    SPARSE_PUSHPULL = "sparse_pushpull"   # frames: row ids, rows, row ids to pull
     # replies
     OK = "ok"                        # success; may carry arrays (pull) or a body
     ERROR = "error"                  # body: {"name": whitelisted error name, "message": str}
@@ -51,6 +56,10 @@ SENDERS = {
     Command.STATS: ("worker",),
     Command.SAVE_CHECKPOINT: ("worker",),
     Command.LOAD_CHECKPOINT: ("worker",),
+    Command.SPARSE_INIT: ("worker",),
+    Command.SPARSE_PUSH: ("worker",),
+    Command.SPARSE_PULL: ("worker",),
+    Command.SPARSE_PUSHPULL: ("worker",),
     Command.OK: ("scheduler", "server"),
     Command.ERROR: ("scheduler", "server"),
 }

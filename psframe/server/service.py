@@ -14,13 +14,15 @@ import numpy as np
 from .. import timeline
 from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import OptimizerError, ProtocolError, as_reply
-from ..protocol import Command, codec
+from ..protocol import ArrayDesc, Command, codec, rows
 from ..transport import addresses, peers, sockets
 from ..transport.link import SchedulerLink
 from ..transport.requests import RequestLoop
 from .budget import MemoryBudget
+from .entry import Reply
 from . import checkpoint_tasks
 from .shard import ShardState
+from .sparse import SparseTables
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class ServerService(RequestLoop):
         self.ctx = ctx or sockets.new_context(io_threads=2)
         self.guard = sockets.SendGuard(timeout=config.timeout)
         self.shard = ShardState(config.num_workers, guard=self.guard, owns_pushes=True)
+        self.sparse = SparseTables(config.num_workers, counters=self.shard.counters, guard=self.guard)
         host = config.bind_host or config.host
         _, port = self.bind_router(config, lambda security: sockets.router_bind_random(
             self.ctx, peers.bind_ip(host), security))
@@ -145,7 +148,7 @@ class ServerService(RequestLoop):
         if type(rank) is not int or not 0 <= rank < self.config.num_workers or type(joined) is not bool:
             logger.warning("ignored a malformed 'left' from the scheduler: %r", msg.body)
             return
-        self._deliver(self.shard.leave(rank, joined))
+        self._deliver(self.shard.leave(rank, joined) + self.sparse.leave(rank, joined))
 
     # -- the receive-and-reply loop's hooks and the handlers --------------------------------
     def received(self, msg):
@@ -260,9 +263,40 @@ class ServerService(RequestLoop):
                 self.timeline.complete(f"merge {timeline.key_name(desc.key)}", "merge", start, end, tid=desc.part,
                                        args={"step": desc.step, "part": desc.part})
 
+    # -- sparse keys: one message names one table's rows on this server --------------------
+    def handle_sparse_init(self, peer, msg, rank):
+        key, dtype, shape, lo, hi, sync, offset, chunk, last = rows.init_table(msg)
+        # the budget holds this server's rows as part -1 of the key (dense parts count from 0)
+        self.budget.charge([ArrayDesc(key, -1, dtype, (hi - lo, shape[1]))],
+                           lambda ident: ident[0] in self.sparse.tables)
+        token = self._expect(peer, msg, 1)
+        self._deliver(self.sparse.init(rank, key, dtype, shape, lo, hi, token, sync, offset, chunk, last))
+
+    def handle_sparse_push(self, peer, msg, rank):
+        desc, ids, values, _ = rows.row_arrays(msg, False)
+        self.bytes_in_wire += ids.nbytes + values.nbytes
+        self._deliver(self.sparse.push(rank, desc.key, desc.step, ids, values, self._expect(peer, msg, 1)))
+
+    def handle_sparse_pull(self, peer, msg, rank):
+        desc, ids = rows.pull_ids(msg)
+        self._deliver(self.sparse.pull(rank, desc.key, desc.step, ids, self._expect(peer, msg, 1), desc.part))
+
+    def handle_sparse_pushpull(self, peer, msg, rank):
+        desc, ids, values, pulled = rows.row_arrays(msg, True)
+        self.bytes_in_wire += ids.nbytes + values.nbytes
+        token = self._expect(peer, msg, 2)
+        replies = self.sparse.push(rank, desc.key, desc.step, ids, values, token)
+        refused = [r for r in replies if r.token == token and r.error is not None]
+        if refused or not pulled.size:   # nothing to pull: the push's ack is the answer
+            replies.append(Reply(token, error=refused[0].error if refused else None))
+        else:
+            replies += self.sparse.pull(rank, desc.key, desc.step, pulled, token, desc.part)
+        self._deliver(replies)
+
     def handle_set_optimizer(self, peer, msg, rank):
         from .. import optim   # the registry is the only way a wire name becomes code
         optimizer = optim.from_spec(msg.body.get("optimizer"))   # validates the spec
+        self.sparse.set_optimizer(optimizer)     # refuses one that cannot update sparse keys
         self.budget.set_optimizer(optimizer)
         self.shard.set_optimizer(optimizer)
         logger.info("optimizer set: %s", msg.body["optimizer"]["name"])
@@ -278,6 +312,9 @@ class ServerService(RequestLoop):
     def handle_stats(self, peer, msg, rank):
         body = dict(self.shard.stats(), bytes_in_wire=self.bytes_in_wire, **process_usage(),
                     **self.security_counters(), budget_bytes=self.budget.limit)
+        held, steps = self.sparse.stats()
+        body["held_bytes"] += held
+        body["steps"].update(steps)
         self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
 
     # -- replies ------------------------------------------------------------------------
