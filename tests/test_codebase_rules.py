@@ -23,6 +23,8 @@ PACKAGE_LAYER = {
     # failure handling, the outgoing message builders over those, the API built from them all
     "kvstore": {"base": 0, "fusion": 0, "call_record": 0, "local": 1, "routes": 1, "requests": 1, "failures": 1,
                 "messages": 2, "dist": 3},
+    # psframe.torch: the buckets and the overlap machinery under the public optimizers
+    "torch": {"buckets": 0, "overlap": 0},
 }
 
 
