@@ -154,3 +154,12 @@ def test_plain_python_numbers_are_arrays_in_dist_kinds():
         assert got["errors"]["out"][0] == "TypeError" and "out must be an array" in got["errors"]["out"][1]
         assert got["errors"]["bool"][0] == "UnsupportedDTypeError", got["errors"]
         assert "init of key 'flags': dtype bool" in got["errors"]["bool"][1], got["errors"]
+
+
+def test_high_priority_small_pushpull_overtakes_queued_big_one():
+    """Messages go out highest priority first: a 4 KB pushpull at priority 10 completes while a
+    100 MB pushpull at priority -1, sent just before it on the same socket, is still in flight."""
+    res = run_job(os.path.join(HERE, "bin", "priority_overtake.py"), 2, 1, env={"PSFRAME_IPC": "0"},
+                  timeout=180).check().results()
+    for rank, r in res.items():
+        assert r == {"small_first": True, "big_exact": True, "small_exact": True}, (rank, r)
