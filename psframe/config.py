@@ -28,6 +28,8 @@ START_TIMEOUT = "PSFRAME_START_TIMEOUT"  # seconds for every declared process to
 TIMEOUT = "PSFRAME_TIMEOUT"              # default timeout of blocking calls, seconds
 HEARTBEAT_INTERVAL = "PSFRAME_HEARTBEAT_INTERVAL"
 HEARTBEAT_TIMEOUT = "PSFRAME_HEARTBEAT_TIMEOUT"
+STALL_TIMEOUT = "PSFRAME_STALL_TIMEOUT"      # seconds a blocking call waits before a stall report
+STALL_ACTION = "PSFRAME_STALL_ACTION"        # abort | warn: what a stall report does
 BIGARRAY_BOUND = "PSFRAME_BIGARRAY_BOUND"  # elements above which a key is sliced over servers
 MAX_STEPS_AHEAD = "PSFRAME_MAX_STEPS_AHEAD"  # sync pushes a worker may have unmerged per key
 FUSE_KEY_BYTES = "PSFRAME_FUSE_KEY_BYTES"  # keys up to this size, initialised together, travel fused
@@ -99,6 +101,7 @@ DEFAULTS = {
     TIMEOUT: 300.0,
     HEARTBEAT_INTERVAL: 1.0,
     HEARTBEAT_TIMEOUT: 10.0,
+    STALL_TIMEOUT: 30.0,
     BIGARRAY_BOUND: 1_000_000,
     MAX_STEPS_AHEAD: 4,
     FUSE_KEY_BYTES: 64 << 10,
@@ -124,6 +127,8 @@ class Config:
     timeout: float = DEFAULTS[TIMEOUT]
     heartbeat_interval: float = DEFAULTS[HEARTBEAT_INTERVAL]
     heartbeat_timeout: float = DEFAULTS[HEARTBEAT_TIMEOUT]
+    stall_timeout: float = DEFAULTS[STALL_TIMEOUT]
+    stall_action: str = "abort"
     bigarray_bound: int = DEFAULTS[BIGARRAY_BOUND]
     max_steps_ahead: int = DEFAULTS[MAX_STEPS_AHEAD]
     fuse_key_bytes: int = DEFAULTS[FUSE_KEY_BYTES]
@@ -186,6 +191,10 @@ def from_env(env=None):
     host = env.get(HOST) or socket.gethostname()
     modules = tuple(m for m in env.get(USER_MODULES, "").split(os.pathsep) if m)
     log_level = env.get(LOG_LEVEL, "INFO").upper()
+    stall_action = env.get(STALL_ACTION) or "abort"
+    if stall_action not in ("abort", "warn"):
+        raise ConfigError(f"{STALL_ACTION}={stall_action!r}: use abort (end the job with the "
+                          f"stall report) or warn (log it and keep waiting)")
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"{LOG_LEVEL}={env.get(LOG_LEVEL)!r} is not a level; use one of {', '.join(LOG_LEVELS)}")
     return Config(
@@ -198,6 +207,8 @@ def from_env(env=None):
         timeout=_get(env, TIMEOUT, float, DEFAULTS[TIMEOUT], minimum=0.1),
         heartbeat_interval=_get(env, HEARTBEAT_INTERVAL, float, DEFAULTS[HEARTBEAT_INTERVAL], minimum=0.01),
         heartbeat_timeout=_get(env, HEARTBEAT_TIMEOUT, float, DEFAULTS[HEARTBEAT_TIMEOUT], minimum=0.1),
+        stall_timeout=_get(env, STALL_TIMEOUT, float, DEFAULTS[STALL_TIMEOUT], minimum=0.1),
+        stall_action=stall_action,
         bigarray_bound=_get(env, BIGARRAY_BOUND, int, DEFAULTS[BIGARRAY_BOUND], minimum=1),
         max_steps_ahead=_get(env, MAX_STEPS_AHEAD, int, DEFAULTS[MAX_STEPS_AHEAD], minimum=1),
         fuse_key_bytes=_get(env, FUSE_KEY_BYTES, int, DEFAULTS[FUSE_KEY_BYTES], minimum=0),

@@ -105,6 +105,11 @@ class JobAbortedError(PeerLostError):
     """The scheduler stopped the job (a peer failed, or start-up did not complete)."""
 
 
+class UnevenStepsError(PSError, RuntimeError):
+    """A sync step cannot complete: a worker it needs has finished (closed its KVStore) after
+    fewer pushes of the key."""
+
+
 class RemoteError(PSError):
     """An error reply whose name is not in the whitelist (message kept verbatim)."""
 
@@ -122,7 +127,7 @@ class DataError(PSError, OSError):
 _WIRE_ERRORS = {cls.__name__: cls for cls in (
     PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
     ShapeMismatchError, DTypeMismatchError, UnsupportedDTypeError, OptimizerError,
-    PSTimeoutError, PeerLostError, JobAbortedError)}
+    PSTimeoutError, PeerLostError, JobAbortedError, UnevenStepsError)}
 
 
 # Facts an error keeps as attributes; they travel beside the message (all msgpack-able).

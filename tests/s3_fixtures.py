@@ -81,35 +81,35 @@ class MotoServer:
     def stop_recording(self):
         self._post("/moto-api/recorder/stop-recording")
 
+    def _recorded(self):
+        """Every recorded request (moto's recorder entries), oldest first."""
+        if not os.path.exists(self.recording):
+            return
+        with open(self.recording) as f:
+            for line in f:
+                yield json.loads(line)
+
     def requests(self):
         """Recorded requests as dicts: method, bucket, key, range, agent."""
         out = []
-        if not os.path.exists(self.recording):
-            return out
-        with open(self.recording) as f:
-            for line in f:
-                entry = json.loads(line)
-                path = urllib.parse.unquote(urllib.parse.urlsplit(entry["url"]).path).lstrip("/")
-                bucket, _, key = path.partition("/")
-                headers = {k.lower(): v for k, v in entry["headers"].items()}
-                out.append({"method": entry["method"], "bucket": bucket, "key": key,
-                            "range": headers.get("range"), "agent": headers.get("user-agent", "")})
+        for entry in self._recorded():
+            path = urllib.parse.unquote(urllib.parse.urlsplit(entry["url"]).path).lstrip("/")
+            bucket, _, key = path.partition("/")
+            headers = {k.lower(): v for k, v in entry["headers"].items()}
+            out.append({"method": entry["method"], "bucket": bucket, "key": key,
+                        "range": headers.get("range"), "agent": headers.get("user-agent", "")})
         return out
 
     def calls(self):
         """Recorded AWS query-protocol calls as dicts of their form fields (``Action`` etc.)."""
         out = []
-        if not os.path.exists(self.recording):
-            return out
-        with open(self.recording) as f:
-            for line in f:
-                entry = json.loads(line)
-                body = entry.get("body") or ""
-                if entry.get("body_encoded"):
-                    body = base64.b64decode(body).decode(errors="replace")
-                fields = dict(urllib.parse.parse_qsl(body))
-                if "Action" in fields:
-                    out.append(fields)
+        for entry in self._recorded():
+            body = entry.get("body") or ""
+            if entry.get("body_encoded"):
+                body = base64.b64decode(body).decode(errors="replace")
+            fields = dict(urllib.parse.parse_qsl(body))
+            if "Action" in fields:
+                out.append(fields)
         return out
 
     def stop(self):
@@ -138,12 +138,17 @@ def aws_env(endpoint):
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory):
     """A running moto_server for the module; killed and reaped afterwards."""
-    require(os.path.exists(MOTO), "moto_server (pip install 'moto[server]')")
     try:
         import s3fs  # noqa: F401
     except ImportError:
         s3fs = None
     require(s3fs is not None, "python package s3fs")
+    yield from running_moto(tmp_path_factory)
+
+
+def running_moto(tmp_path_factory):
+    """Body of a moto fixture: a moto_server for the module, stopped and reaped afterwards."""
+    require(os.path.exists(MOTO), "moto_server (pip install 'moto[server]')")
     server = MotoServer(str(tmp_path_factory.mktemp("moto")))
     try:
         yield server

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import optional_import, require
 from deploy_fixtures import (aws_env, deploy, moto_template, secrets_in, shell_checks)
-from s3_fixtures import KEY, MOTO, REGION, SECRET, MotoServer
+from s3_fixtures import KEY, REGION, SECRET, running_moto
 
 boto3 = optional_import("boto3")
 
@@ -27,13 +27,8 @@ WORKERS, SERVERS, SLOTS = 3, 2, 2
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory):
-    require(os.path.exists(MOTO), "moto_server (pip install 'moto[server]')")
     require(boto3 is not None, "python package boto3 (pip install 'psframe[deploy]')")
-    server = MotoServer(str(tmp_path_factory.mktemp("moto")))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_moto(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -77,3 +77,21 @@ def test_many_keys_are_summarised():
     stall = diagnose(recs, 30)
     assert "init('a', 'b', 'c', 'd' and 3 more)" in stall.report
     assert stall.blamed == 1 and "has made no call yet" in stall.report
+
+
+def test_push_of_a_key_a_rank_never_initialised():
+    recs = _records({0: [("init", ["w"]), ("init", ["big"]), ("pushpull", ["w", "big"], 1)],
+                     1: [("init", ["w"]), ("init", ["big"]), ("pushpull", ["w", "big"], 1)],
+                     2: [("init", ["w"]), ("pushpull", ["w"], 2)]}, wait=31)
+    stall = diagnose(recs, 30)
+    assert stall.blamed == 2 and stall.deadlocked
+    assert ("ranks 0,1 have waited 31 s in pushpull('w', 'big', step 1); rank 2 is in "
+            "pushpull('w', step 2) and never called init('big')") in stall.report
+
+
+def test_a_rank_still_computing_is_not_a_deadlock():
+    recs = _records({0: [("barrier", [])], 1: [("pull", ["w"], 1), None]}, wait=31)
+    stall = diagnose(recs, 30)
+    assert stall.blamed == 1 and not stall.deadlocked
+    assert "rank 1 is between calls (last: pull('w', step 1)) and never called barrier()" \
+        in stall.report

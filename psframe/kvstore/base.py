@@ -208,6 +208,14 @@ class KVStore(abc.ABC):
         self._check_open()
         self._barrier(timeout)
 
+    def join(self, timeout=None):
+        """This worker ran out of data (uneven inputs): until every worker has joined, its
+        missing pushes count as zero gradients in every later sync step, so the others finish
+        their epochs. Returns once every worker joined or closed (``timeout`` s at most; None:
+        as long as the job lives). Push nothing after it; ``close`` as usual."""
+        self._check_open()
+        self._join(timeout)
+
     @abc.abstractmethod
     def server_stats(self, timeout=None):
         """Counters of every server, one dict per server (the ``local`` kind: its in-process
@@ -278,6 +286,9 @@ class KVStore(abc.ABC):
 
     @abc.abstractmethod
     def _barrier(self, timeout): ...
+
+    @abc.abstractmethod
+    def _join(self, timeout): ...
 
     @abc.abstractmethod
     def _close(self): ...

@@ -29,21 +29,30 @@ class CallRecord:
     def __init__(self, clock=time.monotonic):
         self._clock = clock
         self._lock = threading.Lock()
-        self._current = None         # (call, keys text, step, started, collective names)
+        self._current = None         # (call, keys text, step, started, names it needs)
         self._last = collections.deque(maxlen=LAST_CALLS)
         self._counts = collections.Counter()        # "init:'big'", "set_optimizer", ...
+        self._depth = 0      # calls made inside a call (set_optimizer's barrier) are its own
 
     def enter(self, call, keys=(), step=None):
         """The worker starts blocking call ``call`` on ``keys`` (at sync ``step``, if any)."""
-        names = []
-        if call in COLLECTIVES:
-            names = [f"{call}:{k!r}" for k in keys][:KEYS_SHOWN] if call == "init" else [call]
+        self._depth += 1
+        if self._depth > 1:
+            return
+        # what the call needs every rank to have called: itself for a collective, the keys'
+        # init for a data call (so a stall report can say who never called it)
+        names = [f"init:{k!r}" for k in keys[:KEYS_SHOWN]] if call in ("init", "push", "pull",
+                                                                        "pushpull") else [call]
         entry = (call, key_text(keys), step, self._clock(), names)
         with self._lock:
-            self._counts.update(names)
+            if call in COLLECTIVES:
+                self._counts.update(names)
             self._current = entry
 
     def leave(self):
+        self._depth -= 1
+        if self._depth:
+            return
         with self._lock:
             if self._current is not None:
                 self._last.append(self._current[:3])

@@ -6,15 +6,17 @@ reply while waiting on one); ``failures`` connects the worker's failures and the
 """
 import atexit
 import logging
+import time
 
 import numpy as np
 
 from .. import timeline
-from ..errors import PeerLostError, PSError, from_wire, to_wire
+from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, from_body, from_wire, to_wire
 from ..protocol import Command, codec
 from ..transport import peers, sockets
 from . import fusion, messages
 from .base import KVStore, Pending
+from .call_record import CallRecord
 from .failures import Failures, leaves_on_timeout
 from .requests import NP_DTYPES, Customer
 from .routes import SendQueue, ServerLinks
@@ -45,6 +47,7 @@ class DistKVStore(KVStore):
         self.timeline = self._timeline     # PSFRAME_TIMELINE's trace, for psframe.torch's events
         for i in range(len(self._servers) if self._timeline is not None else 0):
             self._timeline.name_thread(i, f"requests to server {i}")
+        self.calls = CallRecord()
         self._failures = Failures(self._ctx, config, self.name, self._sched, self)
         self._outgoing = SendQueue(self._links)
         self._customer = Customer(self._links.sockets(), self._sched, self._failures.check,
@@ -54,8 +57,17 @@ class DistKVStore(KVStore):
                     self._links.describe())
 
     # -- the kind's operations ----------------------------------------------------------
+    def _step(self, keys, ahead):
+        """The sync step a call on ``keys`` is at (its first key's), for the call record."""
+        info = self._keys.get(keys[0]) if self.sync and keys else None
+        return info.pushes + ahead if info is not None else None
+
     @leaves_on_timeout
     def _init(self, keys, values):
+        with self.calls.call("init", keys):
+            self._init_keys(keys, values)
+
+    def _init_keys(self, keys, values):
         units = fusion.plan(keys, [self._keys[k] for k in keys], self.config.fuse_key_bytes,
                             self.config.bigarray_bound, len(self._servers))
         placed = self._ask_scheduler(Command.PLACE, {"keys": messages.placement_request(units, self._keys)},
@@ -69,12 +81,20 @@ class DistKVStore(KVStore):
 
     @leaves_on_timeout
     def _push(self, keys, values, priority):
+        with self.calls.call("push", keys, self._step(keys, 1)):
+            self._push_keys(keys, values, priority)
+
+    def _push_keys(self, keys, values, priority):
         plain, fused = messages.by_group(self._keys, keys, values)
         self._customer.wait_sent(self._send_pushes(Command.PUSH, plain, fused, {}, priority))
         self._customer.raise_deferred()
 
     @leaves_on_timeout
     def _pull(self, keys, outs, priority):
+        with self.calls.call("pull", keys, self._step(keys, 0)):
+            self._pull_keys(keys, outs, priority)
+
+    def _pull_keys(self, keys, outs, priority):
         batches, finish = messages.pull_batches(self._keys, *messages.by_group(self._keys, keys, outs))
         reqs = [self._send(s, Command.PULL, b, {"meta": b.meta}, priority=priority) for s, b in batches]
         self._customer.wait(reqs, f"pull of {_keys_text(keys)}")
@@ -82,10 +102,12 @@ class DistKVStore(KVStore):
             f()
 
     def _pushpull(self, keys, values, outs, priority):
-        self._pushpull_start(keys, values, outs, priority).wait()
+        with self.calls.call("pushpull", keys, self._step(keys, 1)):
+            self._pushpull_start(keys, values, outs, priority).wait()
 
     @leaves_on_timeout
     def _pushpull_start(self, keys, values, outs, priority):
+        step = self._step(keys, 1)
         plain, fused = messages.by_group(self._keys, keys, list(zip(values, outs)))
         targets, finish = messages.pull_targets(self._keys, [(k, out) for k, (_, out) in plain],
                                                 [(g, [o for _, o in pairs]) for g, pairs in fused])
@@ -94,12 +116,17 @@ class DistKVStore(KVStore):
 
         @leaves_on_timeout
         def wait(store, timeout):
-            store._customer.wait(reqs, f"pushpull of {_keys_text(keys)}", timeout)
+            with store.calls.call("pushpull", keys, step):
+                store._customer.wait(reqs, f"pushpull of {_keys_text(keys)}", timeout)
             for f in finish:
                 f()
         return Pending(lambda: all(r.done for r in reqs), lambda timeout: wait(self, timeout))
 
     def _set_optimizer(self, spec):
+        with self.calls.call("set_optimizer"):
+            self._install_optimizer(spec)
+
+    def _install_optimizer(self, spec):
         # Every earlier push must be merged under the old rule before the new one applies.
         # Rank 0 installs it; the barrier carries its outcome so every worker raises alike.
         self._flush()
@@ -118,10 +145,35 @@ class DistKVStore(KVStore):
 
     def _barrier(self, timeout, note=None):
         """Wait for every worker; returns the notes workers attached, by rank (as str)."""
+        with self.calls.call("barrier"):
+            return self._wait_for_all(timeout, note)
+
+    def _wait_for_all(self, timeout, note):
         self._flush(timeout)
         body = {"rank": self.rank, "note": note} if note is not None else None
         reply = self._ask_scheduler(Command.BARRIER, body, "barrier", timeout)
         return (reply or {}).get("notes", {})
+
+    def _join(self, timeout):
+        with self.calls.call("join"):
+            self._flush(timeout)          # every push is in before the servers hear we left
+            ask = self.config.timeout if timeout is None else timeout
+            deadline = None if timeout is None else time.monotonic() + timeout
+            msg_id = self._customer.next_id()
+            sockets.send_frames(self._sched, codec.encode(Command.JOIN, msg_id, self.name))
+            while True:     # as long as the job lives: the others may train for hours
+                self._failures.check()
+                left = ask if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise PSTimeoutError(f"join: not every worker joined within {timeout:g}s")
+                if sockets.poll([self._sched], min(left, 1.0)):
+                    reply = codec.decode(sockets.recv_frames(self._sched))
+                    if reply.cmd is Command.ABORT:
+                        raise JobAbortedError(f"job aborted by the scheduler: {reply.body.get('reason')}")
+                    if reply.cmd is Command.ERROR:
+                        raise from_body(reply.body)
+                    if reply.id == msg_id:
+                        return
 
     def _close(self):
         error = None

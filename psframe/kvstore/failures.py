@@ -41,7 +41,9 @@ class Failures:
     def __init__(self, ctx, config, name, scheduler, store):
         self.crashed = False        # this worker failed: close() must not wait on the job
         self._scheduler, self._name = scheduler, name
-        self._heartbeat = peers.HeartbeatThread(ctx, config, name)
+        # every heartbeat carries the worker's call record (stall diagnosis)
+        self._heartbeat = peers.HeartbeatThread(ctx, config, name,
+                                                status=lambda: {"calls": store.calls.wire()})
         self._heartbeat.start()
         self._hook = ExceptHook.install(store)
 

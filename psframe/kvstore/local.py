@@ -51,6 +51,9 @@ class LocalKVStore(KVStore):
     def _barrier(self, timeout):
         pass
 
+    def _join(self, timeout):
+        pass     # the only worker: nobody to wait for
+
     def server_stats(self, timeout=None):
         """The in-process shard's counters, shaped like the dist kinds' (one dict per server)."""
         return [self.shard.stats()]

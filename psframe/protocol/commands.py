@@ -12,6 +12,9 @@ class Command(str, enum.Enum):
     PLACE = "place"                  # worker asks where keys live; reply: placements
     BARRIER = "barrier"              # reply once every worker arrived
     DONE = "done"                    # worker finished cleanly
+    JOIN = "join"                    # worker ran out of data; reply once every worker joined
+    LEFT = "left"                    # scheduler -> server: a worker pushes no more (body: rank,
+                                     # joined: its missing pushes count as zero)
     SHUTDOWN = "shutdown"            # scheduler -> node: stop, job finished
     ABORT = "abort"                  # scheduler -> node: stop, job failed (body: reason)
     # worker <-> server

@@ -9,6 +9,7 @@ import dataclasses
 from ..config import ROLES
 from ..logs import count
 from ..sharding import PlacementState
+from .stalls import StallWatch
 
 REGISTERING = [r for r in ROLES.values() if r.registers]
 
@@ -33,12 +34,15 @@ class _Node:
     control: bytes = b""          # the peer it registered from (a worker's request socket)
     last_seen: float = 0.0
     done: bool = False
+    calls: dict = None            # a worker's call record, from its last heartbeat
+    joined: bool = False          # a worker in (or past) kv.join(): it pushes no more
 
 
 class MembershipState:
     """Registration -> address book -> barriers/placements -> done/shutdown, with deadlines."""
 
-    def __init__(self, num_workers, num_servers, bigarray_bound, start_timeout, heartbeat_timeout, now):
+    def __init__(self, num_workers, num_servers, bigarray_bound, start_timeout, heartbeat_timeout, now,
+                 stall_timeout=30.0, stall_action="abort"):
         self.num_workers, self.num_servers = num_workers, num_servers
         sizes = {"num_workers": num_workers, "num_servers": num_servers}
         self.counts = {r.name: sizes[r.count] for r in REGISTERING}   # role -> how many
@@ -55,6 +59,9 @@ class MembershipState:
         self.failure = None               # reason the job was aborted
         self.failure_reported = False     # ... by the failing node itself (not detected here)
         self.blamed = None                # (role, rank): the node the failure is put on
+        self.stalls = StallWatch(stall_timeout, stall_action)
+        self.warnings = []                # stall reports to log (not failures)
+        self.joins = []                   # (peer, id) of workers in kv.join()
 
     # -- registration -------------------------------------------------------------------
     def register(self, peer, msg_id, role, rank, host, address, now, local_address=""):
@@ -100,11 +107,13 @@ class MembershipState:
                 for role, n in self.counts.items()}
 
     # -- liveness -----------------------------------------------------------------------
-    def heartbeat(self, peer, name, now):
+    def heartbeat(self, peer, name, now, calls=None):
         node = self.nodes.get(name)
         if node is None:
             return []
         node.peer, node.last_seen = peer, now
+        if calls is not None:
+            node.calls = calls
         return [Send(peer, "heartbeat")]
 
     def tick(self, now):
@@ -126,7 +135,21 @@ class MembershipState:
                         f"{node.role} {node.rank}@{node.host} stopped responding: no heartbeat "
                         f"for {now - node.last_seen:.1f}s (PSFRAME_HEARTBEAT_TIMEOUT="
                         f"{self.heartbeat_timeout:g}); it died or hung")
+            return self._check_stalls()
         return []
+
+    def _check_stalls(self):
+        workers = [n for n in self.nodes.values() if n.role == "worker"]
+        records = {n.rank: n.calls or {} for n in workers if not n.done and not n.joined}
+        stall, abort = self.stalls.check(records, [n.rank for n in workers if n.done])
+        if stall is None:
+            return []
+        if not abort:
+            self.warnings.append(stall.report)
+            return []
+        if stall.blamed is not None:
+            self.blamed = ("worker", stall.blamed)
+        return self.abort(stall.report)
 
     def abort(self, reason):
         """Fail the job: everyone still attached is told why."""
@@ -206,15 +229,42 @@ class MembershipState:
         return None
 
     # -- shutdown -----------------------------------------------------------------------
+    def join(self, peer, msg_id, name):
+        """A worker ran out of data (``kv.join``): the servers count its missing pushes as zero;
+        it is answered once every worker has joined or finished."""
+        node = self.nodes.get(name)
+        if node is None or node.role != "worker":
+            return [Send(peer, "error", msg_id, {"name": "ProtocolError",
+                                                 "message": f"{name} is not a worker of this job"})]
+        self.joins.append((peer, msg_id))
+        sends = [] if node.joined else self._left(node, joined=True)
+        node.joined = True
+        return sends + self._release_joins()
+
+    def _left(self, node, joined):
+        return [Send(n.peer, "left", 0, {"rank": node.rank, "joined": joined})
+                for n in self.nodes.values() if n.role == "server"]
+
+    def _release_joins(self):
+        workers = [n for n in self.nodes.values() if n.role == "worker"]
+        if not self.joins or not all(n.joined or n.done for n in workers):
+            return []
+        sends, self.joins = [Send(p, "ok", i) for p, i in self.joins], []
+        return sends
+
     def done(self, peer, msg_id, name):
         node = self.nodes.get(name)
+        sends = [Send(peer, "ok", msg_id)]
+        first_time = node is not None and not node.done
         if node is not None:
             node.done = True
-        sends = [Send(peer, "ok", msg_id)]
         finishers = [n for n in self.nodes.values() if ROLES[n.role].finishes_job]
         if (len(finishers) == sum(self.counts[r.name] for r in REGISTERING if r.finishes_job)
                 and all(n.done for n in finishers)):
             self.finished = True
-            sends += [Send(n.peer, "shutdown") for n in self.nodes.values()
-                      if ROLES[n.role].shut_down_by_scheduler]
-        return sends
+            return sends + [Send(n.peer, "shutdown") for n in self.nodes.values()
+                            if ROLES[n.role].shut_down_by_scheduler]
+        if first_time and node.role == "worker" and not node.joined:
+            # its pushes are all in (it flushed first): steps still needing it fail now
+            sends += self._left(node, joined=False)
+        return sends + self._release_joins()

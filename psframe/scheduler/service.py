@@ -26,7 +26,8 @@ class SchedulerService(RequestLoop):
         _, host, port = addresses.parse(config.scheduler)
         self.sock = sockets.router_bind(self.ctx, f"tcp://{peers.bind_ip(host)}:{port}")
         self.state = MembershipState(config.num_workers, config.num_servers, config.bigarray_bound,
-                                     config.start_timeout, config.heartbeat_timeout, time.monotonic())
+                                     config.start_timeout, config.heartbeat_timeout, time.monotonic(),
+                                     config.stall_timeout, config.stall_action)
 
     def run(self):
         logger.info("scheduler at %s waiting for %s and %s", self.config.scheduler,
@@ -36,6 +37,8 @@ class SchedulerService(RequestLoop):
                 for _ in sockets.poll([self.sock], 0.1):
                     self.drain()
                 self._send(self.state.tick(time.monotonic()))
+                while self.state.warnings:
+                    logger.warning("%s", self.state.warnings.pop(0))
                 if self.state.failure:
                     logger.error("job failed: %s", self.state.failure)
                     if self.state.blamed:
@@ -54,7 +57,10 @@ class SchedulerService(RequestLoop):
         self._send(self.handler(msg)(peer, msg))
 
     def handle_heartbeat(self, peer, msg):
-        return self.state.heartbeat(peer, msg.sender, time.monotonic())
+        calls = msg.body.get("calls") if msg.body else None
+        if calls is not None and not _is_call_record(calls):
+            raise ProtocolError("malformed heartbeat: body.calls is not a call record")
+        return self.state.heartbeat(peer, msg.sender, time.monotonic(), calls)
 
     def handle_register(self, peer, msg):
         b = msg.body
@@ -70,6 +76,9 @@ class SchedulerService(RequestLoop):
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
         return self.state.place(peer, msg.id, rank, _placements(msg.body))
 
+    def handle_join(self, peer, msg):
+        return self.state.join(peer, msg.id, msg.sender)
+
     def handle_done(self, peer, msg):
         return self.state.done(peer, msg.id, msg.sender)
 
@@ -79,6 +88,22 @@ class SchedulerService(RequestLoop):
     def _send(self, sends):
         for s in sends:
             self.send_raw(s.peer, codec.encode(Command(s.cmd), s.id, self.name, body=s.body))
+
+
+def _is_call_record(calls):
+    """A worker's call record as ``CallRecord.wire`` makes it (checked before the scheduler's
+    stall diagnosis reads it)."""
+    if type(calls) is not dict:
+        return False
+    call, last, counts = calls.get("call"), calls.get("last"), calls.get("counts")
+    names = (str, type(None))
+    return (type(last) is list and type(counts) is dict
+            and all(type(k) is str and type(v) is int for k, v in counts.items())
+            and all(type(c) is list and len(c) == 3 and type(c[0]) is str for c in last)
+            and (call is None or type(call) is list and len(call) == 5 and type(call[0]) is str
+                 and type(call[1]) is str and type(call[2]) in (int, type(None))
+                 and type(call[3]) in (int, float) and type(call[4]) is list
+                 and all(type(n) in names for n in call[4])))
 
 
 def _field(body, name, kind, default=None):

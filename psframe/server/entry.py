@@ -65,11 +65,12 @@ class PushAck:
 
 class StepMerge:
     """Fixed-rank-order sum of one step's pushes, per member of the entry."""
-    __slots__ = ("acc", "next_rank", "early", "tokens")
+    __slots__ = ("acc", "next_rank", "skipped", "early", "tokens")
 
     def __init__(self, members):
         self.acc = None                                  # flat sum so far (members' slices)
         self.next_rank = np.zeros(members, np.int64)     # per member: the rank to add next
+        self.skipped = None     # per member: ranks passed over (joined workers); None: none
         self.early = []     # [EarlyPush]: arrived before its turn
         self.tokens = []    # [PushAck]: due when their members complete the step
 

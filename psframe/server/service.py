@@ -97,7 +97,8 @@ class ServerService(RequestLoop):
         return address
 
     def _loop(self, sched):
-        link = SchedulerLink(self.ctx, self.config, self.name, sock=sched)
+        link = SchedulerLink(self.ctx, self.config, self.name, sock=sched,
+                             on_message=self._from_scheduler)
         next_prune = time.monotonic()
         poller = sockets.Poller([self.sock, sched])
         while not link.ended:
@@ -118,6 +119,17 @@ class ServerService(RequestLoop):
             return 0
         logger.error("%s", link.reason)
         return EXIT_ABORTED_BY_PEER
+
+    def _from_scheduler(self, msg):
+        """A worker left (finished or joined): steps waiting on it complete or fail now."""
+        if msg.cmd is not Command.LEFT:
+            logger.warning("ignored %r from the scheduler", msg.cmd.value)
+            return
+        rank, joined = msg.body.get("rank"), msg.body.get("joined")
+        if type(rank) is not int or not 0 <= rank < self.config.num_workers or type(joined) is not bool:
+            logger.warning("ignored a malformed 'left' from the scheduler: %r", msg.body)
+            return
+        self._deliver(self.shard.leave(rank, joined))
 
     # -- the receive-and-reply loop's hooks and the handlers --------------------------------
     def received(self, msg):

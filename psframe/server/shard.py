@@ -22,7 +22,7 @@ Async semantics: every push is applied on arrival (``value += push`` without opt
 import numpy as np
 
 from ..errors import (ConfigError, DoubleInitError, OptimizerError, DTypeMismatchError, ProtocolError, ShapeMismatchError,
-                      UninitializedKeyError)
+                      UnevenStepsError, UninitializedKeyError)
 from ..protocol import ArrayDesc
 from . import updates
 from .entry import EarlyPush, KeyState, NoGuard, ParkedInit, ParkedPull, PushAck, Reply, StepMerge, high, low
@@ -43,6 +43,8 @@ class ShardState:
         self.keys = {}                 # (key, part) -> KeyState (a key-part or a group)
         self.members = {}              # key of a group member -> (its group's _KeyState, index)
         self.optimizer = None
+        self.absent = {}               # rank -> True (joined: its missing pushes count as zero)
+                                       # or False (finished: a step that needs it cannot complete)
         # bytes per worker rank too: with the ranks' hosts, what crossed between hosts
         self.counters = {"pushes": [0] * num_workers, "pulls": [0] * num_workers,
                          "bytes_in": 0, "bytes_out": 0, "updates": 0,
@@ -156,20 +158,76 @@ class ShardState:
         if token is not None:
             merge.tokens.append(PushAck(token, lo, hi))
         merge.early.append(EarlyPush(rank, lo, hi, flat))
-        if not self._sum_in_rank_order(st, merge):
-            return []          # nothing of this step became complete
+        try:
+            if not self._sum_in_rank_order(st, merge, desc.step):
+                return []          # nothing of this step became complete
+        except UnevenStepsError as exc:
+            return self._fail_uneven(st, exc)
         return self._complete_steps(st)
 
-    def _sum_in_rank_order(self, st, merge):
+    # -- workers that finished or joined ------------------------------------------------
+    def leave(self, rank, joined):
+        """Worker ``rank`` pushes no more (all its pushes are in: it flushed first). Joined: its
+        missing pushes of every later step count as zero. Finished: every step that needs one
+        fails now, naming it. Returns the replies that became due."""
+        self.absent[rank] = bool(joined)
+        replies = []
+        for st in self.keys.values():
+            try:
+                for step in sorted(st.merges):
+                    self._sum_in_rank_order(st, st.merges[step], step)
+                replies += self._complete_steps(st)
+            except UnevenStepsError as exc:
+                replies += self._fail_uneven(st, exc)
+        return replies
+
+    def _skip_absent(self, st, merge, step):
+        """Pass over the ranks absent from ``step`` (every later push of a joined worker counts
+        as zero); True if some member passed one."""
+        next_rank, n, skipped = merge.next_rank, self.num_workers, False
+        for m in range(len(st.names)):
+            r = int(next_rank[m])
+            while r < n and r in self.absent and st.pushes[r, m] < step:
+                if not self.absent[r]:
+                    raise UnevenStepsError(
+                        f"step {step} of key {st.names[m]!r} cannot complete: worker {r} finished "
+                        f"(closed its KVStore) after pushing it {int(st.pushes[r, m])} times; every "
+                        f"worker must push every key equally often, or call kv.join() when it "
+                        f"runs out of data")
+                if merge.skipped is None:
+                    merge.skipped = np.zeros(len(st.names), np.int64)
+                merge.skipped[m] += 1
+                r += 1
+                skipped = True
+            next_rank[m] = r
+        return skipped
+
+    def _fail_uneven(self, st, exc):
+        """Everyone waiting on the entry's steps gets ``exc``; later calls on it too."""
+        st.failed = exc
+        waiting = [a.token for m in st.merges.values() for a in m.tokens]
+        waiting += [p.token for p in st.parked_pulls]
+        st.parked_pulls = []
+        for m in st.merges.values():
+            m.tokens = []
+        return [Reply(t, error=exc) for t in waiting]
+
+    def _sum_in_rank_order(self, st, merge, step):
         """Add every early array whose turn has come; True if a member's step became complete.
         An array spanning members at different turns is split into one entry per member."""
         early, next_rank, bounds = merge.early, merge.next_rank, st.bounds
         completed_any, progress = False, True
-        while progress and early:
+        while progress:
             progress = False
+            if self.absent and self._skip_absent(st, merge, step):
+                completed_any = completed_any or bool((next_rank == self.num_workers).any())
             for entry in list(early):
                 rank, lo, hi, flat = entry.rank, entry.lo, entry.hi, entry.flat
-                if low(next_rank, lo, hi) == rank and high(next_rank, lo, hi) == rank:
+                first = rank == 0 if merge.skipped is None else (
+                    high(next_rank - merge.skipped, lo, hi) == 0)
+                if (low(next_rank, lo, hi) == rank and high(next_rank, lo, hi) == rank
+                        and (merge.skipped is None
+                             or first or low(next_rank - merge.skipped, lo, hi) > 0)):
                     early.remove(entry)
                     if (merge.acc is None and self.owns_pushes and hi - lo == len(st.names)
                             and flat.flags.writeable):
@@ -178,14 +236,15 @@ class ShardState:
                         if merge.acc is None:
                             merge.acc = self._take_buffer(st)
                         target = merge.acc[bounds[lo]:bounds[hi]]
-                        if rank == 0:
+                        if first:
                             np.copyto(target, flat)
                         else:
                             np.add(target, flat, out=target)
                     next_rank[lo:hi] += 1
                     completed_any = completed_any or rank + 1 == self.num_workers
                     progress = True
-                elif hi - lo > 1 and (next_rank[lo:hi] == rank).any():
+                elif hi - lo > 1 and (next_rank[lo:hi] == rank).any() or (
+                        hi - lo > 1 and merge.skipped is not None):
                     early.remove(entry)
                     start = bounds[lo]
                     early.extend(EarlyPush(rank, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start])

@@ -20,8 +20,10 @@ class SchedulerLink:
     scheduler went silent for ``heartbeat_timeout``) ``reason`` says why and ``error_cls`` is
     the error a blocked call raises."""
 
-    def __init__(self, ctx, config, name, sock=None):
+    def __init__(self, ctx, config, name, sock=None, status=None, on_message=None):
         self.config, self.name = config, name
+        self.on_message = on_message   # (msg) -> None: what else the scheduler sends
+        self.status = status     # () -> a msgpack-able dict each heartbeat carries, or None
         self.sock = sock if sock is not None else sockets.dealer(ctx, config.scheduler)
         self.poll_interval = min(config.heartbeat_interval, 0.2)
         self.shutdown = False
@@ -37,7 +39,8 @@ class SchedulerLink:
     def beat(self, now):
         """Send a heartbeat when one is due."""
         if now >= self._next_beat:
-            sockets.send_frames(self.sock, codec.encode(Command.HEARTBEAT, 0, self.name))
+            body = self.status() if self.status is not None else None
+            sockets.send_frames(self.sock, codec.encode(Command.HEARTBEAT, 0, self.name, body=body))
             self._next_beat = now + self.config.heartbeat_interval
 
     def receive(self):
@@ -52,6 +55,8 @@ class SchedulerLink:
             self._abort(f"job aborted by the scheduler: {msg.body.get('reason')}", JobAbortedError)
         elif msg.cmd is Command.SHUTDOWN:
             self.shutdown = True
+        elif self.on_message is not None:
+            self.on_message(msg)
 
     def check_silence(self, now):
         """Call when nothing came: past ``heartbeat_timeout`` the scheduler counts as lost."""
@@ -84,9 +89,9 @@ class HeartbeatThread(threading.Thread):
     (it may be busy computing), the process exits with status 1 so no job hangs.
     """
 
-    def __init__(self, ctx, config, name, grace=5.0):
+    def __init__(self, ctx, config, name, grace=5.0, status=None):
         super().__init__(name="psframe-heartbeat", daemon=True)
-        self.ctx, self.config, self.node = ctx, config, name
+        self.ctx, self.config, self.node, self.status = ctx, config, name, status
         self.grace = grace
         self.link = None
         self._stop_evt = threading.Event()
@@ -103,7 +108,7 @@ class HeartbeatThread(threading.Thread):
         self._stop_evt.set()
 
     def run(self):
-        link = SchedulerLink(self.ctx, self.config, self.node)
+        link = SchedulerLink(self.ctx, self.config, self.node, status=self.status)
         self.link = link
         try:
             while not self._stop_evt.is_set() and not link.ended:
