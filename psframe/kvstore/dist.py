@@ -261,6 +261,8 @@ class DistKVStore(KVStore):
             self._links.send(lane, frames, track=False)
         else:
             msg_id, req = self._customer.new(lane[0], cmd, batch.acks, batch.targets)
+            if priority:        # the server answers requests completed together by priority
+                body = dict(body or {}, priority=priority)
             frames = codec.encode(cmd, msg_id, self.name, batch.descs,
                                   [b.view(np.uint8) for b in batch.bufs], body)
             tracker = self._outgoing.send(lane, frames, self._entries(batch),
