@@ -6,8 +6,6 @@ the pulled values land in. With CUDA parameters the buffers are pinned and the d
 copies run on a side stream, started as each gradient becomes ready; a push waits only for its
 own copy (a CUDA event).
 """
-import numpy as np
-
 #: Parameters smaller than this share a fused key (and message) with their neighbours.
 FUSION_BYTES = 64 * 1024
 
@@ -46,6 +44,8 @@ class Bucket:
             with torch.cuda.stream(stream):
                 for p, n in zip(self.params, self.sizes):
                     self._copy(dst[off:off + n], p, non_blocking=True)
+                    if p.grad is not None:
+                        p.grad.record_stream(stream)    # not reused before the copy is done
                     off += n
                 self.copied = torch.cuda.Event()
                 self.copied.record(stream)
@@ -66,9 +66,6 @@ class Bucket:
         if self.copied is not None:
             self.copied.synchronize()
             self.copied = None
-
-    def copies_done(self):
-        return self.copied is None or self.copied.query()
 
     def scatter(self, tensors, flat, scale=1.0):
         """Copy ``flat * scale`` back into the tensors (gradients or weights)."""
@@ -99,8 +96,3 @@ def buckets(params, prefix, fusion_bytes):
     if run:
         runs.append(run)
     return [Bucket(f"{prefix}:{i}", r, len(runs) - i) for i, r in enumerate(runs)]
-
-
-def host_copy(tensor):
-    """A numpy copy of ``tensor`` (any device)."""
-    return np.array(tensor.detach().cpu().numpy(), copy=True)

@@ -59,12 +59,6 @@ class Overlapped(abc.ABC):
         finally:
             self._syncing = old
 
-    def remove_hooks(self):
-        """Stop overlapping (the hooks are removed; ``step()`` then pushes everything)."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks, self.overlap = [], False
-
     # -- during backward ----------------------------------------------------------------
     def _on_grad(self, b, i, param):
         if not self._syncing:
