@@ -8,7 +8,8 @@ The same script runs in one process or as every worker of a job:
 Each worker reads its own share of the shards through ``psframe.data``, computes the mean
 gradient of its batch with a hand-written backward pass, and push-pulls it; the servers average
 the workers' gradients (``rescale_grad = 1 / num_workers``) and apply SGD with momentum under a
-``scaled_lr`` rate, with ``Warmup`` then ``Cosine`` decay. ``--batch-size`` is per worker, so the global batch is
+``scaled_lr`` rate, with ``Warmup`` then ``Cosine`` decay. ``--compression 2bit`` (or ``fp16``)
+compresses the pushed gradients (docs/compression.md). ``--batch-size`` is per worker, so the global batch is
 ``batch_size * num_workers``. When ``--data`` holds no shards yet, rank 0 writes them there first
 (``psframe.data.write_partitions``; local path or ``s3://``). Rank 0 shows a progress bar and the
 per-epoch loss/accuracy, then writes ``metrics.json`` and ``curves.png`` to ``--out``; its last
@@ -136,6 +137,10 @@ def parse_args(argv=None):
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kvstore", default=None, help="KVStore kind (default: from the launcher)")
+    ap.add_argument("--compression", choices=("none", "fp16", "2bit"), default="none",
+                    help="gradient compression of the pushes (docs/compression.md)")
+    ap.add_argument("--threshold", type=float, default=0.1,
+                    help="2bit threshold: about the size of a typical gradient element")
     ap.add_argument("--out", default="demo-output/mlp", help="directory for metrics and plot")
     return ap.parse_args(argv)
 
@@ -146,6 +151,9 @@ def main(argv=None):
     t0 = time.monotonic()
     with psframe.create(args.kvstore) as kv:
         lead = kv.rank == 0
+        if args.compression != "none":     # before the first push, on every worker
+            kv.set_gradient_compression({"type": "2bit", "threshold": args.threshold}
+                                        if args.compression == "2bit" else {"type": "fp16"})
         if lead and not has_data(args.data, opts):
             print(f"writing the digits dataset to {args.data}", flush=True)
             write_digits(args.data, storage_options=opts)
@@ -169,6 +177,7 @@ def main(argv=None):
                                            rescale_grad=1.0 / kv.num_workers))
 
         metrics = {"example": "train_mlp", "kvstore": kv.type, "num_workers": kv.num_workers,
+                   "compression": args.compression,
                    "batch_size": args.batch_size, "global_batch": global_batch, "lr": lr,
                    "warmup_steps": warmup, "steps_per_epoch": len(train), "epochs": [],
                    "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
@@ -197,7 +206,9 @@ def main(argv=None):
         print(f"rank {kv.rank}: trained on {batches} batches", flush=True)
         kv.barrier()     # every push merged before the counters are read
         if lead:
-            metrics["server_pushes"] = [s["pushes"] for s in kv.server_stats()]
+            counters = kv.server_stats()
+            metrics["server_pushes"] = [s["pushes"] for s in counters]
+            metrics["server_bytes_in_wire"] = [s["bytes_in_wire"] for s in counters]
             metrics["batches_rank0"] = batches
             metrics["wall_time_s"] = round(time.monotonic() - t0, 2)
             metrics["final_test_acc"] = metrics["test_acc"][-1] if metrics["test_acc"] else None

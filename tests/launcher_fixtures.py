@@ -81,7 +81,9 @@ def assert_none_left(tag, within=5.0):
         raise AssertionError(f"processes left running: {list(zip(left, desc))}")
 
 
-HELPERS = r"psframe_launcher\.agent|orted"
+# launch agents of *this* suite's interpreter (and ssh/mpirun command lines starting them): other
+# test runs on the machine have interpreters of their own
+HELPERS = rf"{re.escape(VENV_BIN)}/python\S* -m psframe_launcher\.agent|orted"
 
 
 def assert_every_role_ran(job, host, workers=3):
@@ -235,103 +237,3 @@ def kill_9(tag, **env):
         act.pid = pid
         os.kill(pid, signal.SIGKILL)
     return act
-
-
-# --- test hosts: network namespaces on a private bridge, each optionally with its own sshd ----
-
-SSHD = "/usr/sbin/sshd"
-
-
-def ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20, check=check)
-
-
-def keygen(path):
-    """A new passphrase-less ed25519 key pair at ``path`` / ``path``.pub."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
-                   check=True, timeout=20)
-    return str(path)
-
-
-class NetnsHosts:
-    """Test "hosts": network namespaces named ``<prefix>-<name>``, each with an ``eth0`` on one
-    bridge that lives in its own namespace. Nothing is added to the root namespace, so every
-    client must run inside a host (``exec_prefix``). sshd processes get a bounded lifetime and
-    their own UTS namespace (hostname = namespace name); ``close`` stops them and deletes every
-    namespace."""
-
-    def __init__(self, workdir, prefix, lifetime=300):
-        self.dir, self.prefix, self.lifetime = str(workdir), prefix, lifetime
-        self.bridge = f"{prefix}-br"
-        self.namespaces, self.sshd = [], []
-        self.hostkey = None
-        ip("netns", "add", self.bridge)
-        self.namespaces.append(self.bridge)
-        ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
-        ip("-n", self.bridge, "link", "set", "br0", "up")
-
-    def add_host(self, name, addr, prefixlen=24):
-        """A namespace with ``addr`` on ``eth0``; returns its name."""
-        ns, port = f"{self.prefix}-{name}", f"port{len(self.namespaces)}"
-        ip("netns", "add", ns)
-        self.namespaces.append(ns)
-        ip("link", "add", "veth0", "netns", ns, "type", "veth", "peer", "name", port,
-           "netns", self.bridge)
-        ip("-n", self.bridge, "link", "set", port, "master", "br0")
-        ip("-n", self.bridge, "link", "set", port, "up")
-        ip("-n", ns, "link", "set", "veth0", "name", "eth0")
-        ip("-n", ns, "addr", "add", f"{addr}/{prefixlen}", "dev", "eth0")
-        ip("-n", ns, "link", "set", "eth0", "up")
-        ip("-n", ns, "link", "set", "lo", "up")
-        return ns
-
-    @staticmethod
-    def exec_prefix(ns):
-        return ("ip", "netns", "exec", ns)
-
-    def start_sshd(self, ns, addr, authorized_keys, port=2222, accept_env=()):
-        """sshd in ``ns`` on ``addr:port``, key-only root login with ``authorized_keys``."""
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        if self.hostkey is None:
-            self.hostkey = keygen(os.path.join(self.dir, "hostkey"))
-        conf = os.path.join(self.dir, f"sshd_{ns}.conf")
-        with open(conf, "w") as f:
-            f.write(f"Port {port}\nListenAddress {addr}\nHostKey {self.hostkey}\n"
-                    f"PidFile {self.dir}/sshd_{ns}.pid\nPermitRootLogin prohibit-password\n"
-                    "PubkeyAuthentication yes\nPasswordAuthentication no\n"
-                    "KbdInteractiveAuthentication no\n"
-                    f"AuthorizedKeysFile {authorized_keys}\nStrictModes no\nUsePAM no\n"
-                    "PrintMotd no\n" + "".join(f"AcceptEnv {e}\n" for e in accept_env))
-        with open(os.path.join(self.dir, f"sshd_{ns}.log"), "w") as log:
-            self.sshd.append((ns, port, subprocess.Popen(
-                [*self.exec_prefix(ns), "unshare", "--uts", "sh", "-c",
-                 f"hostname {ns}; exec timeout {self.lifetime} {SSHD} -D -e -f {conf}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)))
-
-    def wait_sshd(self, timeout=10):
-        deadline = time.monotonic() + timeout
-        for ns, port, _ in self.sshd:
-            while f":{port}" not in ip("netns", "exec", ns, "ss", "-ltn").stdout:
-                if time.monotonic() > deadline:
-                    with open(os.path.join(self.dir, f"sshd_{ns}.log")) as f:
-                        raise AssertionError(f"sshd in {ns} not listening: {f.read()}")
-                time.sleep(0.05)
-
-    def assert_on_link(self, ns, addrs):
-        """The rule above all: from ``ns``, traffic to ``addrs`` stays on the test bridge (or is
-        the namespace's own address)."""
-        for addr in addrs:
-            route = ip("netns", "exec", ns, "ip", "route", "get", addr).stdout
-            assert route.startswith("local ") or ("dev eth0" in route and "via" not in route), route
-
-    def close(self):
-        for _, _, p in self.sshd:
-            p.send_signal(signal.SIGTERM)   # `timeout` forwards it to sshd
-        for _, _, p in self.sshd:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        for ns in reversed(self.namespaces):
-            ip("netns", "del", ns, check=False)

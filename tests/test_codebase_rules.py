@@ -8,7 +8,8 @@ SOURCES = [p for d in ("psframe", "launcher", "examples") for p in (ROOT / d).rg
 # lower layers never import higher ones (each layer can be read and tested without those above);
 # every top-level module or package of psframe/ must be here (except __init__, the public API,
 # which may import anything)
-LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "protocol": 2,
+LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "compression": 1,
+         "protocol": 2,
          "transport": 3, "sharding": 4, "optim": 4, "aggregation": 4, "server": 5, "scheduler": 5,
          "kvstore": 6,
          # a side branch for training scripts: above the core, so no core module imports it

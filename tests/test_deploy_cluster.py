@@ -14,7 +14,8 @@ import pytest
 
 from conftest import EXAMPLES, require, require_exe
 from deploy_fixtures import DEPLOY, aws_env, deploy, moto_template, secrets_in
-from launcher_fixtures import SSHD, WORKER, ArgvWatcher, NetnsHosts, keygen
+from launcher_fixtures import WORKER, ArgvWatcher
+from psframe.bench.netns_bridge import SSHD, NetnsBridge, exec_prefix, keygen
 from s3_fixtures import MOTO, SECRET, MotoServer
 from test_examples_mlp import EPOCHS, GLOBAL_BATCH, check_outputs, rank0_lines, serial  # noqa: F401
 
@@ -28,7 +29,7 @@ SSH_CLIENT = ["--ssh-option", "StrictHostKeyChecking=no", "--ssh-option", "UserK
 
 
 def _bootstrap_cmd(c, node, *extra):
-    return [*NetnsHosts.exec_prefix(node["ns"]), "timeout", "-s", "KILL", "90", DEPLOY, "bootstrap",
+    return [*exec_prefix(node["ns"]), "timeout", "-s", "KILL", "90", DEPLOY, "bootstrap",
             "--stack", c["stack"], "--workers", str(WORKERS), "--servers", str(SERVERS),
             "--slots", str(SLOTS), "--ssh-user", "", "--ssh-dir", node["ssh_dir"],
             "--state-dir", node["state_dir"], "--poll", "0.2", "--timeout", "60", *extra]
@@ -42,7 +43,7 @@ def cluster(tmp_path_factory):
     require(os.path.exists(SSHD), f"{SSHD} (openssh-server)")
     require(os.path.exists(MOTO), "moto_server (pip install 'moto[server]')")
     d = tmp_path_factory.mktemp("deploy-e2e")
-    net = NetnsHosts(d, f"pd{uuid.uuid4().hex[:6]}")
+    net = NetnsBridge(f"pd{uuid.uuid4().hex[:6]}", d)
     moto = None
     try:
         aws_ns = net.add_host("aws", AWS_ADDR)
@@ -73,9 +74,9 @@ def cluster(tmp_path_factory):
             f.write(open(c["user_key"] + ".pub").read())
         net.wait_sshd()
         addrs = [n["private_ip"] for n in nodes]
-        net.assert_on_link(aws_ns, addrs)
+        net.check_on_link(aws_ns, addrs)
         for node in nodes:
-            net.assert_on_link(node["ns"], addrs + [AWS_ADDR])
+            net.check_on_link(node["ns"], addrs + [AWS_ADDR])
         # every node bootstraps at once, as at boot; the others wait for the head's key
         with ArgvWatcher("PRIVATE KEY") as key_watch, ArgvWatcher(SECRET) as secret_watch:
             procs = [subprocess.Popen(_bootstrap_cmd(c, n, "--instance-id", n["instance_id"],
@@ -114,7 +115,7 @@ def test_bootstrap_in_every_namespace_writes_the_hostfile_and_shares_the_key(clu
 def test_bootstrap_without_metadata_asks_for_the_instance_id(cluster):
     node = cluster["nodes"][1]
     # inside a node namespace the metadata address has no route at all: nothing leaves
-    route = subprocess.run([*NetnsHosts.exec_prefix(node["ns"]), "ip", "route", "get",
+    route = subprocess.run([*exec_prefix(node["ns"]), "ip", "route", "get",
                             "169.254.169.254"], capture_output=True, text=True, timeout=20)
     assert route.returncode != 0 and "unreachable" in route.stderr, route
     result = subprocess.run(_bootstrap_cmd(cluster, node, "--no-signal"), env=cluster["env"],
@@ -130,7 +131,7 @@ def _run(cluster, *launch_args, timeout=240, sync=()):
                    "-i", cluster["user_key"], "--ssh-port", str(SSH_PORT), *SSH_CLIENT,
                    "--state-dir", head["state_dir"], "--remote-command", DEPLOY, "--",
                    "--ssh-port", str(SSH_PORT), *launch_args],
-                  env=cluster["env"], prefix=NetnsHosts.exec_prefix(cluster["aws_ns"]),
+                  env=cluster["env"], prefix=exec_prefix(cluster["aws_ns"]),
                   timeout=timeout)
 
 

@@ -94,6 +94,22 @@ def test_mlp_cluster_matches_serial_and_every_worker_trains(digits, serial, tmp_
     assert per_worker == [4 * steps] * 4, pushes
 
 
+def test_mlp_cluster_2bit_compression_reaches_95(digits, tmp_path):
+    """--compression 2bit, 4 workers x 2 servers: still >= 0.95, with at most 1/15 of float32's
+    bytes pushed. Quantized updates come in bursts of +-threshold, so this run halves the peak
+    learning rate and trains 15 epochs (docs/compression.md, "Convergence")."""
+    out_dir, epochs = str(tmp_path), 15
+    out = run([LAUNCH, "-n", "4", "-s", "2", os.path.join(EXAMPLES, "train_mlp.py"), "--data",
+               digits, "--out", out_dir, "--epochs", str(epochs), "--batch-size", str(GLOBAL_BATCH // 4),
+               "--compression", "2bit", "--threshold", "0.1", "--lr", "0.4"], cwd=out_dir)
+    metrics = check_outputs(out_dir, rank0_lines(out, True), epochs=epochs)
+    assert metrics["compression"] == "2bit"
+    assert metrics["final_test_acc"] >= 0.95, metrics["test_acc"]
+    pushes = 4 * epochs * metrics["steps_per_epoch"]
+    float32_bytes = pushes * 4 * (64 * 128 + 128 + 128 * 10 + 10)
+    assert sum(metrics["server_bytes_in_wire"]) * 15 <= float32_bytes, metrics["server_bytes_in_wire"]
+
+
 def test_mlp_s3_data_written_on_first_use(moto, tmp_path):
     """--data s3://...: rank 0 writes the shards to an empty prefix, then both workers read them
     from the endpoint (each its own share: the store saw both ranks' User-Agents)."""

@@ -94,3 +94,10 @@ def test_a_node_reporting_its_own_failure_is_not_told_back():
     # worker 0 hears it on both sockets (heartbeat and request), worker 1 on neither
     assert {s.peer for s in sends} == {b"hb0", b"w0", b"s0"}
     assert m.failure_reported and "worker 1@host failed: uncaught ValueError: boom" in m.failure
+
+
+def test_abort_answers_a_placement_still_waiting_for_rank_0():
+    m = _ready()
+    assert m.place(b"w1", 5, 1, [["k", 3, 12]]) == []          # parked until rank 0 places "k"
+    sends = m.abort("stalled")
+    assert (b"w1", 5) in {(s.peer, s.id) for s in sends if s.cmd == "abort"}

@@ -69,3 +69,19 @@ def test_finished_rank_fails_the_step_it_is_missing_from_at_once():
         and "after pushing it 1 times" in str(err) and "kv.join()" in str(err)
     (rep,) = s.push(2, d(2), np.ones(3), "a2")        # later calls fail at once, same error
     assert isinstance(rep.error, UnevenStepsError)
+
+
+def test_a_finished_rank_does_not_fail_a_member_nobody_pushed_at_that_step():
+    """A group member pushed alone runs a step ahead of the others: that step exists for it
+    only. A worker finishing afterwards fails nothing, and every member still answers."""
+    s = ShardState(2)
+    members = [("a", (2,)), ("b", (3,))]
+    s.init(0, ArrayDesc("grp", 0, "float64", (5,), 0), np.zeros(5), None, members=members)
+    for r in range(2):
+        s.push(r, ArrayDesc("grp", 0, "float64", (5,), 1), np.full(5, r + 1.0), None)
+        s.push(r, ArrayDesc("b", 0, "float64", (3,), 2), np.full(3, 10.0 * (r + 1)), None)
+    assert s.leave(0, joined=False) == []
+    (rep,) = s.pull(1, ArrayDesc("a", 0, "float64", (2,), 1), "q")
+    np.testing.assert_array_equal(rep.arrays[0][1], [3.0, 3.0])
+    (rep,) = s.pull(1, ArrayDesc("b", 0, "float64", (3,), 2), "q")
+    np.testing.assert_array_equal(rep.arrays[0][1], [30.0, 30.0, 30.0])

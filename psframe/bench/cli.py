@@ -14,7 +14,7 @@ import time
 import zmq
 
 from .. import optim
-from . import baselines, cases, multihost, report, raw_traffic
+from . import baselines, cases, compression, multihost, report, raw_traffic
 from .cases import parse_size, parse_sizes
 from .runner import run_job
 
@@ -60,6 +60,12 @@ def build_parser():
                    help="how workers reach servers on this machine (PSFRAME_IPC), and what the raw "
                         "pyzmq baselines may use: ipc (psframe's default: big entries over the unix "
                         "socket, the rest over TCP) or tcp (TCP only)")
+    p.add_argument("--compression", default="",
+                   help="also compare gradient compression (comma list of fp16, 2bit) against "
+                        "uncompressed pushpull in the multi-server job: bytes pushed and time")
+    p.add_argument("--threshold", type=float, default=0.5, help="2bit threshold of --compression")
+    p.add_argument("--compression-sizes", default="16MiB,100MiB",
+                   help="key sizes of the --compression comparison")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot bandwidth vs size")
     p.add_argument("--timeline", metavar="FILE.json",
@@ -161,6 +167,10 @@ def measure(ns):
             row["gloo"] = rep["baselines"].get("gloo", {}).get(row["nbytes"])
             row["raw_traffic"] = rep["baselines"].get("raw_traffic", {}).get(row["nbytes"])
     rep["targets"] = targets(rep, job1, kinds[0])
+    types = compression.parse_types(ns.compression)
+    if types:
+        rep["compression"] = compression.measure(run_job, ns, kinds[0], parse_sizes(ns.compression_sizes), types)
+        rep["targets"] += compression.targets(rep["compression"])
     return rep
 
 
@@ -233,6 +243,11 @@ def main(argv=None):
     rep["elapsed_s"] = time.monotonic() - t0
     print(report.table(rep["rows"]))
     print()
+    if rep.get("compression"):
+        print("gradient compression (pushed bytes from the servers' counters; CPU: every worker's and "
+              "server's, per pushpull; on loopback the CPU ratio is the cost of compressing):")
+        print(compression.table(rep["compression"]))
+        print()
     applied = f"; the servers apply {ns.optimizer}, the targets assume they only sum" if ns.optimizer != "none" else ""
     print(f"targets (medians of this run{applied}):")
     print(report.targets_text(rep["targets"]))

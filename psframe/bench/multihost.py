@@ -11,7 +11,7 @@ import signal
 import sys
 
 from ..transport.addresses import free_port
-from . import baselines, netns, report
+from . import baselines, compression, netns, report
 from .cases import format_size, parse_sizes, rounds_for, size_case
 from .runner import run_job
 
@@ -45,7 +45,8 @@ def _interrupt(signum, frame):
 
 def add_arguments(parser):
     g = parser.add_argument_group("multi-host mode (root only; uses --allreduce-sizes, --rounds, "
-                                  "--warmup, -n, -s, --no-gloo, --json, --job-timeout)")
+                                  "--warmup, -n, -s, --no-gloo, --json, --job-timeout, and "
+                                  "--compression: each size also runs compressed)")
     g.add_argument("--hosts-netns", type=int, default=0, metavar="N",
                    help="build N hosts from network namespaces (sshd each, links shaped to "
                         "--link-rate), run the psframe job over the ssh launcher and a gloo "
@@ -130,19 +131,20 @@ def measure(ns, hosts, sizes, num_workers, num_servers, rate):
     servers = server_hosts(num_servers, len(hosts.names))
     launch = ["--launcher", "ssh", "-H", hosts.hostfile, *hosts.launch_args]
     rows = []
-    for nbytes in sizes:
+    for nbytes, kind in [(n, t) for n in sizes for t in ("none", *compression.parse_types(ns.compression))]:
         case = size_case(nbytes, ["pushpull"])
         spec = {"rounds": ns.rounds, "warmup": ns.warmup, "optimizer": None, "cases": [case],
-                "link": netns.LINK}
-        _progress(f"psframe job: {format_size(nbytes)} pushpull, {num_workers} workers + "
-                  f"{num_servers} servers over ssh")
+                "link": netns.LINK,
+                "compression": compression.config_of(kind, ns.threshold) if kind != "none" else None}
+        _progress(f"psframe job: {format_size(nbytes)} pushpull{'' if kind == 'none' else ', ' + kind}, "
+                  f"{num_workers} workers + {num_servers} servers over ssh")
         results = run_job(num_workers, num_servers, KIND, spec, ns, prefix=hosts.exec_prefix(0),
                           launch_args=launch)
         rounds = rounds_for(nbytes, ns.rounds)
         before, after = results[0]["link"][case["label"]]
         held = [s["held_bytes"] for s in after["servers"]]
         payload = crossing(before["servers"], after["servers"], workers, servers)
-        rows.append({"nbytes": nbytes, "rounds": rounds,
+        rows.append({"nbytes": nbytes, "rounds": rounds, "compression": kind,
                      "psframe": report.round_medians(results, case["label"])["pushpull"],
                      "psframe_wire": _wire([before, after], rounds),
                      "psframe_payload": [b / rounds for b in payload],
@@ -178,11 +180,25 @@ def text(rep):
              f"{rep['num_workers']} workers ({per_host} per host) + {rep['num_servers']} servers over "
              f"the ssh launcher; gloo: {rep['num_workers']} ranks placed the same way; medians of the "
              f"slowest rank over the timed rounds (after {rep['warmup']} warm-up)", ""]
-    summary = []
+    summary, uncompressed = [], {}
     for row in rep["rows"]:
         size, gloo = format_size(row["nbytes"]), row.get("gloo")
+        kind = row.get("compression", "none")
+        if kind != "none":       # a compressed run of the size above: under its psframe row
+            t, wire = row["psframe"], row["psframe_wire"]
+            t0, at = uncompressed[row["nbytes"]]
+            bits = max(wire) * 8 / t
+            lines.insert(at, f"  {'psframe, ' + kind:<24} {t * 1e3:9.1f}   {wire[0] / MB:8.1f} / "
+                             f"{wire[1] / MB:<8.1f}            {bits / 1e9:5.2f}   {100 * bits / rate:5.0f}%"
+                             f"   {t / t0:.2f}x uncompressed")
+            uncompressed[row["nbytes"]] = (t0, at + 1)
+            summary.append(f"multi-host {size} pushpull, {rep['hosts']} hosts at {_rate_text(rate)}: "
+                           f"{kind} / uncompressed {t / t0:.2f}x ({t * 1e3:.0f} ms vs {t0 * 1e3:.0f} ms; "
+                           f"host link out {wire[0] / MB:.1f} MB/round)")
+            continue
         lines.append(f"{size} pushpull, {row['rounds']} rounds:     ms/round   host 1 link MB/round "
                      f"out / in   Gbit/s  of link   vs gloo")
+        uncompressed[row["nbytes"]] = (row["psframe"], len(lines) + 1)   # after psframe's line
         for name, t, wire in (("psframe (ssh launcher)", row["psframe"], row["psframe_wire"]),
                               ("gloo allreduce", gloo, row.get("gloo_wire"))):
             if t is None:

@@ -1,32 +1,24 @@
 """Hosts made of Linux network namespaces on this machine, for multi-host runs without a cluster
 (``psframe-bench --hosts-netns``, the ssh launcher tests). Root only.
 
-Each host is a namespace with its own hostname (a UTS namespace around its sshd), an ``eth0``
-whose peer sits on a bridge in a private namespace, and an sshd that accepts one generated key.
-With a ``rate``, both directions of every host's link are shaped by a token bucket (``tc tbf``
-on ``eth0`` and on its bridge port), so each host has a full-duplex NIC of that rate. Nothing is
-added to the root namespace: clients must run inside a host (``exec_prefix``), so no packet can
-take the root namespace's default route off the machine. Every name carries a per-run id, sshd
-dies by itself after ``lifetime`` seconds, and ``close`` kills whatever still runs in the
-namespaces and deletes them.
+``NetnsHosts`` puts N hosts on one private bridge (``netns_bridge``): each has its own hostname
+(a UTS namespace around its sshd), an ``eth0`` on the bridge, and an sshd that accepts one
+generated key. With a ``rate``, both directions of every host's link are shaped by a token
+bucket, so each host has a full-duplex NIC of that rate. Nothing is added to the root namespace:
+clients must run inside a host (``exec_prefix``). Every name carries a per-run id, sshd dies by
+itself after ``lifetime`` seconds, and ``close`` kills whatever still runs in the namespaces and
+deletes them.
 """
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 import uuid
 
-SSH_PORT = 2222
-SSHD = "/usr/sbin/sshd"
-LINK = "eth0"
+from .netns_bridge import (LINK, SSH_PORT, SSHD, NetnsBridge, NetnsError, exec_prefix, keygen,
+                           namespace_name)
+
 _UNITS = {"bit": 1, "kbit": 10 ** 3, "mbit": 10 ** 6, "gbit": 10 ** 9, "tbit": 10 ** 12}
-
-
-class NetnsError(RuntimeError):
-    """Building the namespace hosts failed; the message names the step and the fix."""
 
 
 def parse_rate(text):
@@ -81,21 +73,6 @@ def _netdev_counters(text, name):
     return None
 
 
-def _run(*args, timeout=20):
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise NetnsError(f"`{' '.join(args)}` failed (exit {proc.returncode}): "
-                         f"{proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
-
-
-def _tbf(rate_bits):
-    """``tc tbf`` arguments for ``rate_bits``: a bucket of at least 256 KiB (what checked out at
-    1 Gbit/s) or 1 ms of traffic, so fast links are not held back by the bucket."""
-    burst = max(256 * 1024, int(rate_bits / 8 / 1000))
-    return ["tbf", "rate", f"{int(rate_bits)}bit", "burst", str(burst), "latency", "50ms"]
-
-
 class NetnsHosts:
     """``count`` namespace hosts at ``{subnet}.11``, ``.12``, ... with sshd on port 2222.
 
@@ -108,16 +85,15 @@ class NetnsHosts:
                  subnet="10.200.0", prefix="psf"):
         if count < 1:
             raise ValueError(f"need at least one host, got {count}")
-        run_id = uuid.uuid4().hex[:6]
-        self.names = [f"{prefix}{run_id}-h{i + 1}" for i in range(count)]
-        self.bridge = f"{prefix}{run_id}-br"
+        self.prefix = f"{prefix}{uuid.uuid4().hex[:6]}"      # the per-run id in every name
+        self.names = [namespace_name(self.prefix, f"h{i + 1}") for i in range(count)]
+        self.bridge = namespace_name(self.prefix, "br")
         self.addresses = [f"{subnet}.{11 + i}" for i in range(count)]
         self.subnet = f"{subnet}.0/24"
         self.rate_bits, self.slots, self.lifetime = rate_bits, slots, lifetime
         self._own_dir = workdir is None
         self.dir = str(workdir) if workdir else None
-        self.sshd = []
-        self.made = []          # namespaces created so far, deleted by close()
+        self.net = None           # the NetnsBridge, once up() made it
 
     @property
     def identity(self):
@@ -136,7 +112,7 @@ class NetnsHosts:
 
     def exec_prefix(self, index):
         """Argv prefix running a command inside host ``index``'s namespace."""
-        return ["ip", "netns", "exec", self.names[index]]
+        return exec_prefix(self.names[index])
 
     def up(self, timeout=15.0):
         """Create the namespaces, links, shaping and sshd; returns once every sshd listens.
@@ -149,110 +125,26 @@ class NetnsHosts:
             raise NetnsError("namespace hosts need " + "; ".join(missing))
         if self.dir is None:
             self.dir = tempfile.mkdtemp(prefix="psframe-netns-")
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege-separation dir
-        for key in ("hostkey", "id_ed25519"):
-            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(self.dir, key))
         keys = os.path.join(self.dir, "authorized_keys")
-        shutil.copyfile(self.identity + ".pub", keys)
+        shutil.copyfile(keygen(self.identity) + ".pub", keys)
         os.chmod(keys, 0o600)
-        self._add_namespace(self.bridge)
-        _run("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge")
-        _run("ip", "-n", self.bridge, "link", "set", "br0", "up")
-        for i, (ns, addr) in enumerate(zip(self.names, self.addresses)):
-            self._add_host(i, ns, addr)
+        self.net = NetnsBridge(self.prefix, self.dir, self.lifetime)
+        for i, addr in enumerate(self.addresses):
+            ns = self.net.add_host(f"h{i + 1}", addr, rate_bits=self.rate_bits)
+            self.net.start_sshd(ns, addr, keys)
         with open(self.hostfile, "w", encoding="utf-8") as f:
             f.write("".join(f"{a} slots={self.slots}\n" for a in self.addresses))
-        self._wait_listening(timeout)
-        for addr in self.addresses[1:]:      # traffic between hosts stays on the bridge
-            route = _run(*self.exec_prefix(0), "ip", "route", "get", addr)
-            if f"dev {LINK}" not in route or " via " in route:
-                raise NetnsError(f"route from {self.names[0]} to {addr} leaves the bridge: {route}")
+        self.net.wait_sshd(timeout)
+        self.net.check_on_link(self.names[0], self.addresses[1:])   # host to host on the bridge
         return self
-
-    def _add_namespace(self, ns):
-        _run("ip", "netns", "add", ns)
-        self.made.append(ns)
-
-    def _add_host(self, i, ns, addr):
-        self._add_namespace(ns)
-        port = f"port{i + 1}"
-        _run("ip", "link", "add", f"veth{i + 1}", "netns", ns, "type", "veth", "peer", "name", port,
-             "netns", self.bridge)
-        _run("ip", "-n", self.bridge, "link", "set", port, "master", "br0")
-        _run("ip", "-n", self.bridge, "link", "set", port, "up")
-        _run("ip", "-n", ns, "link", "set", f"veth{i + 1}", "name", LINK)
-        _run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", LINK)
-        _run("ip", "-n", ns, "link", "set", LINK, "up")
-        _run("ip", "-n", ns, "link", "set", "lo", "up")
-        if self.rate_bits:
-            # out of the host on its eth0, into it on its bridge port: a full-duplex NIC
-            _run("tc", "-n", ns, "qdisc", "replace", "dev", LINK, "root", *_tbf(self.rate_bits))
-            _run("tc", "-n", self.bridge, "qdisc", "replace", "dev", port, "root", *_tbf(self.rate_bits))
-        conf = os.path.join(self.dir, f"sshd_{ns}.conf")
-        with open(conf, "w", encoding="utf-8") as f:
-            f.write(f"Port {SSH_PORT}\nListenAddress {addr}\nHostKey {self.dir}/hostkey\n"
-                    f"PidFile {self.dir}/sshd_{ns}.pid\nPermitRootLogin prohibit-password\n"
-                    "PubkeyAuthentication yes\nPasswordAuthentication no\n"
-                    "KbdInteractiveAuthentication no\n"
-                    f"AuthorizedKeysFile {self.dir}/authorized_keys\nStrictModes no\nUsePAM no\n"
-                    "PrintMotd no\n")
-        with open(os.path.join(self.dir, f"sshd_{ns}.log"), "w") as log:
-            self.sshd.append(subprocess.Popen(
-                ["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c",
-                 f"hostname {ns}; exec timeout {int(self.lifetime)} {SSHD} -D -e -f {conf}"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True))
-
-    def _wait_listening(self, timeout):
-        deadline = time.monotonic() + timeout
-        for i, (ns, proc) in enumerate(zip(self.names, self.sshd)):
-            while f":{SSH_PORT}" not in _run(*self.exec_prefix(i), "ss", "-ltn"):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    with open(os.path.join(self.dir, f"sshd_{ns}.log")) as f:
-                        raise NetnsError(f"sshd in {ns} is not listening on port {SSH_PORT} "
-                                         f"after {timeout:g}s: {f.read()[-1000:]}")
-                time.sleep(0.05)
-
-    def link_bytes(self, index):
-        """``(received, sent)`` bytes of host ``index``'s link so far."""
-        found = _netdev_counters(_run(*self.exec_prefix(index), "cat", "/proc/net/dev"), LINK)
-        if found is None:
-            raise NetnsError(f"no {LINK} in {self.names[index]}")
-        return found
-
-    def pids(self):
-        """Pids of every process still running in one of the namespaces."""
-        pids = set()
-        for ns in self.made:
-            proc = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                                  timeout=20)
-            pids.update(int(p) for p in proc.stdout.split() if p.isdigit())
-        return pids - {os.getpid()}
 
     def close(self, grace=3.0):
         """Stop everything running in the namespaces (TERM, then KILL after ``grace`` s), delete
         them (which removes their links) and the work directory if it was made here. Safe to
         call more than once, and after a failed ``up``."""
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            deadline = time.monotonic() + wait
-            while self.pids() and time.monotonic() < deadline:
-                for p in self.sshd:
-                    p.poll()           # reap ours, so they do not linger as zombies
-                time.sleep(0.05)
-        for p in self.sshd:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.sshd = []
-        for ns in reversed(self.made):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
-        self.made = []
+        if self.net is not None:
+            self.net.close(grace)
+            self.net = None
         if self._own_dir and self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

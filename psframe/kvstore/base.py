@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from .. import arrays
+from .. import arrays, compression
 from ..aggregation.reduce import sum_arrays
 from ..errors import (ConfigError, DoubleInitError, DTypeMismatchError, ShapeMismatchError,
                       UninitializedKeyError, UnsupportedDTypeError)
@@ -138,6 +138,8 @@ class KVStore(abc.ABC):
         self._keys = {}
         self._closed = False
         self._closed_by = None       # why the store closed itself (said by later calls)
+        self._pushed = False         # gradient compression is fixed by the first push
+        self._compressor = None      # compression.GradientCompressor, once set
 
     # -- public API ---------------------------------------------------------------------
     def init(self, key, value):
@@ -168,6 +170,7 @@ class KVStore(abc.ABC):
         """Push values (an array, or a list of arrays per key, summed here first). Returns once
         the buffers are handed off; the servers merge asynchronously."""
         keys, vals = self._checked(key, value, "push")
+        self._pushed = True
         self._push(keys, [sum_arrays(v) for v in vals], priority)
 
     def pull(self, key, out, priority=0):
@@ -183,6 +186,7 @@ class KVStore(abc.ABC):
                             "result into); with out=None the result goes back into value")
         keys, vals = self._checked(key, value, "pushpull")
         outs = vals if out is None else self._checked(key, out, _PUSHPULL_OUT)[1]
+        self._pushed = True
         self._pushpull(keys, [sum_arrays(v) for v in vals], outs, priority)
 
     def pushpull_async(self, key, value, out=None, priority=0):
@@ -202,6 +206,31 @@ class KVStore(abc.ABC):
         from .. import optim
         self._check_open()
         self._set_optimizer(optim.to_spec(optimizer))
+
+    def set_gradient_compression(self, config):
+        """Compress every pushed gradient of a float key from now on (inits and pulls never are):
+        ``{"type": "2bit", "threshold": t}`` sends each element as +t, -t or 0 (16 to a 32-bit
+        word) and keeps what it did not send in a per-key residual added to the next push;
+        ``{"type": "fp16"}`` sends float16; ``{"type": "none"}`` sends as is. Servers decode and
+        sum in the key's dtype. Call it on every worker, with the same config, before the first
+        push (see docs/compression.md).
+
+        Raises:
+            ConfigError: a bad config, a call after this worker's first push, or (dist kinds)
+                workers that set different configs.
+        """
+        self._check_open()
+        spec = compression.from_user(config)
+        if self._pushed:
+            raise ConfigError(
+                "set_gradient_compression must be called before the first push (this worker has "
+                "pushed already, and the servers have summed those pushes uncompressed); call it "
+                "right after psframe.create(), on every worker")
+        self._set_compression(spec)
+
+    def _set_compression(self, spec):
+        """Install ``spec`` (None: no compression); dist kinds first check that workers agree."""
+        self._compressor = compression.GradientCompressor(spec) if spec is not None else None
 
     def barrier(self, timeout=None):
         """Return once every worker of the job called ``barrier``."""

@@ -143,15 +143,29 @@ class DistKVStore(KVStore):
         if notes.get("0"):
             raise from_wire(*notes["0"])
 
+    def _set_compression(self, spec):
+        with self.calls.call("set_gradient_compression"):
+            # Every worker must send the same encoding: the scheduler compares the configs at
+            # a barrier and answers every worker with the same error if they differ.
+            self._flush()
+            mine = spec.to_wire() if spec is not None else {"type": "none"}
+            self._wait_for_all(None, None, agree={"what": "set_gradient_compression", "value": mine},
+                               what="set_gradient_compression (every worker must call it, before its "
+                                    "first push)")
+        super()._set_compression(spec)
+
     def _barrier(self, timeout, note=None):
         """Wait for every worker; returns the notes workers attached, by rank (as str)."""
         with self.calls.call("barrier"):
             return self._wait_for_all(timeout, note)
 
-    def _wait_for_all(self, timeout, note):
+    def _wait_for_all(self, timeout, note, agree=None, what="barrier"):
+        """``agree``: a value every worker must bring (the scheduler checks; ConfigError if not)."""
         self._flush(timeout)
-        body = {"rank": self.rank, "note": note} if note is not None else None
-        reply = self._ask_scheduler(Command.BARRIER, body, "barrier", timeout)
+        body = {"rank": self.rank, "note": note} if note is not None else {}
+        if agree is not None:
+            body["agree"] = agree
+        reply = self._ask_scheduler(Command.BARRIER, body or None, what, timeout)
         return (reply or {}).get("notes", {})
 
     def _join(self, timeout):
@@ -242,18 +256,22 @@ class DistKVStore(KVStore):
         return super()._checked(key, value, op)
 
     def _send_pushes(self, cmd, plain, fused, targets, priority):
-        batches, wait = messages.push_batches(cmd, self._keys, plain, fused, targets, self._backpressure)
-        return [self._send(s, cmd, b, wait_for_send=wait, priority=priority) for s, b in batches]
+        batches, wait = messages.push_batches(cmd, self._keys, plain, fused, targets, self._backpressure,
+                                              self._compressor)
+        spec = self._compressor.spec if self._compressor is not None else None
+        return [self._send(s, cmd, b, wait_for_send=wait, compression=spec, priority=priority)
+                for s, b in batches]
 
     def _backpressure(self, info):
         self._customer.wait_merged(info, self.config.max_steps_ahead)
 
-    def _send(self, lane, cmd, batch=None, body=None, wait_for_send=False, priority=0):
+    def _send(self, lane, cmd, batch=None, body=None, wait_for_send=False, compression=None, priority=0):
         """Send one request over lane ``(server index, big)`` (see ``routes.lane``; control
         messages go as not big, at once) with ``batch``'s arrays, through the ``SendQueue`` at
         ``priority``. ``wait_for_send``: the arrays are the caller's, so ``Customer.wait_sent``
         must see zmq done with them; the batch's send buffers (ours, reused) are given the
-        send's tracker."""
+        send's tracker. ``compression``: the spec of the batch's compressed arrays (named in
+        the header)."""
         self._failures.check()
         if batch is None:
             msg_id, req = self._customer.new(lane[0], cmd)
@@ -264,7 +282,7 @@ class DistKVStore(KVStore):
             if priority:        # the server answers requests completed together by priority
                 body = dict(body or {}, priority=priority)
             frames = codec.encode(cmd, msg_id, self.name, batch.descs,
-                                  [b.view(np.uint8) for b in batch.bufs], body)
+                                  [b.view(np.uint8) for b in batch.bufs], body, compression)
             tracker = self._outgoing.send(lane, frames, self._entries(batch),
                                           sum(b.nbytes for b in batch.bufs), priority)
             for slot in batch.send_buffers:

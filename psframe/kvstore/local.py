@@ -1,6 +1,11 @@
 """The ``local`` kind: the same API in one process, driving a server shard directly (no
-sockets, no threads), so a serial training script runs unchanged."""
-from .. import arrays
+sockets, no threads), so a serial training script runs unchanged.
+
+Gradient compression applies here too: each push goes through the same quantization and
+residual as it would on a worker of a dist job (compressed, then decoded), so a serial run sees
+the numerics of a one-worker job.
+"""
+from .. import arrays, compression
 from ..protocol import ArrayDesc
 from ..server.shard import ShardState
 from .base import KVStore
@@ -12,6 +17,7 @@ class LocalKVStore(KVStore):
     def __init__(self, sync=True):
         super().__init__()
         self.shard = ShardState(num_workers=1, sync=sync)
+        self._bytes_in_wire = 0     # what the pushes would have put on the wire (compressed)
 
     def _run(self, replies):
         for r in replies:
@@ -31,7 +37,14 @@ class LocalKVStore(KVStore):
         for k, v in zip(keys, values):
             info = self._keys[k]
             info.pushes += 1
-            self._run(self.shard.push(0, self._desc(k, info.pushes), arrays.to_host(v), token=k))
+            host = arrays.to_host(v)
+            if self._compressor is not None and self._compressor.applies_to(info.dtype):
+                host = compression.roundtrip(self._compressor, k, info.size, host.reshape(-1))
+                host = host.reshape(info.shape)
+                self._bytes_in_wire += self._compressor.spec.wire_nbytes(info.size)
+            else:
+                self._bytes_in_wire += host.nbytes
+            self._run(self.shard.push(0, self._desc(k, info.pushes), host, token=k))
             info.acked = info.pushes
 
     def _pull(self, keys, outs, priority):
@@ -56,7 +69,7 @@ class LocalKVStore(KVStore):
 
     def server_stats(self, timeout=None):
         """The in-process shard's counters, shaped like the dist kinds' (one dict per server)."""
-        return [self.shard.stats()]
+        return [dict(self.shard.stats(), bytes_in_wire=self._bytes_in_wire)]
 
     def _close(self):
         pass

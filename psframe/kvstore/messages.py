@@ -116,22 +116,35 @@ def pull_targets(known, plain, fused):
     return targets, finish
 
 
-def push_batches(cmd, known, plain, fused, targets, backpressure):
+def push_batches(cmd, known, plain, fused, targets, backpressure, compressor=None):
     """``(batches, wait_for_send)``: the push (or pushpull, with reply ``targets``) messages.
     ``backpressure(info)`` is called before each key's push is counted; ``wait_for_send``:
-    the messages carry the caller's own arrays, zero-copy, so a push waits until zmq sent them."""
+    the messages carry the caller's own arrays, zero-copy, so a push waits until zmq sent them.
+    ``compressor``: the worker's ``compression.GradientCompressor``, if any; float arrays then
+    travel compressed (a key's parts with their slices of its residual, a group whole, a group
+    member pushed alone with its slice of the group's residual)."""
     batches, owned = Batches(), True
     for k, v in plain:
         info = known[k]
         backpressure(info)
-        host, copied = host_array(v)
-        owned = owned and copied            # our copy: no need to wait for the wire
+        spec = compressor.spec if compressor is not None and compressor.applies_to(info.dtype) else None
+        if spec is not None and arrays.backend(v) == "cupy":
+            host, copied = v, True          # compressed on the device; only the codes move
+        else:
+            host, copied = host_array(v)
+        owned = owned and (copied or spec is not None)   # our copy: no need to wait for the wire
         info.pushes += 1
         flat = host.reshape(-1)
+        g = info.group
+        entry, entry_size, offset = (g.key, g.size, g.bounds[info.member]) if g else (k, info.size, 0)
         for i, p in enumerate(info.parts):
             buf = flat[p.start:p.stop]
+            # messages are cut by the uncompressed bytes: a pushpull's reply carries them, and
+            # a reply of many chunks would arrive only whole (no pipelining)
             batch = batches.add(key_lane(info, p), buf.nbytes)
-            batch.descs.append(ArrayDesc(k, p.part, info.dtype, part_shape(info, p), info.pushes))
+            if spec is not None:
+                buf = compressor.encode(entry, entry_size, buf, offset + p.start)
+            batch.descs.append(ArrayDesc(k, p.part, info.dtype, part_shape(info, p), info.pushes, spec))
             batch.bufs.append(buf)
             batch.acks.append(Ack(k, info, i))
             if (k, p.part) in targets:
@@ -144,10 +157,14 @@ def push_batches(cmd, known, plain, fused, targets, backpressure):
             info.pushes += 1
         slot = g.pack(flats)                # our copy, reused once zmq has sent it
         batch = batches.add(group_lane(g), slot.array.nbytes)
-        batch.descs.append(ArrayDesc(g.key, 0, g.dtype, (g.size,), g.infos[0].pushes))
-        batch.bufs.append(slot.array)
+        spec = compressor.spec if compressor is not None and compressor.applies_to(g.dtype) else None
+        batch.descs.append(ArrayDesc(g.key, 0, g.dtype, (g.size,), g.infos[0].pushes, spec))
+        if spec is None:
+            batch.bufs.append(slot.array)
+            batch.send_buffers.append(slot)
+        else:     # the packed copy is free again at once: only its codes are sent
+            batch.bufs.append(compressor.encode(g.key, g.size, slot.array))
         batch.acks.append(Ack(g.key, None, 0, g))
-        batch.send_buffers.append(slot)
         if (g.key, 0) in targets:
             batch.targets[(g.key, 0)] = targets[(g.key, 0)]
     # A pushpull's reply proves its bytes left (the server answers only once it has them

@@ -4,17 +4,25 @@ A message is a list of frames::
 
     frame 0      msgpack map  {"v": PROTOCOL_VERSION, "cmd": "push", "id": 17, "sender": "worker:2",
                                "arrays": [[key, part, dtype, shape, step], ...],   # one per frame
-                               "body": {...}}                                      # small extras
+                               "body": {...},                                      # small extras
+                               "compression": {"type": "2bit", "threshold": 0.5}}  # pushes only
     frame 1..n   raw bytes of array i (C order), exactly prod(shape) * itemsize bytes
 
 ``key`` is an int or str, ``part`` the slice index of a key cut over servers (0 otherwise),
 ``step`` the push count the array belongs to. Sizes are Python ints, i.e. 64-bit on the wire.
+
+A push or pushpull may compress its float arrays (gradient compression): the header then has a
+``compression`` map, and each compressed array's entry a sixth element, the compression type
+(``[key, part, dtype, shape, step, "2bit"]``). ``dtype`` and ``shape`` stay the key-part's own;
+the frame holds ``prod(shape)`` float16 values (``fp16``) or ``4 * ceil(prod(shape) / 16)``
+bytes of 2-bit codes (``2bit``, layout in ``psframe.compression.twobit``).
 """
 import dataclasses
 
 import msgpack
 import numpy as np
 
+from .. import compression as compression_mod
 from ..arrays import DTYPES
 from ..errors import ProtocolError, to_wire
 from .commands import COMMANDS, PROTOCOL_VERSION, Command
@@ -26,11 +34,13 @@ ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
 
 class ArrayDesc:
     """What one array frame holds. A plain slotted class: thousands are built per call when a
-    model's small keys travel together, so construction must be cheap."""
-    __slots__ = ("key", "part", "dtype", "shape", "step")
+    model's small keys travel together, so construction must be cheap. ``compression``: the
+    ``CompressionSpec`` the frame is compressed with, or None."""
+    __slots__ = ("key", "part", "dtype", "shape", "step", "compression")
 
-    def __init__(self, key, part, dtype, shape, step=0):
+    def __init__(self, key, part, dtype, shape, step=0, compression=None):
         self.key, self.part, self.dtype, self.shape, self.step = key, part, dtype, tuple(shape), step
+        self.compression = compression
 
     def __eq__(self, other):
         return isinstance(other, ArrayDesc) and self.to_wire() == other.to_wire()
@@ -40,12 +50,25 @@ class ArrayDesc:
 
     @property
     def nbytes(self):
+        """Bytes of the array itself (``dtype`` x ``shape``)."""
         n = ITEMSIZE[self.dtype]
         for d in self.shape:
             n *= d
         return n
 
+    @property
+    def wire_nbytes(self):
+        """Bytes of its frame: ``nbytes``, or fewer when compressed."""
+        if self.compression is None:
+            return self.nbytes
+        size = 1
+        for d in self.shape:
+            size *= d
+        return self.compression.wire_nbytes(size)
+
     def to_wire(self):
+        if self.compression is not None:
+            return [self.key, self.part, self.dtype, list(self.shape), self.step, self.compression.type]
         return [self.key, self.part, self.dtype, list(self.shape), self.step]
 
 
@@ -59,20 +82,23 @@ class Message:
     buffers: list = dataclasses.field(default_factory=list)  # one per array (frames/memoryviews)
 
 
-def encode_header(cmd, id=0, sender="", arrays=(), body=None):
-    """The msgpack header frame of a message (see module docstring)."""
+def encode_header(cmd, id=0, sender="", arrays=(), body=None, compression=None):
+    """The msgpack header frame of a message (see module docstring). ``compression``: the
+    ``CompressionSpec`` of the arrays whose descriptors name one."""
     header = {"v": PROTOCOL_VERSION, "cmd": Command(cmd).value, "id": id, "sender": sender,
               "arrays": [a.to_wire() for a in arrays]}
     if body:
         header["body"] = body
+    if compression is not None:
+        header["compression"] = compression.to_wire()
     return msgpack.packb(header, use_bin_type=True)
 
 
-def encode(cmd, id=0, sender="", arrays=(), buffers=(), body=None):
+def encode(cmd, id=0, sender="", arrays=(), buffers=(), body=None, compression=None):
     """Frames of a message: the header, then ``buffers`` as they are (no copy here)."""
     if len(arrays) != len(buffers):
         raise ProtocolError(f"{len(arrays)} array descriptors but {len(buffers)} buffers")
-    return [encode_header(cmd, id, sender, arrays, body), *buffers]
+    return [encode_header(cmd, id, sender, arrays, body, compression), *buffers]
 
 
 def encode_error(id, sender, exc):
@@ -110,13 +136,21 @@ def decode_header(frame):
     raw_arrays = header.get("arrays", [])
     if not isinstance(raw_arrays, list):
         _fail("arrays", "is not a list")
-    arrays = [decode_desc(i, a) for i, a in enumerate(raw_arrays)]
+    spec = None
+    if "compression" in header:
+        if cmd not in (Command.PUSH, Command.PUSHPULL):
+            _fail("compression", f"on a {cmd.value!r} message: only pushed gradients are compressed")
+        spec = compression_mod.from_wire(header["compression"])
+    arrays = [decode_desc(i, a, spec) for i, a in enumerate(raw_arrays)]
     return Message(cmd=cmd, id=mid, sender=sender, arrays=arrays, body=body)
 
 
-def decode_desc(i, raw):
-    """Validate one ``[key, part, dtype, shape, step]`` entry of a header -> ArrayDesc."""
+def decode_desc(i, raw, compression=None):
+    """Validate one ``[key, part, dtype, shape, step(, compression type)]`` entry of a header
+    -> ArrayDesc; ``compression`` is the message's spec (None: no entry may name one)."""
     if type(raw) is not list or len(raw) != 5:
+        if type(raw) is list and len(raw) == 6:
+            return _compressed_desc(i, raw, compression)
         _fail(f"arrays[{i}]", "is not [key, part, dtype, shape, step]")
     key, part, dtype, shape, step = raw
     if type(key) is not str and (type(key) is not int):
@@ -135,6 +169,20 @@ def decode_desc(i, raw):
     if extent > MAX_ELEMENTS:
         _fail(f"arrays[{i}].shape", f"{shape!r} spans more than 2**48 elements")
     return ArrayDesc(key, part, dtype, shape, step)
+
+
+def _compressed_desc(i, raw, spec):
+    """An entry naming its compression, checked against the header's and the key's dtype."""
+    if spec is None:
+        _fail(f"arrays[{i}]", f"names compression {raw[5]!r} but the message has no compression field")
+    if raw[5] != spec.type:
+        _fail(f"arrays[{i}]", f"names compression {raw[5]!r} but the message's is {spec.type!r}")
+    desc = decode_desc(i, raw[:5])
+    if not spec.applies_to(desc.dtype):
+        _fail(f"arrays[{i}]", f"is {desc.dtype}: {spec.type} compresses only "
+                              f"{', '.join(d for d in compression_mod.spec.FLOAT_DTYPES if spec.applies_to(d))}")
+    desc.compression = spec
+    return desc
 
 
 def decode_meta(body, field="meta"):
@@ -189,9 +237,10 @@ def check_frame_sizes(msg, sizes):
 
 def check_frame_size(i, desc, size):
     """The frame of array ``i`` must have exactly the bytes ``desc`` declares."""
-    if desc.nbytes != size:
-        _fail(f"arrays[{i}]", f"(key {desc.key!r}) declares {desc.nbytes} bytes "
-                              f"({desc.dtype}{list(desc.shape)}) but its frame has {size}")
+    if desc.wire_nbytes != size:
+        how = "" if desc.compression is None else f" as {desc.compression.type}"
+        _fail(f"arrays[{i}]", f"(key {desc.key!r}) declares {desc.wire_nbytes} bytes "
+                              f"({desc.dtype}{list(desc.shape)}{how}) but its frame has {size}")
 
 
 def decode(frames):
@@ -206,5 +255,8 @@ def decode(frames):
 
 
 def as_array(desc, buffer):
-    """A numpy view of ``buffer`` as described by ``desc`` (read-only if the buffer is)."""
+    """A numpy view of ``buffer`` as described by ``desc`` (read-only if the buffer is); a
+    compressed frame is decoded into a new array of the key's dtype and shape."""
+    if desc.compression is not None:
+        return compression_mod.decode(desc.compression, desc.dtype, desc.shape, buffer)
     return np.frombuffer(buffer, dtype=desc.dtype).reshape(desc.shape)

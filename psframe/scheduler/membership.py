@@ -53,8 +53,9 @@ class MembershipState:
         self.ready = False
         self.barrier = {}                 # rank -> (peer, id); a retry replaces its entry
         self.barrier_notes = {}           # str(rank) -> note for everyone at release
+        self.barrier_agree = {}           # rank -> {"what", "value"} every worker must agree on
         self.placements = PlacementState(num_servers, bigarray_bound)
-        self.parked_places = []           # (peer, id, keys) of non-zero ranks
+        self.parked_places = []           # (peer, id, keys, rank) of non-zero ranks
         self.finished = False             # every worker done: shut down
         self.failure = None               # reason the job was aborted
         self.failure_reported = False     # ... by the failing node itself (not detected here)
@@ -156,7 +157,7 @@ class MembershipState:
         self.failure = reason
         sends = [Send(p, "abort", i, {"reason": reason}) for p, i in self.waiting_register]
         sends += [Send(p, "abort", i, {"reason": reason}) for p, i in self.barrier.values()]
-        sends += [Send(p, "abort", i, {"reason": reason}) for p, i, _ in self.parked_places]
+        sends += [Send(p, "abort", i, {"reason": reason}) for p, i, _, _ in self.parked_places]
         # to both of a node's sockets: its heartbeat socket may not have spoken yet
         sends += [Send(p, "abort", 0, {"reason": reason}) for n in self.nodes.values()
                   if not n.done for p in {n.peer, n.control}]
@@ -174,19 +175,37 @@ class MembershipState:
         return sends
 
     # -- collectives --------------------------------------------------------------------
-    def enter_barrier(self, peer, msg_id, rank, note=None):
+    def enter_barrier(self, peer, msg_id, rank, note=None, agree=None):
         """Release every worker once all arrived (counted by rank, so a retry after a timeout
         counts once); notes attached by ranks go to everyone (e.g. rank 0's set_optimizer
-        outcome)."""
+        outcome). ``agree`` (``{"what": str, "value": ...}``, e.g. the gradient compression
+        config): every worker must bring the same value, else each gets a ConfigError listing
+        every worker's."""
         self.barrier[rank] = (peer, msg_id)
         if note is not None:
             self.barrier_notes[str(rank)] = note
+        if agree is not None:
+            self.barrier_agree[rank] = agree
         if len(self.barrier) < self.num_workers:
             return []
+        error = self._disagreement()
         body = {"notes": self.barrier_notes} if self.barrier_notes else None
-        sends = [Send(p, "ok", i, body) for p, i in self.barrier.values()]
-        self.barrier, self.barrier_notes = {}, {}
+        sends = [Send(p, "error", i, error) if error else Send(p, "ok", i, body)
+                 for p, i in self.barrier.values()]
+        self.barrier, self.barrier_notes, self.barrier_agree = {}, {}, {}
         return sends
+
+    def _disagreement(self):
+        """The error body when the workers of a barrier brought different ``agree`` values."""
+        if not self.barrier_agree:
+            return None
+        values = {r: (self.barrier_agree.get(r) or {}).get("value") for r in range(self.num_workers)}
+        if all(v == values[0] for v in values.values()):
+            return None
+        what = next(a.get("what", "a setting") for a in self.barrier_agree.values())
+        listed = "; ".join(f"worker {r}: {v!r}" for r, v in values.items())
+        return {"name": "ConfigError", "message": f"{what} differs between workers ({listed}); "
+                                                  f"call it with the same arguments on every worker"}
 
     def place(self, peer, msg_id, rank, keys):
         """``keys``: [[key, size, nbytes], ...], a fusion group with its member keys as a 4th

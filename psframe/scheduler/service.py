@@ -70,7 +70,8 @@ class SchedulerService(RequestLoop):
 
     def handle_barrier(self, peer, msg):
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
-        return self.state.enter_barrier(peer, msg.id, rank, msg.body.get("note"))
+        return self.state.enter_barrier(peer, msg.id, rank, msg.body.get("note"),
+                                        _agree(msg.body.get("agree")))
 
     def handle_place(self, peer, msg):
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
@@ -125,3 +126,10 @@ def _placements(body):
     if not ok:
         raise ProtocolError("malformed message: body.keys is not a list of [key, size, nbytes]")
     return keys
+
+
+def _agree(raw):
+    """A barrier's ``agree`` field: None, or ``{"what": str, "value": ...}``."""
+    if raw is not None and (type(raw) is not dict or type(raw.get("what")) is not str or "value" not in raw):
+        raise ProtocolError("malformed message: body.agree is not {\"what\": str, \"value\": ...}")
+    return raw

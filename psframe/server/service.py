@@ -65,6 +65,7 @@ class ServerService(RequestLoop):
         self.local_address = self._bind_local() if config.ipc else ""
         self.name = f"server:{config.server_rank}"
         self.pending = {}
+        self.bytes_in_wire = 0       # pushed array frames as received (compressed, if they were)
         self.timeline = timeline.for_process(config, "server", config.server_rank)
         self._merge_start = {}       # (key, part, step) -> first push's arrival (timeline only)
         self._arrived = 0.0          # when the message being handled arrived (timeline only)
@@ -162,7 +163,10 @@ class ServerService(RequestLoop):
         push, frombuffer, replies = self.shard.push, np.frombuffer, []
         for desc, buf in zip(msg.arrays, msg.buffers):
             # a per-array hot path when a model's many small keys come in one message
-            replies += push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
+            self.bytes_in_wire += buf.nbytes
+            array = (frombuffer(buf, desc.dtype) if desc.compression is None
+                     else codec.as_array(desc, buf)).reshape(desc.shape)
+            replies += push(rank, desc, array, token)
         self._deliver(replies)
         if self.timeline is not None:
             self._trace_merges(msg)
@@ -177,7 +181,10 @@ class ServerService(RequestLoop):
         token = self._expect(peer, msg, 2 * len(msg.arrays))
         push, pull, frombuffer, replies = self.shard.push, self.shard.pull, np.frombuffer, []
         for desc, buf in zip(msg.arrays, msg.buffers):
-            replies += push(rank, desc, frombuffer(buf, desc.dtype).reshape(desc.shape), token)
+            self.bytes_in_wire += buf.nbytes
+            array = (frombuffer(buf, desc.dtype) if desc.compression is None
+                     else codec.as_array(desc, buf)).reshape(desc.shape)
+            replies += push(rank, desc, array, token)
             replies += pull(rank, desc, token)
         self._deliver(replies)
         if self.timeline is not None:
@@ -202,7 +209,7 @@ class ServerService(RequestLoop):
         self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
 
     def handle_stats(self, peer, msg, rank):
-        body = dict(self.shard.stats(), **process_usage())
+        body = dict(self.shard.stats(), bytes_in_wire=self.bytes_in_wire, **process_usage())
         self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
 
     # -- replies ------------------------------------------------------------------------

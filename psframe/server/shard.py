@@ -186,6 +186,8 @@ class ShardState:
         as zero); True if some member passed one."""
         next_rank, n, skipped = merge.next_rank, self.num_workers, False
         for m in range(len(st.names)):
+            if st.pushes[:, m].max() < step:
+                continue     # no worker pushed this member at this step (others of its group ran ahead)
             r = int(next_rank[m])
             while r < n and r in self.absent and st.pushes[r, m] < step:
                 if not self.absent[r]:
