@@ -14,7 +14,15 @@ compresses the pushed gradients (docs/compression.md). ``--batch-size`` is per w
 (``psframe.data.write_partitions``; local path or ``s3://``). Rank 0 shows a progress bar and the
 per-epoch loss/accuracy, then writes ``metrics.json`` and ``curves.png`` to ``--out``; its last
 line is ``final test accuracy: 0.XXXX``.
+
+With ``--checkpoint-dir URL --checkpoint-every N`` every worker joins a checkpoint of the job
+(weights, SGD momentum, step counts, and each worker's data position) to ``URL/step-<steps>``
+every N steps, and a start (or a restart by ``psframe-launch --max-restarts K``) resumes from
+the newest complete one, to bitwise the same weights as a run that never stopped:
+
+    psframe-launch -n 2 -s 2 --max-restarts 3 examples/train_mlp.py --checkpoint-dir ckpt --checkpoint-every 50
 """
+import hashlib
 import argparse
 import json
 import os
@@ -142,6 +150,9 @@ def parse_args(argv=None):
     ap.add_argument("--threshold", type=float, default=0.1,
                     help="2bit threshold: about the size of a typical gradient element")
     ap.add_argument("--out", default="demo-output/mlp", help="directory for metrics and plot")
+    ap.add_argument("--checkpoint-dir", default=None,
+                    help="directory URL for checkpoints (local path or s3://...); resume from the newest")
+    ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     return ap.parse_args(argv)
 
 
@@ -181,20 +192,36 @@ def main(argv=None):
                    "batch_size": args.batch_size, "global_batch": global_batch, "lr": lr,
                    "warmup_steps": warmup, "steps_per_epoch": len(train), "epochs": [],
                    "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
+        steps = 0      # pushpulls of the whole job so far (a resumed run counts on)
+        if args.checkpoint_dir:
+            url = psframe.checkpoint.latest(args.checkpoint_dir, storage_options=opts)
+            if url is not None:
+                state = kv.load_checkpoint(url, storage_options=opts)
+                train.load_state_dict(state["data"])
+                steps = state["steps"]
+                metrics.update(state.get("metrics") or {})
+                kv.pull(list(KEYS), [params[k] for k in KEYS])
+                print(f"rank {kv.rank}: resumed from {url} at step {steps}", flush=True)
         if lead:
             from tqdm import tqdm
             print(f"{kv.num_workers} worker(s), kvstore {kv.type}, global batch {global_batch}, "
                   f"lr {lr:g} (warmup {warmup} steps), {len(train)} steps/epoch", flush=True)
         batches = 0
-        for epoch in range(args.epochs):
-            train.set_epoch(epoch)
-            bar = tqdm(train, total=len(train), desc=f"epoch {epoch + 1}/{args.epochs}",
+        while train.epoch < args.epochs:     # the dataset moves on to the next epoch by itself
+            epoch, first = train.epoch, train.state_dict()["batch"]
+            bar = tqdm(train, total=len(train), initial=first, desc=f"epoch {epoch + 1}/{args.epochs}",
                        leave=False, mininterval=1.0, file=sys.stderr) if lead else train
             for batch in bar:
                 _, grads = loss_and_grads(params, batch["x"], batch["y"])
                 # One call for all keys; first layer first, so its weights are back soonest.
                 kv.pushpull(list(KEYS), [grads[k] for k in KEYS], out=[params[k] for k in KEYS])
                 batches += 1
+                steps += 1
+                if args.checkpoint_dir and steps % args.checkpoint_every == 0:
+                    kept = {k: v for k, v in metrics.items() if isinstance(v, list)} if lead else None
+                    kv.save_checkpoint(posixpath.join(args.checkpoint_dir, f"step-{steps:08d}"),
+                                       worker_state={"data": train.state_dict(), "steps": steps,
+                                                     "metrics": kept}, storage_options=opts)
             if lead:
                 tl, ta = evaluate(params, x_tr, y_tr)
                 vl, va = evaluate(params, x_te, y_te)
@@ -212,9 +239,12 @@ def main(argv=None):
             metrics["batches_rank0"] = batches
             metrics["wall_time_s"] = round(time.monotonic() - t0, 2)
             metrics["final_test_acc"] = metrics["test_acc"][-1] if metrics["test_acc"] else None
+            metrics["steps"] = steps
+            metrics["weights_sha256"] = hashlib.sha256(b"".join(params[k].tobytes() for k in KEYS)).hexdigest()
             save_outputs(args.out, metrics)
             print(f"metrics: {os.path.join(args.out, 'metrics.json')}")
             print(f"plot: {os.path.join(args.out, 'curves.png')}")
+            print(f"weights sha256: {metrics['weights_sha256']} after {steps} steps")
             print(f"final test accuracy: {metrics['final_test_acc']:.4f}", flush=True)
         kv.barrier()     # rank 0 reads the servers' counters before anyone leaves
 

@@ -28,6 +28,9 @@ import sys
 import threading
 import time
 
+from psframe import config as envc
+from psframe.aggregation import shm
+
 from . import reaping
 from .backends.local import die_with_parent
 from .output import frame_event, frame_output
@@ -137,6 +140,7 @@ class Agent:
             pass
         reaping.kill_all(lambda: reaping.descendants(os.getpid()))
         reaping.reap_children()
+        sweep_host_tier(self.spec["env"])
         # let the forwarder pass on the last lines (bounded): the failure report quotes them,
         # and the exit event must follow them
         self.forwarder.join(timeout=FLUSH_TIMEOUT)
@@ -169,6 +173,14 @@ def _read_line(fd):
             break
         data += chunk
     return data.split(b"\n", 1)[0]
+
+
+def sweep_host_tier(job_env):
+    """After local rank 0 of a worker ended (the host's aggregator lives in it), remove what the
+    job left in this host's /dev/shm (segments are unlinked once every worker attached; a kill
+    in between leaves them)."""
+    if job_env.get(envc.ROLE) == "worker" and job_env.get(envc.LOCAL_RANK) == "0":
+        shm.sweep(shm.job_prefix(job_env.get(envc.SCHEDULER, "")))
 
 
 def _spec_from_plan(path, rank_var):

@@ -17,7 +17,7 @@ def build_parser():
         epilog="Every process gets PSFRAME_ROLE, PSFRAME_SCHEDULER, PSFRAME_NUM_WORKERS, "
                "PSFRAME_NUM_SERVERS, PSFRAME_KVSTORE, PSFRAME_RANK (workers), "
                "PSFRAME_SERVER_RANK (servers), PSFRAME_LOCAL_RANK, PSFRAME_LOCAL_SIZE, "
-               "PSFRAME_HOST, PSFRAME_START_TIMEOUT, plus --env.")
+               "PSFRAME_HOST, PSFRAME_START_TIMEOUT, PSFRAME_RESTART (restarts), plus --env.")
     p.add_argument("-n", dest="num_workers", type=int, required=True, metavar="NUM_WORKERS",
                    help="number of workers")
     p.add_argument("-s", dest="num_servers", type=int, default=None, metavar="NUM_SERVERS",
@@ -35,9 +35,20 @@ def build_parser():
     p.add_argument("--start-timeout", type=float, default=envc.DEFAULTS[envc.START_TIMEOUT],
                    metavar="SECONDS", help="seconds every process has to register with the scheduler; "
                         "after that the job fails naming who is missing (default: %(default)s)")
+    p.add_argument("--security", choices=envc.SECURITY_MODES, default=None,
+                   help="how every connection authenticates: curve (encrypted; the default with "
+                        "several hosts), token (a per-process job token, not encrypted; the default "
+                        "on one host), or none (anyone who can reach a port is trusted)")
+    p.add_argument("--max-restarts", type=int, default=0, metavar="K",
+                   help="when a process dies, stop the job (as always), then start it again, up "
+                        "to K times, with PSFRAME_RESTART=1, 2, ... (scripts resume from their "
+                        "latest checkpoint)")
     p.add_argument("--optimizer-module", action="append", default=[], metavar="PATH_OR_MODULE",
                    help="file or module defining custom optimizers; the servers import it "
                         "(repeatable)")
+    p.add_argument("--no-host-tier", dest="host_tier", action="store_false",
+                   help="workers on one host push to the servers each on their own, not through "
+                        "the host's aggregator (sets PSFRAME_HIERARCHICAL=0; for comparison)")
     p.add_argument("--ssh-port", type=int, default=None, help="ssh port (default: ssh's own)")
     p.add_argument("--ssh-identity", default=None, metavar="FILE", help="ssh private key")
     p.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
@@ -60,10 +71,10 @@ def config_from_args(ns):
     return LaunchConfig(
         num_workers=ns.num_workers, num_servers=ns.num_servers, backend=ns.backend,
         hostfile=ns.hostfile, env=parse_env_pairs(ns.env), kvstore=ns.kvstore,
-        start_timeout=ns.start_timeout,
+        start_timeout=ns.start_timeout, security=ns.security, max_restarts=ns.max_restarts,
         optimizer_modules=resolve_modules(ns.optimizer_module, cwd),
         ssh_port=ns.ssh_port, ssh_options=tuple(ns.ssh_option), ssh_identity=ns.ssh_identity and os.path.abspath(ns.ssh_identity),
-        log_dir=ns.log_dir and os.path.abspath(ns.log_dir),
+        log_dir=ns.log_dir and os.path.abspath(ns.log_dir), host_tier=ns.host_tier,
         script=ns.script, script_args=tuple(ns.args), cwd=cwd)
 
 

@@ -31,10 +31,13 @@ class LaunchConfig:
     ssh_identity: str = None
     ssh_options: tuple = ()             # extra '-o KEY=VALUE' for ssh
     log_dir: str = None
+    host_tier: bool = True              # False: PSFRAME_HIERARCHICAL=0 for every process
     python: str = sys.executable
     cwd: str = dataclasses.field(default_factory=os.getcwd)
     shutdown_grace: float = 3.0         # after the workers end, how long scheduler/servers get
     kill_grace: float = 3.0             # SIGTERM -> SIGKILL when stopping the job
+    security: str = None                # curve | token | none; None: curve multi-host, else token
+    max_restarts: int = 0               # restart a failed job up to this many times
 
     def __post_init__(self):
         if self.num_workers < 1:
@@ -46,6 +49,10 @@ class LaunchConfig:
         if self.kvstore not in envc.KINDS or self.kvstore == "local":
             raise ConfigError(f"--kvstore {self.kvstore!r}: use one of "
                               f"{', '.join(k for k in envc.KINDS if k != 'local')}")
+        if self.security is not None and self.security not in envc.SECURITY_MODES:
+            raise ConfigError(f"--security {self.security!r}: use one of {', '.join(envc.SECURITY_MODES)}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"--max-restarts {self.max_restarts}: must be >= 0")
         if not self.start_timeout > 0:
             raise ConfigError(f"--start-timeout {self.start_timeout}: must be > 0 seconds")
         if self.hostfile is not None and not os.access(self.hostfile, os.R_OK):

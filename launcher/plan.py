@@ -14,8 +14,8 @@ from psframe.transport.addresses import tcp
 
 # Variables the launcher owns; --env may not override them (it would break rank assignment).
 RESERVED = (envc.ROLE, envc.SCHEDULER, envc.LOCAL_RANK, envc.LOCAL_SIZE, envc.HOST,
-            envc.JOB_ID) + tuple(v for role in envc.ROLES.values()
-                                 for v in (role.count_env, role.rank_env) if v)
+            envc.JOB_ID, envc.SECURITY, envc.CREDENTIALS, envc.CREDENTIALS_FILE, envc.RESTART) + tuple(
+    v for role in envc.ROLES.values() for v in (role.count_env, role.rank_env) if v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,11 @@ class ProcessSpec:
     command: tuple
     env: dict
     cwd: str
+
+    @property
+    def identity(self):
+        """``worker:3`` / ``server:0`` / ``scheduler``: who this process is on the wire."""
+        return f"{self.role}:{self.index}" if envc.ROLES[self.role].rank_env else self.role
 
     @property
     def label(self):
@@ -82,9 +87,10 @@ def _local_ranks(host_indexes):
     return ranks, counts
 
 
-def make_plan(config, hosts, scheduler_port, job_id=""):
+def make_plan(config, hosts, scheduler_port, job_id="", restart=0):
     """Place every process of the job. Pure: no I/O, no clock, no randomness (the caller picks
-    ``job_id``, the tag every process of the job carries in ``PSFRAME_JOB_ID``).
+    ``job_id``, the tag every process of the job carries in ``PSFRAME_JOB_ID``). ``restart``:
+    how many times the job was restarted before this run (``PSFRAME_RESTART``, set when > 0).
 
     Raises:
         ConfigError: slots do not suffice, or ``--env`` tries to set a launcher-owned variable.
@@ -104,8 +110,12 @@ def make_plan(config, hosts, scheduler_port, job_id=""):
         envc.START_TIMEOUT: repr(float(config.start_timeout)),
         "PYTHONUNBUFFERED": "1",   # so every line reaches the launcher as it is printed
     })
+    if not config.host_tier:
+        common[envc.HIERARCHICAL] = "0"
     if job_id:
         common[envc.JOB_ID] = job_id
+    if restart:
+        common[envc.RESTART] = str(restart)
     if config.optimizer_modules:
         common[envc.USER_MODULES] = os.pathsep.join(config.optimizer_modules)
     python = config.python
@@ -129,6 +139,19 @@ def make_plan(config, hosts, scheduler_port, job_id=""):
             add(role.name, rank, h, local[rank], per_host[h], command,
                 {role.rank_env: str(rank)} if role.rank_env else {})
     return Plan(scheduler, tuple(specs), hosts)
+
+
+def with_security(plan, mode, credentials=None):
+    """``plan`` with each process's security mode and its own credentials (``credentials``:
+    identity -> ``Credentials`` of every spec; None for ``none``) in its job environment, which
+    every backend hands over without an argv (env, ssh stdin, 0600 plan file)."""
+    specs = []
+    for spec in plan.specs:
+        env = dict(spec.env, **{envc.SECURITY: mode})
+        if credentials is not None:
+            env[envc.CREDENTIALS] = credentials[spec.identity].to_text()
+        specs.append(dataclasses.replace(spec, env=env))
+    return dataclasses.replace(plan, specs=tuple(specs))
 
 
 def child_env(spec, base):

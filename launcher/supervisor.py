@@ -17,13 +17,15 @@ import threading
 import time
 
 from psframe import config as envc
+from psframe.aggregation import shm
 from psframe.config import parse_blame
 from psframe.logs import count
+from psframe.transport import credentials
 from psframe.transport.addresses import free_port
 
 from .backends.base import LaunchError, get_backend
 from .output import LineSink
-from .plan import make_plan
+from .plan import make_plan, with_security
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,9 @@ class Job:
             for sink in sinks:
                 sink.close()
             self.backend.close()
+            # the host tier's segments on this machine, if a kill left any (remote hosts:
+            # the agent of each local rank 0 does the same there)
+            shm.sweep(shm.job_prefix(self.plan.scheduler))
 
     def _run(self, sinks):
         try:
@@ -162,11 +167,20 @@ class Job:
                         return h, reason
         return None
 
-    def report(self, result):
-        """Write the failure report (nothing when the job succeeded)."""
-        if result.exit_code == 0:
-            return
+    def report(self, result, restart=None, earlier=()):
+        """Write the failure report (when the job succeeded: only the restarts it took).
+
+        Args:
+            restart: ``(n, max)`` when the launcher now starts the job again (restart n).
+            earlier: ``failure_summary`` of every run before this one (restarted runs).
+        """
         w = self.err.write
+        if result.exit_code == 0:
+            if earlier:
+                w(f"psframe-launch: job succeeded after {len(earlier)} restart(s); earlier runs "
+                  f"failed: {'; '.join(earlier)}\n")
+                self.err.flush()
+            return
         w("\n" + "=" * 72 + "\n")
         if result.stopped_by:
             w(f"psframe-launch: stopped by {result.stopped_by}; every process was terminated\n")
@@ -211,9 +225,25 @@ class Job:
         if others:
             w("psframe-launch: stopped by the launcher: "
               + ", ".join(h.spec.label for h in others) + "\n")
-        w(f"psframe-launch: job failed, exit code {result.exit_code}\n")
+        if restart is not None:
+            n, most = restart
+            w(f"psframe-launch: job failed, exit code {result.exit_code}; restart {n} of {most}: "
+              f"starting the whole job again with PSFRAME_RESTART={n}\n")
+        else:
+            for n, line in enumerate(earlier, 1):
+                w(f"psframe-launch: run {n} (before restart {n}) failed: {line}\n")
+            w(f"psframe-launch: job failed, exit code {result.exit_code}"
+              f"{f' after {len(earlier)} restart(s)' if earlier else ''}\n")
         w("=" * 72 + "\n")
         self.err.flush()
+
+
+def failure_summary(result):
+    """One line naming a failed run's root cause (for the restart history)."""
+    if not result.failures:
+        return f"exit code {result.exit_code}"
+    h = result.failures[0]
+    return f"{h.spec.label} {h.status.describe()}"
 
 
 def _scheduler_port(host):
@@ -223,6 +253,25 @@ def _scheduler_port(host):
         # the scheduler's host is not this machine: a port free here is very likely free there,
         # and a clash is detected ('address in use') and retried with another port
         return free_port("0.0.0.0")
+
+
+def security_mode(config, hosts):
+    """``--security`` as given, else CURVE when the job spans hosts and a token on one host."""
+    if config.security is not None:
+        return config.security
+    return "curve" if len({h.name for h in hosts}) > 1 else "token"
+
+
+def secure(plan, config):
+    """The plan with fresh credentials of this job in every process's environment."""
+    mode = security_mode(config, plan.hosts)
+    if mode == "none":
+        logger.warning("--security none: the job's sockets accept anyone who can reach them; any "
+                       "local user (and, across hosts, anyone on the network) can read and change "
+                       "the model or stop the job")
+        return with_security(plan, mode)
+    logger.info("security: %s", mode)
+    return with_security(plan, mode, credentials.generate(mode, [s.identity for s in plan.specs]))
 
 
 def launch(config, out=None, err=None):
@@ -249,20 +298,28 @@ def launch(config, out=None, err=None):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            plan = make_plan(config, hosts, _scheduler_port(hosts[0].name), secrets.token_hex(8))
-            logger.info("launching %s, %s via %s; scheduler at %s", count(config.num_workers, "worker"),
-                        count(len(plan.by_role("server")), "server"), name, plan.scheduler)
-            job = Job(plan, backend if attempt == 1 else get_backend(name, config), config, out, err)
-            if pending:   # a signal that came before this job existed still stops it
-                job.request_stop(pending[0])
-            result = job.run()
-            if result.retry_port and attempt < PORT_ATTEMPTS and result.stopped_by is None:
+        restart, earlier, fresh = 0, [], backend
+        while True:
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                plan = secure(make_plan(config, hosts, _scheduler_port(hosts[0].name),
+                                        secrets.token_hex(8), restart), config)
+                logger.info("launching %s, %s via %s; scheduler at %s", count(config.num_workers, "worker"),
+                            count(len(plan.by_role("server")), "server"), name, plan.scheduler)
+                job = Job(plan, fresh or get_backend(name, config), config, out, err)
+                fresh = None                  # a backend is closed with its job
+                if pending:   # a signal that came before this job existed still stops it
+                    job.request_stop(pending[0])
+                result = job.run()
+                if not (result.retry_port and attempt < PORT_ATTEMPTS and result.stopped_by is None):
+                    break
                 logger.warning("scheduler port of %s was taken; retrying with another port",
                                plan.scheduler)
-                continue
-            job.report(result)
-            return result.exit_code
+            if result.exit_code == 0 or result.stopped_by or restart >= config.max_restarts:
+                job.report(result, earlier=earlier)
+                return result.exit_code
+            restart += 1
+            earlier.append(failure_summary(result))
+            job.report(result, restart=(restart, config.max_restarts))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

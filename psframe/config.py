@@ -36,8 +36,16 @@ FUSE_KEY_BYTES = "PSFRAME_FUSE_KEY_BYTES"  # keys up to this size, initialised t
 IPC = "PSFRAME_IPC"                      # 1: big entries go to servers on this machine over a unix socket
 USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules servers import
 TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
+RESTART = "PSFRAME_RESTART"              # set by psframe-launch --max-restarts: 1, 2, ... on restarts
+HIERARCHICAL = "PSFRAME_HIERARCHICAL"    # 1: workers on one host push through the host tier
 
 LOG_LEVEL = "PSFRAME_LOG_LEVEL"          # logging level name (INFO)
+SECURITY = "PSFRAME_SECURITY"            # curve | token | none: how connections authenticate
+CREDENTIALS = "PSFRAME_CREDENTIALS"      # this process's credentials (psframe-launch makes them)
+CREDENTIALS_FILE = "PSFRAME_CREDENTIALS_FILE"  # ... or a 0600 file holding them (by hand)
+MAX_MESSAGE_BYTES = "PSFRAME_MAX_MESSAGE_BYTES"  # largest frame a socket accepts (zmq MAXMSGSIZE)
+SERVER_MEMORY_BYTES = "PSFRAME_SERVER_MEMORY_BYTES"  # per-server budget: values + optimizer state
+SEND_TIMEOUT = "PSFRAME_SEND_TIMEOUT"    # seconds a peer may leave its replies unread
 
 # A process that stops because *another* process failed exits with this status, so a launcher
 # can tell the root cause (any other non-zero status) from the processes it took down.
@@ -95,6 +103,7 @@ def parse_blame(line):
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 KINDS = ("local", "dist_sync", "dist_async", "dist_device_sync")
+SECURITY_MODES = ("curve", "token", "none")
 
 DEFAULTS = {
     START_TIMEOUT: 60.0,
@@ -106,6 +115,9 @@ DEFAULTS = {
     MAX_STEPS_AHEAD: 4,
     FUSE_KEY_BYTES: 64 << 10,
     IPC: 1,
+    MAX_MESSAGE_BYTES: 1 << 30,
+    SEND_TIMEOUT: 60.0,
+    HIERARCHICAL: 1,
 }
 
 
@@ -133,9 +145,16 @@ class Config:
     max_steps_ahead: int = DEFAULTS[MAX_STEPS_AHEAD]
     fuse_key_bytes: int = DEFAULTS[FUSE_KEY_BYTES]
     ipc: bool = True
+    hierarchical: bool = True
     user_modules: tuple = ()
     timeline: str = ""
     log_level: str = "INFO"
+    security: str = "none"
+    credentials: object = dataclasses.field(default=None, repr=False)   # credentials text
+    max_message_bytes: int = DEFAULTS[MAX_MESSAGE_BYTES]
+    server_memory_bytes: int = 0      # 0: the machine's physical memory
+    send_timeout: float = DEFAULTS[SEND_TIMEOUT]
+    restart: int = 0            # how many times psframe-launch restarted this job (0: first run)
 
     @property
     def launched(self):
@@ -197,7 +216,12 @@ def from_env(env=None):
                           f"stall report) or warn (log it and keep waiting)")
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"{LOG_LEVEL}={env.get(LOG_LEVEL)!r} is not a level; use one of {', '.join(LOG_LEVELS)}")
+    security, credentials = _security(env)
     return Config(
+        security=security, credentials=credentials,
+        max_message_bytes=_get(env, MAX_MESSAGE_BYTES, int, DEFAULTS[MAX_MESSAGE_BYTES], minimum=1 << 20),
+        server_memory_bytes=_get(env, SERVER_MEMORY_BYTES, int, 0, minimum=0),
+        send_timeout=_get(env, SEND_TIMEOUT, float, DEFAULTS[SEND_TIMEOUT], minimum=0.1),
         role=role, scheduler=scheduler, num_workers=num_workers, num_servers=num_servers,
         kvstore=kvstore, **ranks,
         local_rank=_get(env, LOCAL_RANK, int, 0, minimum=0),
@@ -213,4 +237,28 @@ def from_env(env=None):
         max_steps_ahead=_get(env, MAX_STEPS_AHEAD, int, DEFAULTS[MAX_STEPS_AHEAD], minimum=1),
         fuse_key_bytes=_get(env, FUSE_KEY_BYTES, int, DEFAULTS[FUSE_KEY_BYTES], minimum=0),
         ipc=bool(_get(env, IPC, int, DEFAULTS[IPC], minimum=0)),
-        user_modules=modules, timeline=env.get(TIMELINE, ""), log_level=log_level)
+        user_modules=modules, timeline=env.get(TIMELINE, ""),
+        hierarchical=bool(_get(env, HIERARCHICAL, int, DEFAULTS[HIERARCHICAL], minimum=0)),
+        log_level=log_level,
+        restart=_get(env, RESTART, int, 0, minimum=0))
+
+
+def _security(env):
+    """``(mode, credentials text or None)``. Without ``PSFRAME_SECURITY`` a process runs with
+    whatever credentials it was given (none: unauthenticated, as a by-hand job without them)."""
+    text = env.get(CREDENTIALS) or None
+    path = env.get(CREDENTIALS_FILE)
+    if text is None and path:
+        text = ("file", path)
+    mode = env.get(SECURITY, "")
+    if mode and mode not in SECURITY_MODES:
+        raise ConfigError(f"{SECURITY}={mode!r} is not a mode; use one of {', '.join(SECURITY_MODES)}")
+    if mode == "none":
+        return "none", None
+    if text is None:
+        if mode:
+            raise ConfigError(f"{SECURITY}={mode} but this process has no credentials: pass them in "
+                              f"{CREDENTIALS} or a 0600 file named by {CREDENTIALS_FILE} "
+                              f"(psframe-launch does this)")
+        return "none", None
+    return mode or "auto", text

@@ -15,6 +15,15 @@ class ConfigError(PSError, ValueError):
     """A missing or malformed setting (environment variable, argument, launcher flag)."""
 
 
+class RefusedError(PSError, PermissionError):
+    """A message its sender may not send: its claimed sender is not the identity its connection
+    authenticated as, or that identity's role may not send the command."""
+
+
+class MemoryBudgetError(PSError, MemoryError):
+    """An init would take a server past its memory budget (``PSFRAME_SERVER_MEMORY_BYTES``)."""
+
+
 class ProtocolError(PSError, ValueError):
     """A message that breaks the wire rules (version, command, frame count, sizes)."""
 
@@ -123,11 +132,22 @@ class DataError(PSError, OSError):
         super().__init__(message)
 
 
+class CheckpointError(PSError, OSError):
+    """A checkpoint that cannot be written or read (missing, incomplete, corrupt or truncated
+    file, or one that does not match the job loading it). The message names the file and the
+    fix; ``url`` holds the file's URL."""
+
+    def __init__(self, message, url=None):
+        self.url = url
+        super().__init__(message)
+
+
 # Only these names are turned back into exceptions on receipt; anything else becomes RemoteError.
 _WIRE_ERRORS = {cls.__name__: cls for cls in (
     PSError, ConfigError, ProtocolError, UninitializedKeyError, DoubleInitError,
     ShapeMismatchError, DTypeMismatchError, UnsupportedDTypeError, OptimizerError,
-    PSTimeoutError, PeerLostError, JobAbortedError, UnevenStepsError)}
+    PSTimeoutError, PeerLostError, JobAbortedError, UnevenStepsError, RefusedError,
+    MemoryBudgetError, DataError, CheckpointError)}
 
 
 # Facts an error keeps as attributes; they travel beside the message (all msgpack-able).
@@ -155,8 +175,11 @@ def from_wire(name, message, attrs=None):
     """Rebuild the exception named in an error reply (whitelisted names only), with its
     attributes, without calling its ``__init__``."""
     cls = _WIRE_ERRORS.get(name, RemoteError)
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, message)
+    try:
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, message)
+    except TypeError:      # a built-in base with its own __new__ (MemoryError): no facts to skip
+        exc = cls(message)
     for a, v in (attrs or {}).items():
         if a in _WIRE_ATTRS:
             setattr(exc, a, tuple(v) if isinstance(v, list) else v)

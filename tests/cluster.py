@@ -50,33 +50,55 @@ def base_env(num_workers, num_servers, extra=None):
 def run_job(script, num_workers=2, num_servers=2, args=(), env=None, timeout=120, start=None):
     """Run ``script`` as N workers of a fresh job; returns JobResult. ``start`` limits which
     roles are started (e.g. to leave a worker out on purpose)."""
-    env = base_env(num_workers, num_servers, env)
-    specs = [("scheduler", [sys.executable, "-m", "psframe.scheduler"], {C.ROLE: "scheduler"})]
-    specs += [(f"server:{s}", [sys.executable, "-m", "psframe.server"],
-               {C.ROLE: "server", C.SERVER_RANK: str(s)}) for s in range(num_servers)]
-    specs += [(f"worker:{r}", [sys.executable, os.path.abspath(script), *map(str, args)],
-               {C.ROLE: "worker", C.RANK: str(r), C.LOCAL_RANK: str(r), C.LOCAL_SIZE: str(num_workers)})
-              for r in range(num_workers)]
-    if start is not None:
-        specs = [s for s in specs if s[0] in start]
-    procs, files = {}, {}
-    t0 = time.monotonic()
-    try:
-        for name, cmd, extra in specs:
-            f = files[name] = tempfile.TemporaryFile("w+")
-            procs[name] = subprocess.Popen(cmd, env={**env, **extra}, stdout=f, stderr=subprocess.STDOUT,
-                                           cwd=ROOT, start_new_session=True)
-        deadline = t0 + timeout
-        while time.monotonic() < deadline and any(p.poll() is None for p in procs.values()):
-            time.sleep(0.05)
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    outputs = {}
-    for name, f in files.items():
-        f.seek(0)
-        outputs[name] = f.read()
-        f.close()
-    return JobResult({n: p.returncode for n, p in procs.items()}, outputs, time.monotonic() - t0)
+    job = Job(script, num_workers, num_servers, args, env, start)
+    return job.wait(timeout)
+
+
+class Job:
+    """A job started in the background; ``procs`` by name ("server:1"), ``wait`` reaps it."""
+
+    def __init__(self, script, num_workers=2, num_servers=2, args=(), env=None, start=None):
+        env = base_env(num_workers, num_servers, env)
+        specs = [("scheduler", [sys.executable, "-m", "psframe.scheduler"], {C.ROLE: "scheduler"})]
+        specs += [(f"server:{s}", [sys.executable, "-m", "psframe.server"],
+                   {C.ROLE: "server", C.SERVER_RANK: str(s)}) for s in range(num_servers)]
+        specs += [(f"worker:{r}", [sys.executable, os.path.abspath(script), *map(str, args)],
+                   {C.ROLE: "worker", C.RANK: str(r), C.LOCAL_RANK: str(r), C.LOCAL_SIZE: str(num_workers)})
+                  for r in range(num_workers)]
+        if start is not None:
+            specs = [s for s in specs if s[0] in start]
+        self.procs, self.files = {}, {}
+        self.t0 = time.monotonic()
+        try:
+            for name, cmd, extra in specs:
+                f = self.files[name] = tempfile.TemporaryFile("w+")
+                self.procs[name] = subprocess.Popen(cmd, env={**env, **extra}, stdout=f,
+                                                    stderr=subprocess.STDOUT, cwd=ROOT,
+                                                    start_new_session=True)
+        except BaseException:
+            self.wait(0)
+            raise
+
+    def output(self, name):
+        """What process ``name`` printed so far (pread: the shared file offset stays put)."""
+        fd = self.files[name].fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+    def wait(self, timeout):
+        """Wait up to ``timeout`` s for every process, kill what is left; returns JobResult."""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
+                time.sleep(0.05)
+        finally:
+            for p in self.procs.values():
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        outputs = {}
+        for name, f in self.files.items():
+            f.seek(0)
+            outputs[name] = f.read()
+            f.close()
+        return JobResult({n: p.returncode for n, p in self.procs.items()}, outputs,
+                         time.monotonic() - self.t0)

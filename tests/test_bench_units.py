@@ -150,3 +150,23 @@ def test_make_bench_writes_the_plot():
     makefile = (pathlib.Path(__file__).resolve().parents[1] / "Makefile").read_text()
     recipe = re.search(r"^bench:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
     assert re.search(r"psframe-bench .*--plot \S+\.png", recipe), recipe
+
+
+def test_security_comparison_rotates_modes_and_takes_the_faster_pass():
+    from types import SimpleNamespace
+
+    from psframe.bench import security
+    order, calls = [], {"none": 0, "token": 0}
+
+    def run_job(spec, mode):
+        order.append(mode)
+        calls[mode] += 1
+        # the second job of a pass is slower, whichever mode it is
+        seconds = 0.2 if len(order) % 2 == 0 else 0.1
+        return [{"rank": 0, "cases": [{"label": c["label"], "times": {"pushpull": [seconds]}}
+                                      for c in spec["cases"]]}]
+    figures = security.measure(run_job, ["none", "token"], SimpleNamespace(rounds=1, warmup=0), repeats=2)
+    assert order == ["none", "token", "token", "none"]
+    assert figures == {m: {n: 0.1 for n in security.SIZES} for m in ("none", "token")}
+    text = security.table(figures)
+    assert "token/none" in text and "1.000x" in text

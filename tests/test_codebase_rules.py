@@ -10,20 +10,30 @@ SOURCES = [p for d in ("psframe", "launcher", "examples") for p in (ROOT / d).rg
 # which may import anything)
 LAYER = {"errors": 0, "config": 0, "logs": 0, "arrays": 1, "timeline": 1, "compression": 1,
          "protocol": 2,
-         "transport": 3, "sharding": 4, "optim": 4, "aggregation": 4, "server": 5, "scheduler": 5,
+         "transport": 3, "sharding": 4, "optim": 4, "aggregation": 4,
+         # checkpoint files on storage: below the server and the client that use them
+         "checkpoint": 4,
+         "server": 5, "scheduler": 5,
          "kvstore": 6,
          # a side branch for training scripts: above the core, so no core module imports it
          "data": 7,
          # integrations and tools on top of everything
          "torch": 8, "bench": 8, "deploy": 8}
 # side branches may import only these (not the core they sit beside)
-SIDE_BRANCH = {"data": {"errors", "config", "logs", "arrays"}}
+SIDE_BRANCH = {"data": {"errors", "config", "logs", "arrays"},
+               "checkpoint": {"errors", "config", "logs", "arrays"}}
 # inside a package, modules import downwards too; every module of these packages must be here
 PACKAGE_LAYER = {
-    # the worker client: records and pure grouping, then routes to servers / request tracking /
-    # failure handling, the outgoing message builders over those, the API built from them all
-    "kvstore": {"base": 0, "fusion": 0, "call_record": 0, "local": 1, "routes": 1, "requests": 1, "failures": 1,
-                "messages": 2, "dist": 3},
+    # the worker client: records, pure grouping and the checkpoint steps (which reach a store
+    # through a small adapter, importing no other module here), then routes to servers /
+    # request tracking / failure handling, the outgoing message builders over those, the API
+    # built from them all
+    "kvstore": {"base": 0, "fusion": 0, "call_record": 0, "checkpointing": 0, "local": 1,
+                "routes": 1, "requests": 1, "failures": 1, "messages": 2, "dist": 3,
+                # the host tier: the notes and records, the workers' side (dist routes data calls
+                # to it), the aggregator's own uplink to the servers (built like the client), and
+                # the aggregator itself
+                "host_notes": 0, "host_tier": 2, "host_uplink": 3, "host_aggregator": 4},
     # psframe.torch: the buckets and the overlap machinery under the public optimizers
     "torch": {"buckets": 0, "overlap": 0},
 }

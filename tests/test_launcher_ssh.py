@@ -163,3 +163,46 @@ def test_unreachable_host_fails_fast_with_ssh_words(netns_hosts):
     assert re.search(r"ROOT CAUSE: \S+@.*exited with code 255 \(its host connection", report), report
     assert re.search(r"\| \(ssh\) .*port 2223: Connection refused", report), report
     assert_none_left(job.tag)
+
+
+def test_rogue_client_across_hosts_with_curve(netns_hosts, tmp_path):
+    """The security tests' rogue client, run from the first host's namespace against a CURVE
+    job over the three ssh hosts: no credentials, another job's, a stolen worker credential
+    claiming another worker or a server: all refused; the weights stay exact."""
+    import json
+    import sys
+
+    from psframe.transport import credentials
+    from test_security_rogue import STEPS, WORKER as SECURE_WORKER, check_refused, stats_of, wait_for
+    here = os.path.dirname(os.path.abspath(__file__))
+    job = _launch(netns_hosts, "-n", "6", "-s", "3", "--security", "curve", SECURE_WORKER,
+                  str(tmp_path), str(STEPS), timeout=120)
+    try:
+        wait_for(tmp_path / "stolen", job)
+        wait_for(tmp_path / "info.json", job)
+        info = json.loads((tmp_path / "info.json").read_text())
+        assert [a.split("//")[1].split(":")[0] for a in info["servers"]] == ADDRS
+        credentials.write_file(str(tmp_path / "other"),
+                               credentials.generate("curve", credentials.identities(6, 3))["worker:1"])
+
+        def rogue(creds, claim):
+            out = subprocess.run([*netns_hosts.exec_prefix(0), sys.executable,
+                                  os.path.join(here, "rogue_client.py"), str(tmp_path / "info.json"),
+                                  creds, claim], capture_output=True, text=True, timeout=60,
+                                 cwd=here)
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout.strip().splitlines()[-1])
+        check_refused(rogue("-", "worker:1"), "none")
+        check_refused(rogue(str(tmp_path / "other"), "worker:1"), "other job")
+        for claim in ("worker:0", "server:2"):
+            check_refused(rogue(str(tmp_path / "stolen"), claim), "stolen")
+        (tmp_path / "go").write_text("")
+        rc, _ = job.wait(90)
+    finally:
+        job.stop()
+    assert rc == 0, job.text()
+    for rank in range(6):
+        assert any(f"EXACT rank={rank}" in l for l in job.lines), job.text()
+    for s in stats_of(job):
+        assert s["refused_messages"] >= 2 * 15 and s["refused_connections"] >= 2, s
+    assert_none_left(job.tag)

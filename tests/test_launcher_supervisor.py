@@ -109,3 +109,50 @@ def test_launcher_signal_stops_the_job():
     assert result.exit_code == 143 and result.stopped_by == "signal SIGTERM"
     assert "stopped by signal SIGTERM" in err.getvalue()
     assert len(job.backend.stopped) == 5
+
+
+def _launch_runs(monkeypatch, runs, max_restarts):
+    """``launch`` with a scripted backend per run; returns (exit code, stderr, plans run)."""
+    from psframe_launcher import supervisor
+    config = LaunchConfig(num_workers=3, num_servers=1, script="train.py", cwd="/",
+                          max_restarts=max_restarts, shutdown_grace=0.2)
+    scripts, plans = iter(runs), []
+
+    class Recording(ScriptedBackend):
+        def start(self, plan, events, sinks):
+            plans.append(plan)
+            return super().start(plan, events, sinks)
+
+    monkeypatch.setattr(supervisor, "get_backend", lambda name, cfg: Recording(cfg, next(scripts)))
+    out, err = io.StringIO(), io.StringIO()
+    code = supervisor.launch(config, out, err)
+    return code, err.getvalue(), plans
+
+
+FAIL = [(0.05, 4, ExitStatus(code=7), 0.05)]                      # worker 2 exits 7
+SUCCEED = [(0.02, i, ExitStatus(code=0), 0.02) for i in range(5)]
+
+
+def test_max_restarts_restarts_a_failed_job_with_psframe_restart_set(monkeypatch):
+    code, err, plans = _launch_runs(monkeypatch, [FAIL, FAIL, SUCCEED], max_restarts=2)
+    assert code == 0
+    assert [p.specs[0].env.get("PSFRAME_RESTART") for p in plans] == [None, "1", "2"]
+    assert all(s.env.get("PSFRAME_RESTART") == "2" for s in plans[2].specs)
+    assert err.count("ROOT CAUSE: worker 2@h") == 2
+    assert "restart 1 of 2: starting the whole job again with PSFRAME_RESTART=1" in err
+    assert "restart 2 of 2: starting the whole job again with PSFRAME_RESTART=2" in err
+    assert ("job succeeded after 2 restart(s); earlier runs failed: worker 2@h exited with code 7; "
+            "worker 2@h exited with code 7") in err
+
+
+def test_max_restarts_gives_up_and_names_every_failure(monkeypatch):
+    code, err, plans = _launch_runs(monkeypatch, [FAIL, FAIL], max_restarts=1)
+    assert code == 7 and len(plans) == 2
+    assert "restart 1 of 1" in err
+    assert "run 1 (before restart 1) failed: worker 2@h exited with code 7" in err
+    assert "job failed, exit code 7 after 1 restart(s)" in err
+
+
+def test_without_max_restarts_a_failure_ends_the_launch(monkeypatch):
+    code, err, plans = _launch_runs(monkeypatch, [FAIL], max_restarts=0)
+    assert code == 7 and len(plans) == 1 and "restart" not in err

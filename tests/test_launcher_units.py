@@ -132,6 +132,13 @@ def test_plan_env_options_and_reserved_names():
         make_plan(_config(env=((envc.RANK, "0"),)), HOSTS, 1)
 
 
+def test_no_host_tier_sets_hierarchical_0_for_every_process():
+    assert all(envc.HIERARCHICAL not in s.env for s in make_plan(_config(), HOSTS, 1).specs)
+    cfg = config_from_args(build_parser().parse_args(["-n", "2", "--no-host-tier", "x.py"]))
+    assert cfg.host_tier is False
+    assert all(s.env[envc.HIERARCHICAL] == "0" for s in make_plan(cfg, HOSTS, 1).specs)
+
+
 def test_child_env_drops_stale_psframe_vars():
     spec = make_plan(_config(), HOSTS, 1).specs[4]
     env = child_env(spec, {"PATH": "/bin", envc.RANK: "99", "PSFRAME_OLD": "x"})
@@ -202,6 +209,19 @@ def test_exit_status():
     assert (s.signal, s.exit_code, s.ok) == (9, 137, False) and "SIGKILL" in s.describe()
     assert ExitStatus(code=7).exit_code == 7 and "code 7" in ExitStatus(code=7).describe()
     assert ExitStatus(code=0, lost=True).exit_code == 1
+
+
+def test_agent_of_local_rank_0_sweeps_its_hosts_segments():
+    from psframe.aggregation import shm
+    from psframe_launcher.agent import sweep_host_tier
+    scheduler = f"tcp://10.9.9.9:{os.getpid()}"
+    prefix = shm.job_prefix(scheduler)
+    shm.Segment.create(f"{prefix}-left", 64)
+    env = {envc.ROLE: "worker", envc.LOCAL_RANK: "1", envc.SCHEDULER: scheduler}
+    sweep_host_tier(env)                       # not the rank that holds the aggregator
+    assert shm.leftovers(prefix) == [f"{prefix}-left"]
+    sweep_host_tier(dict(env, **{envc.LOCAL_RANK: "0"}))
+    assert shm.leftovers(prefix) == []
 
 
 def test_line_sink_shows_a_line_rewritten_with_carriage_returns_as_its_final_state(tmp_path):

@@ -2,6 +2,8 @@
 
 The order is the list order (device 0 first), so results are bitwise reproducible.
 """
+import numpy as np
+
 from .. import arrays
 
 
@@ -27,3 +29,38 @@ def sum_arrays(values):
     for v in values[1:]:
         total += arrays.to_host(v)
     return total
+
+
+def sum_in_order(parts):
+    """Sum host arrays ``parts`` into ``parts[0]`` in list order (the host tier's local-rank
+    order): ``((p0 + p1) + p2) + ...``, the same operations a server does when it sums the
+    pushes of one host, so both give the same bits. Returns ``parts[0]``."""
+    total = parts[0]
+    for p in parts[1:]:
+        np.add(total, p, out=total)
+    return total
+
+
+def copy_to_host(slot, value):
+    """Copy ``value`` (numpy, cupy on its device, or torch) into host array ``slot``: the one
+    device-to-host copy a worker's (device-summed) gradient needs to reach the host tier."""
+    kind = arrays.backend(value)
+    if kind == "cupy":
+        value.get(out=slot)
+    elif kind == "torch":
+        import torch
+        torch.from_numpy(slot).copy_(value.detach().reshape(slot.shape))
+    else:
+        np.copyto(slot, np.asarray(value).reshape(slot.shape), casting="no")
+
+
+def pin(segment):
+    """Page-lock a host segment for faster device copies where cupy and a device exist; a no-op
+    (False) elsewhere. Segments stay mapped until the process exits, so nothing unregisters."""
+    try:
+        import cupy
+        ptr = segment.buffer.ctypes.data
+        cupy.cuda.runtime.hostRegister(ptr, segment.size, 0)
+        return True
+    except Exception:     # no cupy, no device, or the driver refuses: plain pageable memory
+        return False

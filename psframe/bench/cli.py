@@ -14,9 +14,9 @@ import time
 import zmq
 
 from .. import optim
-from . import baselines, cases, compression, multihost, report, raw_traffic
+from . import baselines, cases, checkpoints, compression, multihost, report, raw_traffic, security
 from .cases import parse_size, parse_sizes
-from .runner import run_job
+from .runner import CHECKPOINT_SCRIPT, run_job
 
 logger = logging.getLogger("psframe.bench")
 
@@ -25,7 +25,7 @@ CHUNK = 1 << 20       # frame size of the chunked raw pyzmq baselines (the faste
 ESTIMATE = ("the default cases take about 2-3 minutes on an idle 2-core machine, longer when "
             "other jobs share it (fewer --sizes, --keys 0 or --model none take less); the table "
             "comes at the end")
-DEFAULT_CASES = ("sizes", "allreduce_sizes", "keys", "model", "rounds", "kinds")
+DEFAULT_CASES = ("sizes", "allreduce_sizes", "keys", "model", "rounds", "kinds", "security")
 OPTIMIZERS = {"none": None, "sgd": lambda: optim.SGD(lr=0.01, momentum=0.9), "adam": lambda: optim.Adam(lr=1e-3)}
 
 
@@ -33,6 +33,14 @@ def build_parser():
     first_sentence = " ".join(__doc__.split(". ")[0].split()) + "."
     p = argparse.ArgumentParser(prog="psframe-bench", description=first_sentence, epilog=f"Time: {ESTIMATE}.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--mode", choices=("transfer", "checkpoint"), default="transfer",
+                   help="transfer: push/pull/pushpull against raw pyzmq and gloo; checkpoint: "
+                        "save/load of a ResNet-50 (97.5 MiB) with -s servers against plain numpy "
+                        "files on the same storage")
+    p.add_argument("--checkpoint-url", action="append", default=[], metavar="URL",
+                   help="checkpoint mode: storage to measure (repeatable; none: a temporary local "
+                        "directory; s3://bucket/prefix with --endpoint-url for S3-compatible stores)")
+    p.add_argument("--endpoint-url", default=None, help="checkpoint mode: S3 endpoint of s3:// URLs")
     p.add_argument("--sizes", default="4KiB,64KiB,1MiB,16MiB,100MiB",
                    help="key sizes of the 1-server job (comma list; KiB/MiB suffixes)")
     p.add_argument("--allreduce-sizes", default="16MiB,100MiB",
@@ -56,10 +64,18 @@ def build_parser():
                    help="what the servers apply to each step's sum (none: they only sum, as an "
                         "allreduce does; sgd: momentum 0.9; adam): shows what updates cost")
     p.add_argument("--no-gloo", action="store_true", help="skip the torch gloo baseline")
+    p.add_argument("--tier-workers", type=int, default=4,
+                   help="workers of the host-tier job: one host, -s servers, the allreduce sizes "
+                        "and the model list, run through the host tier and flat (--no-host-tier); "
+                        "0 skips it")
     p.add_argument("--transport", choices=("ipc", "tcp"), default="ipc",
                    help="how workers reach servers on this machine (PSFRAME_IPC), and what the raw "
                         "pyzmq baselines may use: ipc (psframe's default: big entries over the unix "
                         "socket, the rest over TCP) or tcp (TCP only)")
+    p.add_argument("--security", default=None, metavar="MODES",
+                   help="instead of the usual jobs: pushpull at 1, 16 and 100 MiB (1 server) under "
+                        "each of these psframe-launch --security modes (e.g. none,token,curve), as "
+                        "ratios to the first")
     p.add_argument("--compression", default="",
                    help="also compare gradient compression (comma list of fp16, 2bit) against "
                         "uncompressed pushpull in the multi-server job: bytes pushed and time")
@@ -94,6 +110,11 @@ def _faster(runs):
     return {n: {way: min(r[n][way] for r in runs) for way in runs[0][n]} for n in runs[0]}
 
 
+def _host_bytes(results):
+    """Bytes the servers received from the job's one host (``server_stats``)."""
+    return sum(c.get("bytes", 0) for s in results[0]["servers"] for c in s.get("hosts", {}).values())
+
+
 def _memory(results):
     s, idle = results[0]["servers"][0], results[0]["idle_servers"][0]
     return {"held": s.get("held_bytes"), "rss": s.get("rss_bytes"), "peak_rss": s.get("peak_rss_bytes"),
@@ -111,6 +132,7 @@ def measure(ns):
     if ns.keys:
         spec1["cases"] += [cases.keys_case(ns.keys, key_bytes, ["pushpull"]),
                            cases.one_key_case("onekey-of-keys", ns.keys * key_bytes, ["pushpull"])]
+    model = None
     if ns.model == "resnet50":
         model = cases.model_case("resnet50", cases.scaled(cases.resnet50_shapes(), ns.model_scale), ["pushpull"])
         spec1["cases"] += [model, cases.one_key_case("onekey-of-model", model["nbytes"], ["pushpull"])]
@@ -149,6 +171,15 @@ def measure(ns):
     for name, fn in others.items():
         runs[name].append(fn())
         rep["baselines"][name] = {n: min(r[n] for r in runs[name]) for n in big}
+    if ns.tier_workers and (big or model):
+        # the host tier against flat: the same job, one after the other
+        spec3 = dict(common, cases=[cases.size_case(n, ["pushpull"]) for n in big] + ([model] if model else []))
+        for mode in ("tier", "flat"):
+            job = f"{ns.num_servers}x{ns.tier_workers} {mode}"
+            res = run_job(ns.tier_workers, ns.num_servers, kinds[0], spec3, ns, tag=f".{mode}",
+                          launch_args=("--no-host-tier",) if mode == "flat" else ())
+            rep["rows"] += _rows(job, kinds[0], spec3, res)
+            rep["host_bytes"] = dict(rep.get("host_bytes", {}), **{job: _host_bytes(res)})
     zmq_runs.append(baselines.zmq_roundtrips(all_sizes, ns.transport, ns.rounds, ns.warmup, CHUNK))
     raw_rt = _faster(zmq_runs)
     rep["server_updates"] = {}
@@ -196,7 +227,7 @@ def targets(rep, job1, kind):
         out.append({"name": f"{job1} pushpull {cases.format_size(n)} / pyzmq round trip",
                     "ratio": pp / z if pp and z else None, "limit": 3,
                     "note": f"  [{note}]" if note else ""})
-    jobs = sorted({r["job"] for r in rep["rows"]} - {job1})
+    jobs = sorted({r["job"] for r in rep["rows"]} - {job1} - {r["job"] for r in rep["rows"] if " " in r["job"]})
     for job in jobs:
         for n in (16 * 2 ** 20, 100 * 2 ** 20):
             pp, g = _pp(rep, job, kind, f"size-{n}"), rep["baselines"].get("gloo", {}).get(n)
@@ -206,6 +237,7 @@ def targets(rep, job1, kind):
                 f"psframe = {pp / raw:.2f}x that]")
             out.append({"name": f"{job} pushpull {cases.format_size(n)} / gloo allreduce",
                         "ratio": pp / g if pp and g else None, "limit": 2, "note": note})
+    out += tier_targets(rep, kind)
     for case, ref, limit in (("keys-", "onekey-of-keys", 3), ("model-", "onekey-of-model", 1.5)):
         label = next((r["case"] for r in rep["rows"] if r["case"].startswith(case)), None)
         if label is None:        # the case was not run (--keys 0, --model none)
@@ -223,6 +255,24 @@ def targets(rep, job1, kind):
     return out
 
 
+def tier_targets(rep, kind):
+    """Host tier / flat pushpull time of each case of the tier job (target 0.5x at 100 MiB;
+    elsewhere the tier must at least not be slower)."""
+    out = []
+    sent = rep.get("host_bytes", {})
+    for job in sorted({r["job"] for r in rep["rows"] if r["job"].endswith(" tier")}):
+        flat = job[:-len(" tier")] + " flat"
+        note = ""
+        if sent.get(job) and sent.get(flat):
+            note = f"  [bytes the servers received, flat / tier: {sent[flat] / sent[job]:.2f}x over the job]"
+        for row in (r for r in rep["rows"] if r["job"] == job):
+            a, b = _pp(rep, job, kind, row["case"]), _pp(rep, flat, kind, row["case"])
+            out.append({"name": f"{job[:-len(' tier')]} pushpull {row['case']}: host tier / flat",
+                        "ratio": a / b if a and b else None,
+                        "limit": 0.5 if row["nbytes"] == 100 * 2 ** 20 else 1, "note": note})
+    return out
+
+
 def main(argv=None):
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING,
@@ -231,10 +281,14 @@ def main(argv=None):
         return multihost.main(ns)
     ns.num_workers = 2 if ns.num_workers is None else ns.num_workers
     ns.num_servers = 2 if ns.num_servers is None else ns.num_servers
+    if ns.mode == "checkpoint":
+        return checkpoint_main(ns, time.monotonic())
     default = build_parser().parse_args([])
     if all(getattr(ns, a) == getattr(default, a) for a in DEFAULT_CASES):
         print(f"psframe-bench: {ESTIMATE}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
+    if ns.security:
+        return main_security(ns, t0)
     try:
         rep = measure(ns)
     except (RuntimeError, ValueError, OSError) as exc:
@@ -263,4 +317,42 @@ def main(argv=None):
         report.write_json(ns.json, rep)
     if ns.plot:
         report.plot(ns.plot, rep)
+    return 0
+
+
+def main_security(ns, t0):
+    """``--security MODES``: the same pushpull job under each mode, ratios to the first."""
+    modes = list(dict.fromkeys(m for m in ns.security.split(",") if m))
+    kind = ns.kinds.split(",")[0]
+    try:
+        figures = security.measure(
+            lambda spec, mode: run_job(ns.num_workers, 1, kind, spec, ns, tag=f".{mode}",
+                                       launch_args=("--security", mode)),
+            modes, ns)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"psframe-bench: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"1x{ns.num_workers} {kind} pushpull by psframe-launch --security mode "
+          f"(medians over {ns.rounds} rounds of the slowest worker, the faster of 3 interleaved passes):")
+    print(security.table(figures, base=modes[0]))
+    print(f"({time.monotonic() - t0:.0f} s)")
+    if ns.json:
+        report.write_json(ns.json, {"security": {m: {str(n): s for n, s in f.items()} for m, f in figures.items()},
+                                    "config": vars(ns)})
+
+
+def checkpoint_main(ns, t0):
+    make_optimizer = OPTIMIZERS[ns.optimizer]
+    spec = optim.to_spec(make_optimizer()) if make_optimizer else None
+    job = lambda *a, **k: run_job(*a, script=CHECKPOINT_SCRIPT, **k)   # noqa: E731
+    try:
+        rows = checkpoints.measure(ns, job, spec)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"psframe-bench: error: {exc}", file=sys.stderr)
+        return 1
+    print(checkpoints.text(rows, ns))
+    print(f"({time.monotonic() - t0:.0f} s)")
+    if ns.json:
+        report.write_json(ns.json, {"checkpoint": rows, "config": vars(ns),
+                                    "elapsed_s": time.monotonic() - t0})
     return 0

@@ -23,11 +23,13 @@ floors: the payload one host's link must carry each way per round, divided by th
 (/proc/net/dev also counts TCP/IP headers: about 0.2% on these veths, which carry 64 KiB
 segments, a few % on a real NIC; "of link" is the busier direction's share of the link's time):
   flat PS    each worker pushes the slices of the key held by servers on other hosts and pulls
-             them back, and each host's servers answer every worker of the other hosts (psframe)
+             them back, and each host's servers answer every worker of the other hosts (psframe
+             with one worker per host, or --no-host-tier)
   ring       ring allreduce over the ranks placed host by host: every ring edge carries
              2(n-1)/n of the key and one edge leaves each host (gloo)
   host tier  one sum per host: it pushes the slices held elsewhere once and pulls them back
-             once, and its servers answer one request per other host"""
+             once, and its servers answer one request per other host (psframe, by default, on
+             hosts with several workers)"""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -129,7 +131,9 @@ def measure(ns, hosts, sizes, num_workers, num_servers, rate):
     the gloo allreduce of all sizes. Returns the report dict."""
     workers = worker_hosts(num_workers, len(hosts.names))
     servers = server_hosts(num_servers, len(hosts.names))
-    launch = ["--launcher", "ssh", "-H", hosts.hostfile, *hosts.launch_args]
+    # token, not the multi-host default CURVE: gloo does not encrypt either, so both move the
+    # same plain bytes (docs/operations.md#security gives CURVE's cost)
+    launch = ["--launcher", "ssh", "-H", hosts.hostfile, *hosts.launch_args, "--security", "token"]
     rows = []
     for nbytes, kind in [(n, t) for n in sizes for t in ("none", *compression.parse_types(ns.compression))]:
         case = size_case(nbytes, ["pushpull"])
@@ -212,8 +216,11 @@ def text(rep):
         lines.append(f"  psframe payload between hosts (server_stats): {out / MB:.1f} out / "
                      f"{inc / MB:.1f} in MB/round")
         fl = row["floors"]
-        for name, who, t in (("flat PS", "psframe", row["psframe"]), ("ring", "gloo", gloo),
-                             ("host tier", None, None)):
+        # psframe goes through the host tier (its default) wherever a host runs several workers
+        tier = per_host > 1
+        for name, who, t in (("flat PS", None if tier else "psframe", None if tier else row["psframe"]),
+                             ("ring", "gloo", gloo),
+                             ("host tier", "psframe" if tier else None, row["psframe"] if tier else None)):
             floor = fl[name] * 8 / rate
             note = (f"{who} at {t / floor:.2f}x this floor" if t else
                     f"{floor / gloo:.2f}x gloo's time" if gloo and who is None else "")

@@ -9,10 +9,12 @@ import sys
 logger = logging.getLogger("psframe.bench")
 
 JOB_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job.py")
+CHECKPOINT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_job.py")
 
 
-def run_job(num_workers, num_servers, kind, spec, ns, tag="", prefix=(), launch_args=()):
-    """Run ``job.py`` with ``spec`` under ``psframe-launch`` (its argv after ``prefix``, e.g.
+def run_job(num_workers, num_servers, kind, spec, ns, tag="", prefix=(), launch_args=(),
+            script=JOB_SCRIPT):
+    """Run ``script`` (default ``job.py``) with ``spec`` under ``psframe-launch`` (its argv after ``prefix``, e.g.
     ``ip netns exec HOST``, with ``launch_args`` such as the ssh launcher's flags); returns every
     worker's RESULT, by rank. ``ns`` gives ``transport``, ``timeline``, ``job_timeout`` and
     ``verbose``. Ctrl-C or SIGTERM of the bench (an exception here) stops the job first.
@@ -29,9 +31,9 @@ def run_job(num_workers, num_servers, kind, spec, ns, tag="", prefix=(), launch_
         stem, ext = os.path.splitext(os.path.abspath(ns.timeline))
         trace = f"{stem}.{num_servers}x{num_workers}.{kind}{tag}{ext or '.json'}"
         cmd += ["--env", f"PSFRAME_TIMELINE={trace}"]
-    cmd += [JOB_SCRIPT, json.dumps(spec)]
-    logger.info("job: %d servers x %d workers, %s, %d cases", num_servers, num_workers, kind,
-                len(spec["cases"]))
+    cmd += [script, json.dumps(spec)]
+    logger.info("job: %d servers x %d workers, %s, %s", num_servers, num_workers, kind,
+                os.path.basename(script))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=ns.job_timeout)

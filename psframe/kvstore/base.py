@@ -207,6 +207,33 @@ class KVStore(abc.ABC):
         self._check_open()
         self._set_optimizer(optim.to_spec(optimizer))
 
+    def save_checkpoint(self, url, worker_state=None, storage_options=None):
+        """Write a checkpoint of the whole job to ``url`` (any fsspec URL; a directory): every
+        server writes its shard (values, optimizer state, steps) in parallel, then rank 0 the
+        manifest, last. Every worker must call it; each may pass its own small ``worker_state``
+        (a dict of arrays, numbers, strings, lists), which ``load_checkpoint`` returns to it.
+        Format and resuming: docs/checkpoints.md.
+
+        Raises:
+            CheckpointError: storage failed (the message names the file); the checkpoint is
+                then incomplete and ``psframe.checkpoint.latest`` skips it.
+            ConfigError: a key is not initialised or failed.
+        """
+        self._check_open()
+        self._save_checkpoint(str(url), worker_state, storage_options)
+
+    def load_checkpoint(self, url, storage_options=None):
+        """Replace values, optimizer state and step counts with the checkpoint at ``url``, and
+        return this rank's ``worker_state`` (None if it saved none). Call it after the same
+        ``init`` and ``set_optimizer`` calls as the saving job (any number of servers). Every
+        worker must call it.
+
+        Raises:
+            CheckpointError: incomplete or corrupt checkpoint (naming the file), or keys,
+                shapes, dtypes or optimizer differ from the saving job.
+        """
+        self._check_open()
+        return self._load_checkpoint(str(url), storage_options)
     def set_gradient_compression(self, config):
         """Compress every pushed gradient of a float key from now on (inits and pulls never are):
         ``{"type": "2bit", "threshold": t}`` sends each element as +t, -t or 0 (16 to a 32-bit
@@ -321,6 +348,12 @@ class KVStore(abc.ABC):
 
     @abc.abstractmethod
     def _close(self): ...
+
+    @abc.abstractmethod
+    def _save_checkpoint(self, url, worker_state, storage_options): ...
+
+    @abc.abstractmethod
+    def _load_checkpoint(self, url, storage_options): ...
 
 
 class Pending:

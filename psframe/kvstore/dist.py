@@ -11,10 +11,11 @@ import time
 import numpy as np
 
 from .. import timeline
-from ..errors import JobAbortedError, PeerLostError, PSError, PSTimeoutError, from_body, from_wire, to_wire
+from ..errors import (ConfigError, JobAbortedError, PeerLostError, PSError, PSTimeoutError, from_body,
+                      from_wire, to_wire)
 from ..protocol import Command, codec
-from ..transport import peers, sockets
-from . import fusion, messages
+from ..transport import auth, peers, sockets
+from . import checkpointing, fusion, host_tier, messages
 from .base import KVStore, Pending
 from .call_record import CallRecord
 from .failures import Failures, leaves_on_timeout
@@ -34,7 +35,8 @@ class DistKVStore(KVStore):
         self.name = f"worker:{config.rank}"
         self._ctx = sockets.new_context()
         try:
-            self._sched = sockets.dealer(self._ctx, config.scheduler)
+            security = auth.for_config(config)
+            self._sched = sockets.dealer(self._ctx, config.scheduler, security=security, peer="scheduler")
             book = peers.register(self._sched, config, "worker", config.rank)
             self._links = ServerLinks(self._ctx, config, book)
         except BaseException:
@@ -55,6 +57,7 @@ class DistKVStore(KVStore):
         atexit.register(self.close)
         logger.info("worker %d of %d connected to servers at %s", self.rank, self.num_workers,
                     self._links.describe())
+        self._tier = host_tier.join(self)     # None: this worker talks to the servers itself
 
     # -- the kind's operations ----------------------------------------------------------
     def _step(self, keys, ahead):
@@ -74,10 +77,14 @@ class DistKVStore(KVStore):
                                      "placing keys")["servers"]
         batches = messages.init_batches(units, placed, dict(zip(keys, values)), self._keys, self.rank,
                                         len(self._servers))
-        reqs = [self._send(s, Command.INIT, b, {"meta": b.meta, "sync": self.sync, "groups": b.groups},
+        host = [self.rank - self.local_rank, self.local_size, self.config.host]   # see server/hosts.py
+        reqs = [self._send(s, Command.INIT, b, {"meta": b.meta, "sync": self.sync, "groups": b.groups,
+                                                "host": host},
                            wait_for_send=True)
                 for s, b in batches]
         self._customer.wait(reqs, "init of keys %s" % keys[:5])
+        if self._tier is not None:
+            self._tier.init(keys)
 
     @leaves_on_timeout
     def _push(self, keys, values, priority):
@@ -85,6 +92,8 @@ class DistKVStore(KVStore):
             self._push_keys(keys, values, priority)
 
     def _push_keys(self, keys, values, priority):
+        if self._tier is not None:
+            return self._tier.push(keys, values)
         plain, fused = messages.by_group(self._keys, keys, values)
         self._customer.wait_sent(self._send_pushes(Command.PUSH, plain, fused, {}, priority))
         self._customer.raise_deferred()
@@ -95,6 +104,8 @@ class DistKVStore(KVStore):
             self._pull_keys(keys, outs, priority)
 
     def _pull_keys(self, keys, outs, priority):
+        if self._tier is not None:
+            return self._tier.pull(keys, outs)
         batches, finish = messages.pull_batches(self._keys, *messages.by_group(self._keys, keys, outs))
         reqs = [self._send(s, Command.PULL, b, {"meta": b.meta}, priority=priority) for s, b in batches]
         self._customer.wait(reqs, f"pull of {_keys_text(keys)}")
@@ -107,6 +118,9 @@ class DistKVStore(KVStore):
 
     @leaves_on_timeout
     def _pushpull_start(self, keys, values, outs, priority):
+        if self._tier is not None:     # the host tier answers a call before it returns
+            self._tier.pushpull(keys, values, outs)
+            return Pending(lambda: True, lambda timeout: None)
         step = self._step(keys, 1)
         plain, fused = messages.by_group(self._keys, keys, list(zip(values, outs)))
         targets, finish = messages.pull_targets(self._keys, [(k, out) for k, (_, out) in plain],
@@ -169,6 +183,10 @@ class DistKVStore(KVStore):
         return (reply or {}).get("notes", {})
 
     def _join(self, timeout):
+        if self._tier is not None:
+            raise ConfigError("kv.join() works on the flat path only for now: this host's workers "
+                              "push through the host tier; run with PSFRAME_HIERARCHICAL=0 (or "
+                              "psframe-launch --no-host-tier) to use join")
         with self.calls.call("join"):
             self._flush(timeout)          # every push is in before the servers hear we left
             ask = self.config.timeout if timeout is None else timeout
@@ -197,8 +215,15 @@ class DistKVStore(KVStore):
                     self._flush()
                 except PSError as exc:    # leave the job cleanly all the same, then raise it
                     error = exc
+                if self._tier is not None:
+                    try:
+                        self._tier.close()     # the host's aggregator waits for every worker
+                    except PSError as exc:
+                        error = error or exc
                 self._ask_scheduler(Command.DONE, None, "finishing")
         finally:
+            if self._tier is not None:
+                self._tier.abandon()
             if self._timeline is not None:
                 self._timeline.save()
             self._failures.stop(self)
@@ -215,7 +240,17 @@ class DistKVStore(KVStore):
 
     def _flush(self, timeout=None):
         """Wait until every request is answered (a push counts once the servers merged it)."""
+        if self._tier is not None:
+            self._tier.flush(timeout)
         self._customer.flush(timeout)
+
+    def _save_checkpoint(self, url, worker_state, storage_options):
+        with self.calls.call("save_checkpoint"):
+            checkpointing.save_dist(checkpointing.DistClient(self), url, worker_state, storage_options)
+
+    def _load_checkpoint(self, url, storage_options):
+        with self.calls.call("load_checkpoint"):
+            return checkpointing.load_dist(checkpointing.DistClient(self), url, storage_options)
 
     def server_stats(self, timeout=None):
         """Counters of every server (pushes per worker, bytes, updates): for tests and benches."""

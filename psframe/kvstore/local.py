@@ -8,6 +8,7 @@ the numerics of a one-worker job.
 from .. import arrays, compression
 from ..protocol import ArrayDesc
 from ..server.shard import ShardState
+from . import checkpointing
 from .base import KVStore
 
 
@@ -66,6 +67,12 @@ class LocalKVStore(KVStore):
 
     def _join(self, timeout):
         pass     # the only worker: nobody to wait for
+
+    def _save_checkpoint(self, url, worker_state, storage_options):
+        checkpointing.save_local(self, url, worker_state, storage_options)
+
+    def _load_checkpoint(self, url, storage_options):
+        return checkpointing.load_local(self, url, storage_options)
 
     def server_stats(self, timeout=None):
         """The in-process shard's counters, shaped like the dist kinds' (one dict per server)."""

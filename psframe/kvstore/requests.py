@@ -20,6 +20,7 @@ from ..transport import sockets
 logger = logging.getLogger(__name__)
 
 NP_DTYPES = {name: np.dtype(name) for name in arrays.DTYPES}
+BODY_REPLIES = (Command.STATS, Command.SAVE_CHECKPOINT)    # requests whose reply body is kept
 
 
 class Ack:
@@ -39,7 +40,7 @@ class Request:
         self.server, self.cmd = server, cmd
         self.acks = acks            # Acks: the pushes this reply acknowledges
         self.targets = targets or {}   # (key, part) -> flat host array the reply fills
-        self.body = None               # the reply's body (stats)
+        self.body = None               # the reply's body (stats, checkpoint index)
         self.done, self.error, self.tracker, self.t0 = False, None, None, 0.0
 
 
@@ -47,7 +48,7 @@ class Customer:
     """Ids, pending requests, progress and deferred errors of one worker.
 
     ``sockets``: the server sockets replies come in on; ``scheduler``: the scheduler socket,
-    which between requests only speaks to abort the job; ``check``: raises once the job is gone
+    which between requests only speaks to abort the job (None: none, the host tier's uplink); ``check``: raises once the job is gone
     (the heartbeat's verdict); ``timeout``: the default for waits (PSFRAME_TIMEOUT)."""
 
     def __init__(self, server_sockets, scheduler, check, timeout, trace=None, outgoing=None):
@@ -55,7 +56,7 @@ class Customer:
         self._pending = {}             # id -> Request (in flight)
         self._errors = []              # errors of requests nobody waits for (pushes)
         self._scheduler, self._check, self._timeout = scheduler, check, timeout
-        self._poller = sockets.Poller([*server_sockets, scheduler])
+        self._poller = sockets.Poller([*server_sockets, *([scheduler] if scheduler is not None else [])])
         self._timeline = trace
         self._outgoing = outgoing      # routes.SendQueue: what waits to be sent, by priority
 
@@ -97,6 +98,16 @@ class Customer:
     def flush(self, timeout=None):
         self.progress_until(lambda: not self._pending, "finishing outstanding requests", timeout)
         self.raise_deferred()
+
+    def take_errors(self):
+        """The errors of requests nobody waits for, handed over (a caller that relays them)."""
+        errors, self._errors = self._errors, []
+        return errors
+
+    def receive_ready(self, sock):
+        """Take every reply waiting on ``sock`` (for a caller that polls the sockets itself)."""
+        while sockets.readable(sock):
+            self._receive(sock)
 
     def raise_deferred(self):
         if self._errors:
@@ -165,7 +176,7 @@ class Customer:
             if req.cmd is Command.PUSH:
                 self._errors.append(req.error)
             return
-        if req.cmd is Command.STATS:
+        if req.cmd in BODY_REPLIES:
             req.body = msg.body
         for ack in req.acks:
             if ack.group is not None:

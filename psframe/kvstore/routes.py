@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import sharding
 from ..protocol.codec import ITEMSIZE
-from ..transport import addresses, sockets
+from ..transport import addresses, auth, sockets
 
 # Big key-parts travel as several arrays of at most sharding.CHUNK_BYTES, and one call's arrays
 # to a server as several messages of at most about MESSAGE_BYTES (so a big key's chunks go one
@@ -118,10 +118,12 @@ class ServerLinks:
         self.tcp = []                # per server: its TCP socket
         self.lanes = []              # per server: (TCP socket, socket for big entries)
         self.sent_messages = {"tcp": 0, "unix": 0}    # requests per transport (diagnostics)
-        for address, loc in zip(self.addresses, self.local_addresses):
-            tcp = sockets.dealer(ctx, address)
+        security = auth.for_config(config)     # each link proves this worker's identity
+        for i, (address, loc) in enumerate(zip(self.addresses, self.local_addresses)):
+            tcp = sockets.dealer(ctx, address, security=security, peer=f"server:{i}")
             self.tcp.append(tcp)
-            self.lanes.append((tcp, sockets.dealer(ctx, loc) if loc else tcp))
+            self.lanes.append((tcp, sockets.dealer(ctx, loc, security=security, peer=f"server:{i}")
+                               if loc else tcp))
 
     def __len__(self):
         return len(self.tcp)

@@ -18,17 +18,19 @@ the frame holds ``prod(shape)`` float16 values (``fp16``) or ``4 * ceil(prod(sha
 bytes of 2-bit codes (``2bit``, layout in ``psframe.compression.twobit``).
 """
 import dataclasses
+import re
 
 import msgpack
 import numpy as np
 
 from .. import compression as compression_mod
 from ..arrays import DTYPES
-from ..errors import ProtocolError, to_wire
-from .commands import COMMANDS, PROTOCOL_VERSION, Command
+from ..errors import ProtocolError, RefusedError, to_wire
+from .commands import COMMANDS, PROTOCOL_VERSION, SENDERS, Command
 
 MAX_NDIM = 32
 MAX_ELEMENTS = 2 ** 48   # per array: far above any real tensor, far below int64 overflow
+_SENDER = re.compile(r"([a-z]+):(0|[1-9][0-9]{0,8})")   # ASCII digits only, no sign, no padding
 ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
 
 
@@ -127,7 +129,8 @@ def decode_header(frame):
     if type(header.get("v")) is not int or header.get("v") != PROTOCOL_VERSION:
         _fail("version", f"{header.get('v')!r} is not {PROTOCOL_VERSION}: peers run different "
                           f"psframe versions; install the same version everywhere")
-    cmd = COMMANDS.get(header.get("cmd"))
+    raw_cmd = header.get("cmd")
+    cmd = COMMANDS.get(raw_cmd) if type(raw_cmd) is str else None
     if cmd is None:
         _fail("cmd", f"{header.get('cmd')!r} is not a known command")
     mid, sender, body = header.get("id", 0), header.get("sender", ""), header.get("body", {})
@@ -157,7 +160,7 @@ def decode_desc(i, raw, compression=None):
         _fail(f"arrays[{i}].key", f"{key!r} is not an int or str")
     if type(part) is not int or part < 0 or type(step) is not int or step < 0:
         _fail(f"arrays[{i}].part/step", "must be non-negative ints")
-    if dtype not in ITEMSIZE:
+    if type(dtype) is not str or dtype not in ITEMSIZE:
         _fail(f"arrays[{i}].dtype", f"{dtype!r} is not one of {DTYPES}")
     if type(shape) is not list or len(shape) > MAX_NDIM:
         _fail(f"arrays[{i}].shape", f"{shape!r} is not a list of non-negative ints")
@@ -219,12 +222,44 @@ def decode_groups(body, count):
     return out
 
 
+def parse_sender(sender):
+    """``"worker:3"`` -> ``("worker", 3)``: a lower-case role, a colon and a rank in ASCII
+    digits (no sign, no leading zero, at most 9 digits).
+
+    Raises:
+        ProtocolError: anything else (``"worker:²"``, ``"worker:٣"``, ``"worker:+1"``).
+    """
+    match = _SENDER.fullmatch(sender) if type(sender) is str else None
+    if match is None:
+        _fail("sender", f"{sender!r} is not role:rank (e.g. worker:3)")
+    return match.group(1), int(match.group(2))
+
+
 def sender_rank(sender, role, limit):
     """The rank in a ``"worker:3"`` style sender name, checked against ``role`` and ``limit``."""
-    kind, _, rank = sender.partition(":")
-    if kind != role or not rank.isdigit() or int(rank) >= limit:
+    match = _SENDER.fullmatch(sender) if type(sender) is str else None
+    if match is None or match.group(1) != role or int(match.group(2)) >= limit:
         _fail("sender", f"{sender!r} is not a {role} of this job ({role}:0..{limit - 1})")
-    return int(rank)
+    return int(match.group(2))
+
+
+def check_sender(msg, identity):
+    """``(role, rank)`` of ``msg``'s sender, checked against ``identity``, the identity its
+    connection authenticated as (None when the job runs without security: the claim is all
+    there is), and against the roles that may send ``msg.cmd`` (``commands.SENDERS``).
+
+    Raises:
+        RefusedError: the claim is not the authenticated identity, or the role may not send it.
+        ProtocolError: the sender is not ``role:rank``.
+    """
+    if identity is not None and msg.sender != identity:
+        raise RefusedError(f"refused {msg.cmd.value!r}: the message claims to come from "
+                           f"{msg.sender!r} but its connection authenticated as {identity!r}")
+    role, rank = parse_sender(msg.sender)
+    if role not in SENDERS[msg.cmd]:
+        raise RefusedError(f"refused {msg.cmd.value!r} from {msg.sender!r}: only "
+                           f"{' or '.join(SENDERS[msg.cmd])} processes may send it")
+    return role, rank
 
 
 def check_frame_sizes(msg, sizes):

@@ -5,7 +5,7 @@ import sys
 import time
 
 from ..config import EXIT_ABORTED_BY_PEER, blame_line
-from ..errors import ProtocolError
+from ..errors import ProtocolError, RefusedError
 from ..logs import count
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
@@ -24,7 +24,8 @@ class SchedulerService(RequestLoop):
         self.config = config
         self.ctx = ctx or sockets.new_context()
         _, host, port = addresses.parse(config.scheduler)
-        self.sock = sockets.router_bind(self.ctx, f"tcp://{peers.bind_ip(host)}:{port}")
+        self.bind_router(config, lambda security: sockets.router_bind(
+            self.ctx, f"tcp://{peers.bind_ip(host)}:{port}", security))
         self.state = MembershipState(config.num_workers, config.num_servers, config.bigarray_bound,
                                      config.start_timeout, config.heartbeat_timeout, time.monotonic(),
                                      config.stall_timeout, config.stall_action)
@@ -36,6 +37,7 @@ class SchedulerService(RequestLoop):
             while True:
                 for _ in sockets.poll([self.sock], 0.1):
                     self.drain()
+                self.housekeeping()
                 self._send(self.state.tick(time.monotonic()))
                 while self.state.warnings:
                     logger.warning("%s", self.state.warnings.pop(0))
@@ -50,7 +52,9 @@ class SchedulerService(RequestLoop):
                     logger.info("every worker finished; servers told to shut down")
                     return 0
         finally:
-            self.sock.close(sockets.LINGER_MS)
+            logger.info("refused %(refused_connections)d connections and %(refused_messages)d "
+                        "messages; cut off %(cut_off_peers)d peers", self.security_counters())
+            self.close_router(sockets.LINGER_MS)
 
     # -- handlers: each returns the sends MembershipState decided -------------------------
     def handle(self, peer, msg):
@@ -64,6 +68,9 @@ class SchedulerService(RequestLoop):
 
     def handle_register(self, peer, msg):
         b = msg.body
+        if f"{_field(b, 'role', str)}:{_field(b, 'rank', int)}" != msg.sender:
+            raise RefusedError(f"refused 'register' from {msg.sender!r}: it registers as "
+                               f"{b['role']}:{b['rank']}; a process registers only as itself")
         return self.state.register(peer, msg.id, _field(b, "role", str), _field(b, "rank", int),
                                    _field(b, "host", str), _field(b, "address", str, ""),
                                    time.monotonic(), _field(b, "local_address", str, ""))

@@ -47,12 +47,13 @@ class ParkedInit:
 
 
 class EarlyPush:
-    """A pushed array waiting for its turn in the rank order; ``flat`` covers members
-    ``lo..hi-1``."""
-    __slots__ = ("rank", "lo", "hi", "flat")
+    """A pushed array waiting for its turn in the (host, local rank) order; ``flat`` covers
+    members ``lo..hi-1``; ``count``: the workers it sums (1, or a whole host's from its
+    aggregator, ranks ``rank..rank+count-1``)."""
+    __slots__ = ("rank", "count", "lo", "hi", "flat")
 
-    def __init__(self, rank, lo, hi, flat):
-        self.rank, self.lo, self.hi, self.flat = rank, lo, hi, flat
+    def __init__(self, rank, count, lo, hi, flat):
+        self.rank, self.count, self.lo, self.hi, self.flat = rank, count, lo, hi, flat
 
 
 class PushAck:
@@ -64,13 +65,13 @@ class PushAck:
 
 
 class StepMerge:
-    """Fixed-rank-order sum of one step's pushes, per member of the entry."""
-    __slots__ = ("acc", "next_rank", "skipped", "early", "tokens")
+    """Fixed (host, local rank) order sum of one step's pushes, per member of the entry."""
+    __slots__ = ("acc", "host_acc", "next_rank", "early", "tokens")
 
     def __init__(self, members):
         self.acc = None                                  # flat sum so far (members' slices)
+        self.host_acc = None     # flat sum of the current host's pushes (hosts after the first)
         self.next_rank = np.zeros(members, np.int64)     # per member: the rank to add next
-        self.skipped = None     # per member: ranks passed over (joined workers); None: none
         self.early = []     # [EarlyPush]: arrived before its turn
         self.tokens = []    # [PushAck]: due when their members complete the step
 

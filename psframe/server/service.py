@@ -13,11 +13,13 @@ import numpy as np
 
 from .. import timeline
 from ..config import EXIT_ABORTED_BY_PEER
-from ..errors import OptimizerError, ProtocolError
+from ..errors import OptimizerError, ProtocolError, as_reply
 from ..protocol import Command, codec
 from ..transport import addresses, peers, sockets
 from ..transport.link import SchedulerLink
 from ..transport.requests import RequestLoop
+from .budget import MemoryBudget
+from . import checkpoint_tasks
 from .shard import ShardState
 
 logger = logging.getLogger(__name__)
@@ -60,20 +62,24 @@ class ServerService(RequestLoop):
         self.guard = sockets.SendGuard(timeout=config.timeout)
         self.shard = ShardState(config.num_workers, guard=self.guard, owns_pushes=True)
         host = config.bind_host or config.host
-        self.sock, port = sockets.router_bind_random(self.ctx, peers.bind_ip(host))
+        _, port = self.bind_router(config, lambda security: sockets.router_bind_random(
+            self.ctx, peers.bind_ip(host), security))
         self.address = addresses.tcp(config.host, port)
         self.local_address = self._bind_local() if config.ipc else ""
         self.name = f"server:{config.server_rank}"
+        self.budget = MemoryBudget(config.server_memory_bytes, self.name)
         self.pending = {}
         self.bytes_in_wire = 0       # pushed array frames as received (compressed, if they were)
         self.timeline = timeline.for_process(config, "server", config.server_rank)
         self._merge_start = {}       # (key, part, step) -> first push's arrival (timeline only)
         self._arrived = 0.0          # when the message being handled arrived (timeline only)
+        self.checkpoint_task = None  # a checkpoint save/load in flight (checkpoint_tasks)
+        self.held = []               # (peer, msg) that would change the shard meanwhile
 
     def run(self):
         """Register, then serve until the scheduler says shutdown (0) or abort (1)."""
         import_user_modules(self.config.user_modules)
-        sched = sockets.dealer(self.ctx, self.config.scheduler)
+        sched = sockets.dealer(self.ctx, self.config.scheduler, security=self.security, peer="scheduler")
         try:
             peers.register(sched, self.config, "server", self.config.server_rank, self.address,
                            self.local_address)
@@ -81,13 +87,16 @@ class ServerService(RequestLoop):
             return self._loop(sched)
         finally:
             sched.close(0)
-            self.sock.close(sockets.LINGER_MS)
+            self.close_router(sockets.LINGER_MS)
+            if self.local_address:
+                addresses.remove_local(self.local_address)
             if self.timeline is not None:
                 self.timeline.save()
 
     def _bind_local(self):
-        """Also listen on an abstract unix socket: workers on this machine skip TCP (about a
-        fifth less time per byte on loopback). Returns the address, or "" if there is none."""
+        """Also listen on a unix socket in a private directory, authenticated as TCP is:
+        workers on this machine skip TCP (about a fifth less time per byte on loopback).
+        Returns the address, or "" if there is none."""
         address = addresses.new_local()
         if address is None:
             return ""
@@ -95,6 +104,7 @@ class ServerService(RequestLoop):
             self.sock.bind(address)
         except Exception as exc:   # the TCP address still serves everyone
             logger.info("no local unix socket (%s); workers on this host use TCP", exc)
+            addresses.remove_local(address)
             return ""
         return address
 
@@ -108,8 +118,13 @@ class ServerService(RequestLoop):
             link.beat(now)
             if now >= next_prune:      # forget sent replies, so their buffers can be freed
                 self.guard.prune()
+                self.housekeeping(now)
                 next_prune = now + PRUNE_INTERVAL
-            ready = poller.poll(link.poll_interval)
+            # a checkpoint task in flight is looked at every millisecond: its reply is due when
+            # it ends (a save or load of 100 MiB takes tens of milliseconds)
+            ready = poller.poll(0.001 if self.checkpoint_task else link.poll_interval)
+            if self.checkpoint_task is not None and self.checkpoint_task.done():
+                self._finish_checkpoint_task()
             if self.sock in ready:
                 self.drain(limit=1000)   # bounded, so heartbeats still go out under a flood
             if sched in ready:
@@ -142,9 +157,45 @@ class ServerService(RequestLoop):
         self.pending.pop((peer, msg_id), None)   # its other parts' answers are dropped
         super().failed(peer, msg_id, exc)
 
+    def _finish_checkpoint_task(self):
+        """Reply to the finished save/load, then handle the messages held back meanwhile."""
+        task, self.checkpoint_task = self.checkpoint_task, None
+        peer, msg_id = task.token
+        try:
+            body = task.finish()
+        except Exception as exc:
+            exc = as_reply(exc, self.who)
+            logger.error("checkpoint failed: %s", exc)
+            self.failed(peer, msg_id, exc)
+        else:
+            self.send_raw(peer, codec.encode(Command.OK, msg_id, self.name, body=body))
+        held, self.held = self.held, []
+        for i, (peer, msg) in enumerate(held):
+            if self.checkpoint_task is not None:      # a held message started another task
+                self.held.extend(held[i:])
+                return
+            try:
+                self.handle(peer, msg)
+            except Exception as exc:
+                self.failed(peer, msg.id, as_reply(exc, self.who))
+
     def handle(self, peer, msg):
+        if self.checkpoint_task is not None and msg.cmd in checkpoint_tasks.HELD:
+            self.held.append((peer, msg))
+            return
         rank = codec.sender_rank(msg.sender, "worker", self.config.num_workers)
-        self.handler(msg)(peer, msg, rank)
+        try:
+            self.handler(msg)(peer, msg, rank)
+        finally:     # after the handler: an init names the sender's host first
+            self.shard.hosts.count_message(rank, sum(d.nbytes for d in msg.arrays))
+
+    @staticmethod
+    def _summed(msg):
+        """Whether a push message carries host sums (the host tier's aggregator sent it)."""
+        summed = msg.body.get("summed", False)
+        if type(summed) is not bool:
+            raise ProtocolError(f"push body.summed is {summed!r}, not a bool")
+        return summed
 
     def handle_init(self, peer, msg, rank):
         descs = list(msg.arrays) + codec.decode_meta(msg.body)
@@ -152,13 +203,21 @@ class ServerService(RequestLoop):
         if type(sync) is not bool:
             raise ProtocolError(f"init body.sync is {sync!r}, not a bool")
         groups = codec.decode_groups(msg.body, len(descs))
+        host = msg.body.get("host")
+        if host is not None:
+            if (type(host) is not list or len(host) != 3 or type(host[0]) is not int
+                    or type(host[1]) is not int or type(host[2]) is not str):
+                raise ProtocolError(f"init body.host is {host!r}, not [first rank, workers, name]")
+            self.shard.hosts.set(rank, *host)
         arrays = [codec.as_array(d, b) for d, b in zip(msg.arrays, msg.buffers)]
         arrays += [None] * (len(descs) - len(arrays))
+        self.budget.charge(descs, self.shard.keys.__contains__)
         token = self._expect(peer, msg, len(descs))
         for desc, array, members in zip(descs, arrays, groups):
             self._deliver(self.shard.init(rank, desc, array, token, sync, members, adopt=True))
 
     def handle_push(self, peer, msg, rank):
+        summed = self._summed(msg)
         token = self._expect(peer, msg, len(msg.arrays))
         push, frombuffer, replies = self.shard.push, np.frombuffer, []
         for desc, buf in zip(msg.arrays, msg.buffers):
@@ -166,7 +225,7 @@ class ServerService(RequestLoop):
             self.bytes_in_wire += buf.nbytes
             array = (frombuffer(buf, desc.dtype) if desc.compression is None
                      else codec.as_array(desc, buf)).reshape(desc.shape)
-            replies += push(rank, desc, array, token)
+            replies += push(rank, desc, array, token, summed)
         self._deliver(replies)
         if self.timeline is not None:
             self._trace_merges(msg)
@@ -178,13 +237,14 @@ class ServerService(RequestLoop):
             self._deliver(self.shard.pull(rank, desc, token))
 
     def handle_pushpull(self, peer, msg, rank):
+        summed = self._summed(msg)
         token = self._expect(peer, msg, 2 * len(msg.arrays))
         push, pull, frombuffer, replies = self.shard.push, self.shard.pull, np.frombuffer, []
         for desc, buf in zip(msg.arrays, msg.buffers):
             self.bytes_in_wire += buf.nbytes
             array = (frombuffer(buf, desc.dtype) if desc.compression is None
                      else codec.as_array(desc, buf)).reshape(desc.shape)
-            replies += push(rank, desc, array, token)
+            replies += push(rank, desc, array, token, summed)
             replies += pull(rank, desc, token)
         self._deliver(replies)
         if self.timeline is not None:
@@ -204,12 +264,21 @@ class ServerService(RequestLoop):
     def handle_set_optimizer(self, peer, msg, rank):
         from .. import optim   # the registry is the only way a wire name becomes code
         optimizer = optim.from_spec(msg.body.get("optimizer"))   # validates the spec
+        self.budget.set_optimizer(optimizer)
         self.shard.set_optimizer(optimizer)
         logger.info("optimizer set: %s", msg.body["optimizer"]["name"])
         self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
 
+    def handle_save_checkpoint(self, peer, msg, rank):
+        self.checkpoint_task = checkpoint_tasks.start_save(self.shard, msg.body, self.config.server_rank,
+                                                           (peer, msg.id))
+
+    def handle_load_checkpoint(self, peer, msg, rank):
+        self.checkpoint_task = checkpoint_tasks.start_load(self.shard, msg.body, (peer, msg.id))
+
     def handle_stats(self, peer, msg, rank):
-        body = dict(self.shard.stats(), bytes_in_wire=self.bytes_in_wire, **process_usage())
+        body = dict(self.shard.stats(), bytes_in_wire=self.bytes_in_wire, **process_usage(),
+                    **self.security_counters(), budget_bytes=self.budget.limit)
         self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name, body=body))
 
     # -- replies ------------------------------------------------------------------------

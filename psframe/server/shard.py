@@ -12,11 +12,14 @@ member, and members may run at different steps; the state below is per member th
 the whole-group path is just the case where every member moves together.
 
 Sync semantics: the i-th push of a key from every worker forms step i. Pushes are summed in
-worker-rank order (an array that arrives before its turn waits, unsummed), so a job gives
-bitwise-identical values run after run, whether its keys travel fused or one by one. When step
-i of a key is complete its value becomes the sum (no optimizer) or ``optimizer.update(value,
-sum)``; push acks of the step go out then, which bounds how far a worker can run ahead. A pull
-for step i is parked until step i is complete.
+(host, local rank) order: each host's pushes first, in local-rank order, then the host sums in
+host order (an array that arrives before its turn waits, unsummed). Ranks are contiguous per
+host, so this is worker-rank order with one bracket per host; with one host it is the plain
+left-to-right sum. A host's aggregator sends the same host sum as one push (``summed``), so a
+job gives bitwise-identical values run after run, fused or not, with or without the host tier.
+When step i of a key is complete its value becomes the sum (no optimizer) or
+``optimizer.update(value, sum)``; push acks of the step go out then, which bounds how far a
+worker can run ahead. A pull for step i is parked until step i is complete.
 Async semantics: every push is applied on arrival (``value += push`` without optimizer).
 """
 import numpy as np
@@ -25,6 +28,7 @@ from ..errors import (ConfigError, DoubleInitError, OptimizerError, DTypeMismatc
                       UnevenStepsError, UninitializedKeyError)
 from ..protocol import ArrayDesc
 from . import updates
+from .hosts import Hosts
 from .entry import EarlyPush, KeyState, NoGuard, ParkedInit, ParkedPull, PushAck, Reply, StepMerge, high, low
 
 __all__ = ["ShardState", "Reply"]
@@ -50,6 +54,7 @@ class ShardState:
                          "bytes_in": 0, "bytes_out": 0, "updates": 0,
                          "bytes_in_by_rank": [0] * num_workers,
                          "bytes_out_by_rank": [0] * num_workers}
+        self.hosts = Hosts(num_workers)
 
     # -- init ---------------------------------------------------------------------------
     def init(self, rank, desc, array, token, sync=None, members=None, adopt=False):
@@ -131,12 +136,23 @@ class ShardState:
         return None
 
     # -- push ---------------------------------------------------------------------------
-    def push(self, rank, desc, array, token):
-        """Merge (sync) or apply (async) one pushed array. ``token`` None: no ack wanted."""
+    def push(self, rank, desc, array, token, summed=False):
+        """Merge (sync) or apply (async) one pushed array. ``token`` None: no ack wanted.
+        ``summed``: ``rank`` is the first of its host and ``array`` is the sum of every
+        worker's push on that host (the host tier)."""
         st, lo, hi, err = self._lookup(desc, "push")
         if err is not None:
             return [Reply(token, error=err)]
         flat = array.reshape(-1)
+        first_rank, count, host = self.hosts.of(rank)
+        self.hosts.count_push(host, desc)
+        if summed:
+            if first_rank != rank:
+                return [Reply(token, error=ProtocolError(
+                    f"a host sum of key {desc.key!r} came from worker {rank}, which is not the first "
+                    f"worker of its host ({first_rank})"))]
+            if count > 1:
+                return self._push_host_sum(st, lo, hi, rank, count, desc, flat, token)
         row = st.pushes[rank]
         first, last = low(row, lo, hi), high(row, lo, hi)
         if st.sync and (first != desc.step - 1 or last != desc.step - 1):
@@ -152,14 +168,35 @@ class ShardState:
             row[lo:hi] += 1
             return self._apply_async(st, lo, hi, flat, token)
         row[lo:hi] = desc.step
-        merge = st.merges.get(desc.step)
+        return self._merge(st, EarlyPush(rank, 1, lo, hi, flat), desc.step, token)
+
+    def _push_host_sum(self, st, lo, hi, rank, count, desc, flat, token):
+        """A host's sum: the pushes of workers ``rank..rank+count-1`` at once."""
+        rows = st.pushes[rank:rank + count, lo:hi]
+        first, last = int(rows.min()), int(rows.max())
+        if st.sync and (first != desc.step - 1 or last != desc.step - 1):
+            return [Reply(token, error=ProtocolError(
+                f"host push of key {desc.key!r} from workers {rank}..{rank + count - 1} is step "
+                f"{desc.step}, expected {first + 1}: a message was lost or a worker restarted"))]
+        for r in range(rank, rank + count):
+            self.counters["pushes"][r] += hi - lo
+        self.counters["bytes_in"] += flat.nbytes
+        self.counters["bytes_in_by_rank"][rank] += flat.nbytes     # the host's bytes came from it
+        if not st.sync:
+            rows += 1
+            return self._apply_async(st, lo, hi, flat, token)
+        rows[...] = desc.step
+        return self._merge(st, EarlyPush(rank, count, lo, hi, flat), desc.step, token)
+
+    def _merge(self, st, early, step, token):
+        merge = st.merges.get(step)
         if merge is None:
-            merge = st.merges[desc.step] = StepMerge(len(st.names))
+            merge = st.merges[step] = StepMerge(len(st.names))
         if token is not None:
-            merge.tokens.append(PushAck(token, lo, hi))
-        merge.early.append(EarlyPush(rank, lo, hi, flat))
+            merge.tokens.append(PushAck(token, early.lo, early.hi))
+        merge.early.append(early)
         try:
-            if not self._sum_in_rank_order(st, merge, desc.step):
+            if not self._sum_in_rank_order(st, merge, step):
                 return []          # nothing of this step became complete
         except UnevenStepsError as exc:
             return self._fail_uneven(st, exc)
@@ -181,28 +218,28 @@ class ShardState:
                 replies += self._fail_uneven(st, exc)
         return replies
 
-    def _skip_absent(self, st, merge, step):
-        """Pass over the ranks absent from ``step`` (every later push of a joined worker counts
-        as zero); True if some member passed one."""
-        next_rank, n, skipped = merge.next_rank, self.num_workers, False
+    def _fill_absent(self, st, merge, step):
+        """A zero push, at its turn, for every rank absent from ``step`` (a joined worker): the
+        sum keeps its (host, local rank) order. True if one was added."""
+        next_rank, n, added = merge.next_rank, self.num_workers, False
         for m in range(len(st.names)):
-            if st.pushes[:, m].max() < step:
-                continue     # no worker pushed this member at this step (others of its group ran ahead)
             r = int(next_rank[m])
-            while r < n and r in self.absent and st.pushes[r, m] < step:
-                if not self.absent[r]:
-                    raise UnevenStepsError(
-                        f"step {step} of key {st.names[m]!r} cannot complete: worker {r} finished "
-                        f"(closed its KVStore) after pushing it {int(st.pushes[r, m])} times; every "
-                        f"worker must push every key equally often, or call kv.join() when it "
-                        f"runs out of data")
-                if merge.skipped is None:
-                    merge.skipped = np.zeros(len(st.names), np.int64)
-                merge.skipped[m] += 1
-                r += 1
-                skipped = True
-            next_rank[m] = r
-        return skipped
+            if (r >= n or r not in self.absent or st.pushes[r, m] >= step
+                    or st.pushes[:, m].max() < step):    # nobody pushed it: others ran ahead
+                continue
+            if not self.absent[r]:
+                raise UnevenStepsError(
+                    f"step {step} of key {st.names[m]!r} cannot complete: worker {r} finished "
+                    f"(closed its KVStore) after pushing it {int(st.pushes[r, m])} times; every "
+                    f"worker must push every key equally often, or call kv.join() when it "
+                    f"runs out of data")
+            if any(e.rank == r and e.lo <= m < e.hi for e in merge.early):
+                continue
+            st.pushes[r, m] = step
+            size = st.bounds[m + 1] - st.bounds[m]
+            merge.early.append(EarlyPush(r, 1, m, m + 1, np.zeros(size, st.dtype)))
+            added = True
+        return added
 
     def _fail_uneven(self, st, exc):
         """Everyone waiting on the entry's steps gets ``exc``; later calls on it too."""
@@ -220,39 +257,53 @@ class ShardState:
         early, next_rank, bounds = merge.early, merge.next_rank, st.bounds
         completed_any, progress = False, True
         while progress:
-            progress = False
-            if self.absent and self._skip_absent(st, merge, step):
-                completed_any = completed_any or bool((next_rank == self.num_workers).any())
+            progress = bool(self.absent) and self._fill_absent(st, merge, step)
+            if not early:
+                break
             for entry in list(early):
-                rank, lo, hi, flat = entry.rank, entry.lo, entry.hi, entry.flat
-                first = rank == 0 if merge.skipped is None else (
-                    high(next_rank - merge.skipped, lo, hi) == 0)
-                if (low(next_rank, lo, hi) == rank and high(next_rank, lo, hi) == rank
-                        and (merge.skipped is None
-                             or first or low(next_rank - merge.skipped, lo, hi) > 0)):
+                rank, count, lo, hi, flat = entry.rank, entry.count, entry.lo, entry.hi, entry.flat
+                if low(next_rank, lo, hi) == rank and high(next_rank, lo, hi) == rank:
                     early.remove(entry)
-                    if (merge.acc is None and self.owns_pushes and hi - lo == len(st.names)
-                            and flat.flags.writeable):
-                        merge.acc = flat        # rank 0's whole array: the sum starts in it
-                    else:
-                        if merge.acc is None:
-                            merge.acc = self._take_buffer(st)
-                        target = merge.acc[bounds[lo]:bounds[hi]]
-                        if first:
-                            np.copyto(target, flat)
-                        else:
-                            np.add(target, flat, out=target)
-                    next_rank[lo:hi] += 1
-                    completed_any = completed_any or rank + 1 == self.num_workers
+                    self._add_in_order(st, merge, entry)
+                    next_rank[lo:hi] += count
+                    completed_any = completed_any or rank + count == self.num_workers
                     progress = True
-                elif hi - lo > 1 and (next_rank[lo:hi] == rank).any() or (
-                        hi - lo > 1 and merge.skipped is not None):
+                elif hi - lo > 1 and (next_rank[lo:hi] == rank).any():
                     early.remove(entry)
                     start = bounds[lo]
-                    early.extend(EarlyPush(rank, m, m + 1, flat[bounds[m] - start:bounds[m + 1] - start])
+                    early.extend(EarlyPush(rank, count, m, m + 1,
+                                           flat[bounds[m] - start:bounds[m + 1] - start])
                                  for m in range(lo, hi))
                     progress = True
         return completed_any
+
+    def _add_in_order(self, st, merge, e):
+        """Add push ``e`` whose turn it is. The first host's pushes go straight into the step's
+        sum (rank 0's whole array may become it); a later host's are summed on their own first
+        (``host_acc``), and that sum is added once the host's last worker is in."""
+        first, size, _ = self.hosts.of(e.rank)
+        if first == 0 or e.count > 1 or size == 1:    # a host's sum, or part of the first host's
+            merge.acc = self._accumulate(st, merge.acc, e.rank == 0, e.lo, e.hi, e.flat)
+            return
+        merge.host_acc = self._accumulate(st, merge.host_acc, e.rank == first, e.lo, e.hi, e.flat)
+        if e.rank == first + size - 1:
+            host_sum = merge.host_acc[st.bounds[e.lo]:st.bounds[e.hi]]
+            merge.acc = self._accumulate(st, merge.acc, False, e.lo, e.hi, host_sum)
+
+    def _accumulate(self, st, acc, starts, lo, hi, flat):
+        """``acc`` (a flat sum, or None) with ``flat`` copied (``starts``) or added into members
+        ``lo..hi-1``; a whole owned array that starts a sum becomes the sum itself."""
+        if (acc is None and starts and self.owns_pushes and hi - lo == len(st.names)
+                and flat.flags.writeable):
+            return flat
+        if acc is None:
+            acc = self._take_buffer(st)
+        target = acc[st.bounds[lo]:st.bounds[hi]]
+        if starts:
+            np.copyto(target, flat)
+        else:
+            np.add(target, flat, out=target)
+        return acc
 
     def _complete_steps(self, st):
         """Apply every step whose members are complete, in step order per member."""
@@ -329,13 +380,11 @@ class ShardState:
         updates.update(self.optimizer, st, grad, members, self.counters, offset)
 
     def _writable_value(self, st):
-        """``st.value``, safe to write in place: once its memory went out by zmq's reference
-        (``guard.shared``) it is replaced by a copy (once: the copy is ours), else sends of it
-        still in flight are waited for."""
-        if self.guard.shared(st.value):
+        """``st.value``, safe to write in place: while its memory may still be read by a send
+        (``guard.shared``: it went out by zmq's reference; ``guard.busy``: a zero-copy reply
+        still in flight) it is replaced by a copy, so the loop never waits for a peer to read."""
+        if self.guard.shared(st.value) or self.guard.busy(st.value):
             st.value = st.value.copy()
-        else:
-            self.guard.wait(st.value)
         return st.value
 
     def _fail(self, st, exc, step, tokens=()):
@@ -402,7 +451,7 @@ class ShardState:
                 steps.update((repr((k, 0)), int(c)) for k, c in zip(st.names, st.completed))
             else:
                 steps[repr((key, part))] = int(st.completed[0])
-        return dict(self.counters, keys=len(self.keys), held_bytes=held, steps=steps)
+        return dict(self.counters, keys=len(self.keys), held_bytes=held, steps=steps, **self.hosts.stats())
 
     def step_complete(self, desc):
         """Whether step ``desc.step`` of what ``desc`` names has been applied (timelines)."""

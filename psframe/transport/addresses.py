@@ -1,8 +1,11 @@
 """Parsing and formatting of ``tcp://host:port`` / ``ipc://`` / ``inproc://`` addresses, and
 asking the OS for free ports (never a fixed port)."""
-import secrets
+import os
+import shutil
 import socket
+import stat
 import sys
+import tempfile
 
 from ..errors import ConfigError
 
@@ -33,27 +36,43 @@ def tcp(host, port):
 
 
 def new_local():
-    """A fresh ``ipc://@name`` address: a Linux abstract unix socket. It leaves no file behind,
-    vanishes with its process (even on kill -9) and is reachable only from the same machine and
-    network namespace. None where the OS has no abstract sockets."""
+    """A fresh ``ipc://`` address for a unix socket in a new directory only this user may enter
+    (0700), so no other local user can even connect to it; the directory's name carries this
+    network namespace (``local_reachable``). None where the OS has no unix sockets for zmq."""
     if not sys.platform.startswith("linux"):
         return None
-    return f"ipc://@psframe-{secrets.token_hex(8)}"
+    directory = tempfile.mkdtemp(prefix=f"psframe-{_netns()}-")
+    return f"ipc://{directory}/sock"
 
 
-def local_reachable(address, timeout=0.5):
-    """True when the abstract unix socket ``address`` (from ``new_local``) accepts a connection
-    from here, i.e. its process is on this machine, in this network namespace."""
-    scheme, rest, _ = parse(address)
-    if scheme != "ipc" or not rest.startswith("@") or not sys.platform.startswith("linux"):
+def remove_local(address):
+    """Remove the directory of a ``new_local`` address (its socket goes with it)."""
+    path = address.partition("://")[2]
+    directory = os.path.dirname(path)
+    if os.path.basename(directory).startswith("psframe-"):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def local_reachable(address):
+    """True when the unix socket ``address`` (from ``new_local``) was made in this network
+    namespace on this machine and is still there (its server removes it when it ends)."""
+    scheme, path, _ = parse(address)
+    if scheme != "ipc" or not sys.platform.startswith("linux"):
         return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect("\0" + rest[1:])
-        except OSError:
-            return False
-    return True
+    if not os.path.basename(os.path.dirname(path)).startswith(f"psframe-{_netns()}-"):
+        return False
+    try:     # not a test connection: the server would count it as a refused handshake
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _netns():
+    """This process's network namespace (its inode), as a short tag."""
+    try:
+        return f"n{os.stat('/proc/self/ns/net').st_ino}"
+    except OSError:
+        return "n0"
 
 
 def free_port(host="127.0.0.1"):

@@ -9,7 +9,7 @@ import time
 from ..config import EXIT_ABORTED_BY_PEER
 from ..errors import JobAbortedError, PeerLostError
 from ..protocol import Command, codec
-from . import sockets
+from . import auth, sockets
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ class SchedulerLink:
         self.config, self.name = config, name
         self.on_message = on_message   # (msg) -> None: what else the scheduler sends
         self.status = status     # () -> a msgpack-able dict each heartbeat carries, or None
-        self.sock = sock if sock is not None else sockets.dealer(ctx, config.scheduler)
+        self.sock = sock if sock is not None else sockets.dealer(
+            ctx, config.scheduler, security=auth.for_config(config), peer="scheduler")
         self.poll_interval = min(config.heartbeat_interval, 0.2)
         self.shutdown = False
         self.reason = None
@@ -37,10 +38,15 @@ class SchedulerLink:
         return self.shutdown or self.reason is not None
 
     def beat(self, now):
-        """Send a heartbeat when one is due."""
+        """Send a heartbeat when one is due; never waits (a server's loop drives this): a
+        scheduler that stops reading shows as its silence, not as a stuck loop."""
         if now >= self._next_beat:
             body = self.status() if self.status is not None else None
-            sockets.send_frames(self.sock, codec.encode(Command.HEARTBEAT, 0, self.name, body=body))
+            try:
+                sockets.send_frames(self.sock, codec.encode(Command.HEARTBEAT, 0, self.name, body=body),
+                                    block=False)
+            except sockets.WouldBlock:
+                pass
             self._next_beat = now + self.config.heartbeat_interval
 
     def receive(self):

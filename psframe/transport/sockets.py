@@ -32,14 +32,17 @@ def new_context(io_threads=1):
     return zmq.Context(io_threads)
 
 
-def dealer(ctx, address, identity=None):
+def dealer(ctx, address, identity=None, security=None, peer=None):
     """A DEALER connected to ``address`` (connect never blocks; unreachable peers show up as
-    timeouts of the requests sent to them)."""
+    timeouts of the requests sent to them), proving this process's identity to ``peer``
+    (``"scheduler"``, ``"server:0"``) as ``security`` (an ``auth.Security``) says."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity.encode())
+    if security is not None:
+        security.connect(sock, peer)
     try:
         sock.connect(address)
     except zmq.ZMQError as exc:
@@ -49,16 +52,23 @@ def dealer(ctx, address, identity=None):
     return sock
 
 
-def router_bind(ctx, address):
-    """A ROUTER bound to ``address``.
-
-    Raises:
-        ConfigError: the address is in use or not local, naming it and the fix.
-    """
+def _router(ctx, security):
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable reply is an error, not a drop
+    if security is not None:
+        security.bind(sock)
+    return sock
+
+
+def router_bind(ctx, address, security=None):
+    """A ROUTER bound to ``address``, authenticating every peer as ``security`` says.
+
+    Raises:
+        ConfigError: the address is in use or not local, naming it and the fix.
+    """
+    sock = _router(ctx, security)
     try:
         sock.bind(address)
     except zmq.ZMQError as exc:
@@ -69,12 +79,9 @@ def router_bind(ctx, address):
     return sock
 
 
-def router_bind_random(ctx, host):
+def router_bind_random(ctx, host, security=None):
     """A ROUTER bound to a port the OS picks on ``host``; returns ``(socket, port)``."""
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, LINGER_MS)
-    sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock = _router(ctx, security)
     try:
         port = sock.bind_to_random_port(f"tcp://{host}", min_port=1024, max_port=65535, max_tries=200)
     except zmq.ZMQError as exc:
@@ -84,19 +91,29 @@ def router_bind_random(ctx, host):
     return sock, port
 
 
-def send_frames(sock, frames, track=False):
+class WouldBlock(Exception):
+    """A non-blocking send found the peer's queue full; nothing of the message was sent."""
+
+
+def send_frames(sock, frames, track=False, block=True):
     """Send a multipart message; big frames go without a copy, ``zmq.Frame`` objects by zmq's
     own reference. Returns a MessageTracker when ``track`` and some buffer went zero-copy, else
-    None."""
+    None. ``block=False``: raise ``WouldBlock`` instead of waiting when the queue is full (zmq
+    accepts or refuses a message as a whole at its first frame)."""
     last = len(frames) - 1
     tracker = None
+    sizes = [len(f) if type(f) is zmq.Frame else memoryview(f).nbytes for f in frames]
+    if max(sizes) >= COPY_THRESHOLD:
+        check_size(sock, max(sizes))
+    first = 0 if block else zmq.NOBLOCK
+    i = 0
     try:
         for i, frame in enumerate(frames):
-            flags = zmq.SNDMORE if i < last else 0
+            flags = (zmq.SNDMORE if i < last else 0) | (first if i == 0 else 0)
             if type(frame) is zmq.Frame:         # a received frame: zmq's reference, no copy
                 sock.send(frame, flags, copy=False)
                 continue
-            big = memoryview(frame).nbytes >= COPY_THRESHOLD
+            big = sizes[i] >= COPY_THRESHOLD
             if big:
                 t = sock.send(frame, flags, copy=False, track=track)
                 if track:
@@ -104,9 +121,26 @@ def send_frames(sock, frames, track=False):
             else:
                 sock.send(frame, flags, copy=True)
     except zmq.Again:
+        if not block and i == 0:
+            raise WouldBlock() from None
         raise PSTimeoutError(f"a send blocked for {SEND_TIMEOUT_MS / 1000:g}s: the receiving "
                              f"process stopped reading its messages") from None
     return tracker
+
+
+def check_size(sock, nbytes):
+    """Refuse to send a frame the receiving socket would refuse (every process of a job has the
+    same ``PSFRAME_MAX_MESSAGE_BYTES``; zmq would drop the connection without a word).
+
+    Raises:
+        ConfigError: naming the size, the limit and the fixes.
+    """
+    limit = sock.maxmsgsize
+    if 0 <= limit < nbytes:
+        raise ConfigError(f"a message part of {nbytes} bytes is larger than PSFRAME_MAX_MESSAGE_BYTES="
+                          f"{limit}, which every socket of the job refuses; raise it for the whole job "
+                          f"(psframe-launch --env PSFRAME_MAX_MESSAGE_BYTES=N) or use more servers "
+                          f"(keys above PSFRAME_BIGARRAY_BOUND are cut over them)")
 
 
 def recv_frames(sock):

@@ -1,0 +1,333 @@
+"""The host's aggregator: a thread of local rank 0 that sums the host's pushes in shared memory
+and talks to the servers once per key-part for the whole host.
+
+Why a thread of local rank 0 and not a process of its own: it starts wherever a worker starts,
+so every launcher backend (local, ssh, mpi, slurm, or a job started by hand) gets it with no
+new process to place, supervise or name; if it dies its process dies, and the launcher already
+names that process (``worker <rank>@host``) as the one that failed. Its sums are numpy calls and
+its sends zmq calls, which run without the interpreter lock, so the training thread beside it
+loses little.
+
+Per key it keeps one slot per local rank and one result slot (``host_tier``). Sync: step i of a
+key is ready once every local rank pushed it; the slots are summed in local-rank order into the
+first slot (the same additions a server makes for one host's pushes, so flat and tiered runs
+agree bit for bit) and sent as one push marked ``summed``. Async: whatever local pushes are
+waiting are summed and sent as one push (the server applies it on arrival); a key's next push
+waits for the previous one's ack, so pushes that arrive meanwhile travel together. A pull is
+sent once for the host into the result slot, which is rewritten only when no worker is still
+copying out of it.
+"""
+import logging
+import os
+import threading
+
+import numpy as np
+import zmq
+
+from ..aggregation import reduce, shm
+from ..errors import ConfigError, PeerLostError, PSError, to_wire
+from ..transport import sockets
+from .host_notes import Entry, Note, Upstream, pack, unpack
+from .host_uplink import HostUplink
+
+logger = logging.getLogger(__name__)
+
+
+class HostAggregator(threading.Thread):
+    def __init__(self, store, where):
+        super().__init__(name="psframe-host-aggregator", daemon=True)
+        self.store, self.size = store, store.local_size
+        self.sync = store.sync
+        self.prefix = shm.job_prefix(store.config.scheduler)
+        self.failure = None
+        self._stop_evt = threading.Event()
+        self._ctx = sockets.new_context()
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        try:
+            self._router.bind(where)
+        except zmq.ZMQError as exc:
+            self._ctx.destroy(linger=0)
+            raise ConfigError(f"host tier: cannot listen at {where} ({exc}); set "
+                              f"PSFRAME_HIERARCHICAL=0 to run without the tier") from None
+        self.up = HostUplink(store)
+        self._entries = {}
+        self._segments = []         # [Segment, key list, attached count]
+        self._layouts = {}          # init call -> (offsets, arena bytes)
+        self._inits = {}            # worker id -> init calls seen
+        self._workers = set()       # ids of the local workers seen
+        self._byes = 0
+        self._upstream = []
+        self._flushes = []          # [note, upstream batches it waits for]
+
+    # -- life -----------------------------------------------------------------------------
+    def stop(self):
+        self._stop_evt.set()
+
+    def raise_failure(self):
+        if self.failure is not None:
+            raise self.failure
+
+    def run(self):
+        try:
+            self._loop()
+        except BaseException as exc:       # the workers of this host hear it from their calls
+            if not isinstance(exc, PeerLostError):     # the job's end is told by the main thread
+                logger.error("host aggregator failed: %s: %s", type(exc).__name__, exc)
+            self.failure = exc if isinstance(exc, PSError) else PSError(
+                f"the host aggregator failed: {type(exc).__name__}: {exc}")
+            for who in self._workers:
+                self._reply(who, {"id": 0, "error": to_wire(self.failure)})
+        finally:
+            for seg, _, _ in self._segments:
+                seg.unlink()
+            self._router.close(0)
+            self.up.close()
+            self._ctx.term()
+
+    def _loop(self):
+        up = self.up
+        poller = sockets.Poller([self._router, *up.sockets()])
+        while not self._stop_evt.is_set():
+            if self._byes >= self.size and not self._upstream:
+                return
+            up.check()
+            waiting_send = any(not u.sent for u in self._upstream)
+            for sock in poller.poll(0.001 if waiting_send else 0.1):
+                if sock is self._router:
+                    while sockets.readable(self._router):
+                        who, frame = self._router.recv_multipart()
+                        self._handle(who, unpack(frame))
+                else:
+                    up.customer.receive_ready(sock)
+            self._progress_upstream()
+
+    # -- notes from the workers -------------------------------------------------------------
+    def _handle(self, who, msg):
+        self._workers.add(who)
+        op, mid = msg.get("op"), msg.get("id", 0)
+        try:
+            if op in ("push", "pushpull", "pull"):
+                self._take(who, mid, op, msg)
+            elif op == "release":
+                for k in msg["keys"]:
+                    self._entries[k].readers -= 1
+                self._pull_what_is_due()
+            elif op == "init":
+                self._init(who, mid, msg["keys"])
+            elif op == "attached":
+                seg = self._segments[msg["index"]]
+                seg[2] += 1
+                if seg[2] == self.size:
+                    seg[0].unlink()      # every worker has it mapped: the name can go
+            elif op == "flush":
+                self._flushes.append([Note(who, mid, "flush", ()), list(self._upstream)])
+            elif op == "bye":
+                self._byes += 1
+            else:
+                raise ConfigError(f"host tier: unknown note {op!r}")
+        except PSError as exc:
+            self._reply(who, {"id": mid, "error": to_wire(exc)})
+
+    def _init(self, who, mid, keys):
+        n = self._inits.get(who, 0)
+        self._inits[who] = n + 1
+        names = [k for k, _, _ in keys]
+        if n == len(self._segments):
+            sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                     for _, dtype, shape in keys]
+            offsets, arena = shm.layout(sizes)
+            name = f"{self.prefix}-{os.getpid()}-{n}"
+            seg = shm.Segment.create(name, arena * (self.size + 1))
+            reduce.pin(seg)
+            self._segments.append([seg, names, 0])
+            for (k, dtype, shape), off in zip(keys, offsets):
+                shape = tuple(shape)
+                slots = [seg.array(r * arena + off, dtype, shape) for r in range(self.size)]
+                self._entries[k] = Entry(k, slots, seg.array(self.size * arena + off, dtype, shape))
+            self._layouts[n] = (offsets, arena)
+        seg, known, _ = self._segments[n]
+        if known != names:
+            raise ConfigError(f"host tier: init call {n + 1} names keys {names[:4]}... on one worker "
+                              f"and {known[:4]}... on another; initialise the same lists of keys in "
+                              f"the same order on every worker")
+        offsets, arena = self._layouts[n]
+        self._reply(who, {"id": mid, "segment": seg.name, "size": seg.size, "arena": arena,
+                          "offsets": offsets, "index": n})
+
+    def _take(self, who, mid, op, msg):
+        keys = msg["keys"]
+        note = Note(who, mid, op, keys)
+        rank = int(who)
+        if op != "push":
+            for k, step in zip(keys, msg["steps"]):
+                e = self._entries[k]
+                e.waiters.append([note, step, e.pull_seq])
+        if op != "pull":
+            for k in keys:
+                self._entries[k].waiting[rank] = note
+            self._push_ready([k for k in keys if self._ready(self._entries[k])])
+        self._pull_what_is_due()
+
+    def _ready(self, e):
+        if self.sync:
+            return all(n is not None for n in e.waiting)
+        return e.pushing == 0 and any(n is not None for n in e.waiting)
+
+    # -- to the servers -------------------------------------------------------------------
+    def _push_ready(self, keys):
+        """Sum each key's waiting slots in local-rank order and send the sums as one batch
+        (a pushpull when every local worker asked for the value back and nobody reads it)."""
+        if not keys:
+            return
+        values, owners, entries = [], [], []
+        both = True
+        for k in keys:
+            e = self._entries[k]
+            ranks = [r for r, n in enumerate(e.waiting) if n is not None]
+            values.append(reduce.sum_in_order([e.slots[r] for r in ranks]))
+            notes = [e.waiting[r] for r in ranks]
+            e.waiting = [None] * self.size
+            both = both and self.sync and all(n.op == "pushpull" for n in notes) and e.readers == 0 \
+                and not e.pulling
+            for n in notes[1:]:
+                self._consumed(n, k)        # summed: their slots are free again
+            owners.append(notes[0])        # the first slot holds the sum until it is sent
+            entries.append(e)
+            e.pushing += 1
+        up = self.up
+        if both:
+            for e in entries:
+                e.pulling = True
+                e.pull_seq += 1
+            reqs, finish = up.pushpull(keys, values, [[e.result] for e in entries])
+        else:
+            reqs, finish = up.push(keys, values), []
+        steps = [up.pushes_sent(k) for k in keys]
+
+        def sent():
+            for k, n in zip(keys, owners):
+                self._consumed(n, k)
+
+        def done(error):
+            for e in entries:
+                e.pushing -= 1
+            if both:
+                if error is None:
+                    for f in finish:
+                        f()
+                for e, step in zip(entries, steps):
+                    e.pulling = False
+                    if error is None:
+                        e.value_step, e.value_seq = step, e.pull_seq
+                self._serve(entries, error)
+            elif error is not None:
+                self._broadcast(error)
+            if not self.sync:     # pushes held while this one was in flight go now
+                self._push_ready([e.key for e in entries if self._ready(e)])
+            self._pull_what_is_due()   # pulls held behind those pushes go after them
+        self._upstream.append(Upstream(reqs, sent, done))
+
+    def _pull_what_is_due(self):
+        """Serve waiters the result slots can satisfy; send one pull batch for the keys whose
+        waiters need a newer value and whose result slot is free."""
+        wanted = [e for e in self._entries.values() if e.waiters]
+        self._serve(wanted, None)
+        due = []
+        for e in wanted:
+            if not e.waiters or e.pulling or e.readers or any(n is not None for n in e.waiting):
+                continue
+            pushes = self.up.pushes_sent(e.key)
+            if self.sync and not any(w[1] <= pushes and not self._fresh(e, w) for w in e.waiters):
+                continue
+            due.append(e)
+        if not due:
+            return
+        keys = [e.key for e in due]
+        steps = [self.up.pushes_sent(k) for k in keys]
+        for e in due:
+            e.pulling = True
+            e.pull_seq += 1
+        reqs, finish = self.up.pull(keys, [[e.result] for e in due])
+
+        def done(error):
+            if error is None:
+                for f in finish:
+                    f()
+            for e, step in zip(due, steps):
+                e.pulling = False
+                if error is None:
+                    e.value_step, e.value_seq = step, e.pull_seq
+            self._serve(due, error)
+            self._pull_what_is_due()
+        self._upstream.append(Upstream(reqs, None, done))
+
+    def _fresh(self, e, waiter):
+        """Whether the result slot can answer ``waiter``: it holds the step the worker asked
+        for (sync), or comes from a pull sent after the worker's note (async)."""
+        if self.sync:
+            return e.value_step >= waiter[1]
+        return e.value_seq > waiter[2]
+
+    def _serve(self, entries, error):
+        for e in entries:
+            if e.pulling:
+                continue
+            still = []
+            for w in e.waiters:
+                note = w[0]
+                if error is not None and not self._fresh(e, w):
+                    self._fail(note, error)
+                elif self._fresh(e, w):
+                    if not note.done:
+                        e.readers += 1
+                        note.unserved.discard(e.key)
+                        self._maybe_reply(note)
+                else:
+                    still.append(w)
+            e.waiters = still
+
+    def _progress_upstream(self):
+        for u in list(self._upstream):
+            if not u.sent and all(r.done or r.tracker is None or r.tracker.done for r in u.reqs):
+                u.sent = True
+                if u.on_sent is not None:
+                    u.on_sent()
+            if u.sent and all(r.done for r in u.reqs):
+                self._upstream.remove(u)
+                error = next((r.error for r in u.reqs if r.error is not None), None)
+                u.on_done(error)
+        errors = self.up.take_errors()
+        if errors:
+            self._broadcast(errors[0])
+        for f in list(self._flushes):
+            if all(u not in self._upstream for u in f[1]):
+                self._flushes.remove(f)
+                self._reply(f[0].who, {"id": f[0].id})
+
+    # -- replies ---------------------------------------------------------------------------
+    def _consumed(self, note, key):
+        note.unconsumed.discard(key)
+        self._maybe_reply(note)
+
+    def _maybe_reply(self, note):
+        if not note.done and not note.unconsumed and not note.unserved:
+            note.done = True
+            self._reply(note.who, {"id": note.id})
+
+    def _fail(self, note, error):
+        """Answer ``note`` with ``error``; the values already handed to it are taken back."""
+        if not note.done:
+            note.done = True
+            if note.op != "push":
+                for k in note.keys:
+                    if k not in note.unserved:
+                        self._entries[k].readers -= 1
+            self._reply(note.who, {"id": note.id, "error": to_wire(error)})
+
+    def _broadcast(self, error):
+        for who in self._workers:
+            self._reply(who, {"id": 0, "error": to_wire(error)})
+
+    def _reply(self, who, msg):
+        self._router.send_multipart([who, pack(msg)])
