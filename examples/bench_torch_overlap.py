@@ -101,7 +101,9 @@ def run_mode(mode, ns):
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *me[1:]]
     else:
         launch = os.path.join(os.path.dirname(sys.executable), "psframe-launch")
-        cmd = [launch, "-n", "2", "-s", str(ns.servers), *me[1:]]
+        # the flat path: through the host tier a push is answered before it returns, so
+        # psframe.torch could not overlap it with backward
+        cmd = [launch, "-n", "2", "-s", str(ns.servers), "--no-host-tier", *me[1:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

@@ -160,8 +160,8 @@ def test_plain_python_numbers_are_arrays_in_dist_kinds():
 def test_high_priority_small_pushpull_overtakes_queued_big_one():
     """Messages go out highest priority first: a 4 KB pushpull at priority 10 completes while a
     100 MB pushpull at priority -1, sent just before it on the same socket, is still in flight."""
-    res = run_job(os.path.join(HERE, "bin", "priority_overtake.py"), 2, 1, env={"PSFRAME_IPC": "0"},
-                  timeout=180).check().results()
+    res = run_job(os.path.join(HERE, "bin", "priority_overtake.py"), 2, 1,
+                  env={"PSFRAME_IPC": "0", "PSFRAME_HIERARCHICAL": "0"}, timeout=180).check().results()
     for rank, r in res.items():
         assert r == {"small_first": True, "big_exact": True, "small_exact": True}, (rank, r)
 
@@ -172,7 +172,7 @@ def test_server_answers_requests_completed_together_by_priority(tmp_path):
     import json
     path = str(tmp_path / "trace.json")
     res = run_job(os.path.join(HERE, "bin", "priority_overtake.py"), 2, 1, args=["replies"],
-                  env={"PSFRAME_TIMELINE": path}, timeout=120).check().results()
+                  env={"PSFRAME_TIMELINE": path, "PSFRAME_HIERARCHICAL": "0"}, timeout=120).check().results()
     assert all(r == {"exact": True} for r in res.values()), res
     with open(str(tmp_path / "trace.worker-0.json")) as f:
         ends = {e["name"]: e["ts"] + e["dur"] for e in json.load(f)["traceEvents"]

@@ -95,3 +95,12 @@ def test_a_rank_still_computing_is_not_a_deadlock():
     assert stall.blamed == 1 and not stall.deadlocked
     assert "rank 1 is between calls (last: pull('w', step 1)) and never called barrier()" \
         in stall.report
+
+
+def test_a_rank_closing_early_is_the_one_behind():
+    recs = _records({0: [("pushpull", ["w"], 5), ("close", [])],
+                     1: [("pushpull", ["w"], 6)], 2: [("pushpull", ["w"], 6)]}, wait=31)
+    stall = diagnose(recs, 30)
+    assert stall.blamed == 0 and stall.deadlocked
+    assert ("ranks 1,2 have waited 31 s in pushpull('w', step 6); rank 0 is closing its KVStore "
+            "(it pushes no more), not in pushpull('w', step 6)") in stall.report

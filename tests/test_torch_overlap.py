@@ -44,8 +44,10 @@ def serial_reference():
     return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
-def test_overlap_equals_overlap_off_bitwise(tmp_path):
-    run_job(SCRIPT, WORKERS, 2, args=["equal", str(tmp_path)], timeout=240).check()
+@pytest.mark.parametrize("hierarchical", ["0", "1"])     # pushes straight to the servers, or via the host tier
+def test_overlap_equals_overlap_off_bitwise(tmp_path, hierarchical):
+    run_job(SCRIPT, WORKERS, 2, args=["equal", str(tmp_path)], env={"PSFRAME_HIERARCHICAL": hierarchical},
+            timeout=240).check()
     ref = serial_reference()
     for variant in ("dist-no_sync", "dist-plain", "server-no_sync"):
         on = np.load(tmp_path / f"{variant}-on.npz")
@@ -60,7 +62,8 @@ def test_overlap_equals_overlap_off_bitwise(tmp_path):
 
 def test_timeline_shows_pushes_during_backward(tmp_path):
     path = str(tmp_path / "trace.json")
-    run_job(SCRIPT, WORKERS, 1, args=["timeline"], env={"PSFRAME_TIMELINE": path}, timeout=180).check()
+    run_job(SCRIPT, WORKERS, 1, args=["timeline"], env={"PSFRAME_TIMELINE": path, "PSFRAME_HIERARCHICAL": "0"},
+            timeout=180).check()
     with open(str(tmp_path / "trace.worker-0.json")) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
     backwards = sorted((e for e in events if e["name"] == "backward"), key=lambda e: e["ts"])

@@ -43,6 +43,8 @@ class CallRecord:
         # init for a data call (so a stall report can say who never called it)
         names = [f"init:{k!r}" for k in keys[:KEYS_SHOWN]] if call in ("init", "push", "pull",
                                                                         "pushpull") else [call]
+        if call == "close":
+            names = []     # not a collective: a rank closing early is behind, not the others
         entry = (call, key_text(keys), step, self._clock(), names)
         with self._lock:
             if call in COLLECTIVES:

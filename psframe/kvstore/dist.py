@@ -62,8 +62,10 @@ class DistKVStore(KVStore):
     # -- the kind's operations ----------------------------------------------------------
     def _step(self, keys, ahead):
         """The sync step a call on ``keys`` is at (its first key's), for the call record."""
-        info = self._keys.get(keys[0]) if self.sync and keys else None
-        return info.pushes + ahead if info is not None else None
+        if not self.sync or not keys or keys[0] not in self._keys:
+            return None
+        pushed = self._tier.pushed(keys[0]) if self._through_tier else self._keys[keys[0]].pushes
+        return pushed + ahead
 
     @leaves_on_timeout
     def _init(self, keys, values):
@@ -86,13 +88,20 @@ class DistKVStore(KVStore):
         if self._tier is not None:
             self._tier.init(keys)
 
+    @property
+    def _through_tier(self):
+        """Data calls go through the host tier unless gradient compression is set: the tier
+        sums raw gradients, so compressed pushes go to the servers directly (every worker of
+        the job agreed on the same compression, so all of them do)."""
+        return self._tier is not None and self._compressor is None
+
     @leaves_on_timeout
     def _push(self, keys, values, priority):
         with self.calls.call("push", keys, self._step(keys, 1)):
             self._push_keys(keys, values, priority)
 
     def _push_keys(self, keys, values, priority):
-        if self._tier is not None:
+        if self._through_tier:
             return self._tier.push(keys, values)
         plain, fused = messages.by_group(self._keys, keys, values)
         self._customer.wait_sent(self._send_pushes(Command.PUSH, plain, fused, {}, priority))
@@ -104,7 +113,7 @@ class DistKVStore(KVStore):
             self._pull_keys(keys, outs, priority)
 
     def _pull_keys(self, keys, outs, priority):
-        if self._tier is not None:
+        if self._through_tier:
             return self._tier.pull(keys, outs)
         batches, finish = messages.pull_batches(self._keys, *messages.by_group(self._keys, keys, outs))
         reqs = [self._send(s, Command.PULL, b, {"meta": b.meta}, priority=priority) for s, b in batches]
@@ -118,7 +127,7 @@ class DistKVStore(KVStore):
 
     @leaves_on_timeout
     def _pushpull_start(self, keys, values, outs, priority):
-        if self._tier is not None:     # the host tier answers a call before it returns
+        if self._through_tier:     # the host tier answers a call before it returns
             self._tier.pushpull(keys, values, outs)
             return Pending(lambda: True, lambda timeout: None)
         step = self._step(keys, 1)
@@ -211,6 +220,7 @@ class DistKVStore(KVStore):
         error = None
         try:
             if self._failures.job_alive and not self._failures.crashed:
+                self.calls.enter("close")
                 try:
                     self._flush()
                 except PSError as exc:    # leave the job cleanly all the same, then raise it

@@ -101,6 +101,10 @@ class TierLink:
         self._pending[mid] = ("push", keys)
         self._raise_deferred()
 
+    def pushed(self, key):
+        """How many pushes of ``key`` this worker made through the tier."""
+        return self._pushed.get(key, 0)
+
     def pull(self, keys, outs):
         self._call({"op": "pull", "keys": keys, "steps": [self._pushed[k] for k in keys]}, "pull")
         self._copy_out(keys, outs)

@@ -71,7 +71,8 @@ def diagnose(records, stall_timeout, finished=()):
         groups.setdefault(tuple(call[:3]), []).append(rank)
     stalled = [g for g in groups if max(calls[r][3] for r in groups[g]) >= stall_timeout] or list(groups)
     missing = {g: _missing(calls[groups[g][0]][4], groups[g], records) for g in groups}
-    first = max(groups, key=lambda g: (bool(missing[g]), g in stalled,
+    # a call some rank skipped first; a rank that is closing is never the call others must make
+    first = max(groups, key=lambda g: (bool(missing[g]), g in stalled, g[0] != "close",
                                        max(calls[r][3] for r in groups[g])))
     waiters, missing = sorted(groups[first]), missing[first]
     seconds = max(calls[r][3] for r in waiters)
@@ -82,7 +83,8 @@ def diagnose(records, stall_timeout, finished=()):
         if rank in waiters:
             continue
         rec = records[rank]
-        where = f"is in {_where(rec['call'])}" if rec.get("call") else (
+        where = "is closing its KVStore (it pushes no more)" if rec.get("call", [""])[0] == "close" \
+            else f"is in {_where(rec['call'])}" if rec.get("call") else (
             f"is between calls (last: {_where(rec['last'][-1])})" if rec.get("last")
             else "has made no call yet")
         if rank in missing:

@@ -61,7 +61,7 @@ class SchedulerLink:
             self._abort(f"job aborted by the scheduler: {msg.body.get('reason')}", JobAbortedError)
         elif msg.cmd is Command.SHUTDOWN:
             self.shutdown = True
-        elif self.on_message is not None:
+        elif msg.cmd is not Command.HEARTBEAT and self.on_message is not None:
             self.on_message(msg)
 
     def check_silence(self, now):
