@@ -34,6 +34,8 @@ PACKAGE_LAYER = {
                 # to it), the aggregator's own uplink to the servers (built like the client), and
                 # the aggregator itself
                 "host_notes": 0, "host_tier": 2, "host_uplink": 3, "host_aggregator": 4},
+    # psframe.torch: the buckets and the overlap machinery under the public optimizers
+    "torch": {"buckets": 0, "overlap": 0},
 }
 
 

@@ -155,3 +155,26 @@ def test_plain_python_numbers_are_arrays_in_dist_kinds():
         assert got["errors"]["out"][0] == "TypeError" and "out must be an array" in got["errors"]["out"][1]
         assert got["errors"]["bool"][0] == "UnsupportedDTypeError", got["errors"]
         assert "init of key 'flags': dtype bool" in got["errors"]["bool"][1], got["errors"]
+
+
+def test_high_priority_small_pushpull_overtakes_queued_big_one():
+    """Messages go out highest priority first: a 4 KB pushpull at priority 10 completes while a
+    100 MB pushpull at priority -1, sent just before it on the same socket, is still in flight."""
+    res = run_job(os.path.join(HERE, "bin", "priority_overtake.py"), 2, 1,
+                  env={"PSFRAME_IPC": "0", "PSFRAME_HIERARCHICAL": "0"}, timeout=180).check().results()
+    for rank, r in res.items():
+        assert r == {"small_first": True, "big_exact": True, "small_exact": True}, (rank, r)
+
+
+def test_server_answers_requests_completed_together_by_priority(tmp_path):
+    """Two pushpulls of worker 0 (priority 1, then 5) complete at once when worker 1's single
+    message arrives; the server answers the priority-5 one first."""
+    import json
+    path = str(tmp_path / "trace.json")
+    res = run_job(os.path.join(HERE, "bin", "priority_overtake.py"), 2, 1, args=["replies"],
+                  env={"PSFRAME_TIMELINE": path, "PSFRAME_HIERARCHICAL": "0"}, timeout=120).check().results()
+    assert all(r == {"exact": True} for r in res.values()), res
+    with open(str(tmp_path / "trace.worker-0.json")) as f:
+        ends = {e["name"]: e["ts"] + e["dur"] for e in json.load(f)["traceEvents"]
+                if e.get("ph") == "X" and e.get("cat") == "pushpull"}
+    assert ends["pushpull hi"] < ends["pushpull lo"], ends

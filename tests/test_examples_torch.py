@@ -126,7 +126,7 @@ def test_distributed_optimizer_local_is_plain_torch():
                     torch.optim.SGD(models[0].parameters(), lr=0.1, momentum=0.9), kv,
                     fusion_bytes=4096),
                 torch.optim.SGD(models[1].parameters(), lr=0.1, momentum=0.9)]
-        assert len(opts[0]._buckets) == 5       # 2 large tensors alone, 3 fused runs
+        assert len(opts[0].buckets) == 5       # 2 large tensors alone, 3 fused runs
         for _ in range(3):
             for m, o in zip(models, opts):
                 o.zero_grad()

@@ -134,6 +134,7 @@ class KVStore(abc.ABC):
     """A key-value store of arrays shared by the workers of a job (docs/api.md)."""
 
     type = "base"
+    timeline = None       # the process's PSFRAME_TIMELINE trace (dist kinds), else None
 
     def __init__(self, rank=0, num_workers=1, local_rank=0, local_size=1):
         self.rank, self.num_workers = rank, num_workers
@@ -207,6 +208,18 @@ class KVStore(abc.ABC):
         outs = vals if out is None else self._checked(key, out, _PUSHPULL_OUT)[1]
         self._pushed = True
         self._pushpull(keys, [sum_arrays(v) for v in vals], outs, priority)
+
+    def pushpull_async(self, key, value, out=None, priority=0):
+        """``pushpull`` that returns at once, with a ``Pending`` whose ``wait()`` returns once
+        ``out`` holds the result. Until then ``value`` and ``out`` belong to the store (zmq may
+        still be sending ``value`` without a copy): do not write to either, and do not call
+        ``pushpull_async`` on the same keys again before waiting."""
+        if out is None and not _all_arrays(value):
+            raise TypeError("pushpull_async of plain Python numbers needs out= (an array to write "
+                            "the result into)")
+        keys, vals = self._checked(key, value, "pushpull")
+        outs = vals if out is None else self._checked(key, out, _PUSHPULL_OUT)[1]
+        return self._pushpull_start(keys, [sum_arrays(v) for v in vals], outs, priority)
 
     def set_optimizer(self, optimizer):
         """Have the servers apply ``optimizer`` to every update from now on (weights kept)."""
@@ -436,6 +449,11 @@ class KVStore(abc.ABC):
     @abc.abstractmethod
     def _pushpull(self, keys, values, outs, priority): ...
 
+    def _pushpull_start(self, keys, values, outs, priority):
+        """A kind without requests in flight completes the call now."""
+        self._pushpull(keys, values, outs, priority)
+        return Pending(lambda: True, lambda timeout: None)
+
     @abc.abstractmethod
     def _set_optimizer(self, spec): ...
 
@@ -453,3 +471,20 @@ class KVStore(abc.ABC):
 
     @abc.abstractmethod
     def _load_checkpoint(self, url, storage_options): ...
+
+
+class Pending:
+    """A call in flight (``KVStore.pushpull_async``): ``done()`` says whether its replies are
+    in (without waiting), ``wait(timeout=None)`` finishes it and raises its error, if any."""
+    __slots__ = ("_done", "_wait", "_finished")
+
+    def __init__(self, done, wait):
+        self._done, self._wait, self._finished = done, wait, False
+
+    def done(self):
+        return self._finished or self._done()
+
+    def wait(self, timeout=None):
+        if not self._finished:
+            self._wait(timeout)
+            self._finished = True

@@ -16,11 +16,11 @@ from ..errors import (ConfigError, JobAbortedError, PeerLostError, PSError, PSTi
 from ..protocol import Command, codec
 from ..transport import auth, peers, sockets
 from . import checkpointing, fusion, host_tier, messages, rows
-from .base import KVStore
+from .base import KVStore, Pending
 from .call_record import CallRecord
 from .failures import Failures, leaves_on_timeout
 from .requests import NP_DTYPES, Customer
-from .routes import ServerLinks
+from .routes import SendQueue, ServerLinks
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,14 @@ class DistKVStore(KVStore):
         self.sent_messages = self._links.sent_messages    # requests per transport (diagnostics)
         self._servers = self._links.tcp                   # per server: its TCP socket
         self._timeline = timeline.for_process(config, "worker", config.rank)
+        self.timeline = self._timeline     # PSFRAME_TIMELINE's trace, for psframe.torch's events
         for i in range(len(self._servers) if self._timeline is not None else 0):
             self._timeline.name_thread(i, f"requests to server {i}")
         self.calls = CallRecord()
         self._failures = Failures(self._ctx, config, self.name, self._sched, self)
+        self._outgoing = SendQueue(self._links)
         self._customer = Customer(self._links.sockets(), self._sched, self._failures.check,
-                                  config.timeout, self._timeline)
+                                  config.timeout, self._timeline, self._outgoing)
         atexit.register(self.close)
         logger.info("worker %d of %d connected to servers at %s", self.rank, self.num_workers,
                     self._links.describe())
@@ -96,45 +98,52 @@ class DistKVStore(KVStore):
     @leaves_on_timeout
     def _push(self, keys, values, priority):
         with self.calls.call("push", keys, self._step(keys, 1)):
-            self._push_keys(keys, values)
+            self._push_keys(keys, values, priority)
 
-    def _push_keys(self, keys, values):
+    def _push_keys(self, keys, values, priority):
         if self._through_tier:
             return self._tier.push(keys, values)
         plain, fused = messages.by_group(self._keys, keys, values)
-        self._customer.wait_sent(self._send_pushes(Command.PUSH, plain, fused, {}))
+        self._customer.wait_sent(self._send_pushes(Command.PUSH, plain, fused, {}, priority))
         self._customer.raise_deferred()
 
     @leaves_on_timeout
     def _pull(self, keys, outs, priority):
         with self.calls.call("pull", keys, self._step(keys, 0)):
-            self._pull_keys(keys, outs)
+            self._pull_keys(keys, outs, priority)
 
-    def _pull_keys(self, keys, outs):
+    def _pull_keys(self, keys, outs, priority):
         if self._through_tier:
             return self._tier.pull(keys, outs)
         batches, finish = messages.pull_batches(self._keys, *messages.by_group(self._keys, keys, outs))
-        reqs = [self._send(s, Command.PULL, b, {"meta": b.meta}) for s, b in batches]
+        reqs = [self._send(s, Command.PULL, b, {"meta": b.meta}, priority=priority) for s, b in batches]
         self._customer.wait(reqs, f"pull of {_keys_text(keys)}")
         for f in finish:
             f()
 
-    @leaves_on_timeout
     def _pushpull(self, keys, values, outs, priority):
         with self.calls.call("pushpull", keys, self._step(keys, 1)):
-            self._pushpull_keys(keys, values, outs)
+            self._pushpull_start(keys, values, outs, priority).wait()
 
-    def _pushpull_keys(self, keys, values, outs):
-        if self._through_tier:
-            return self._tier.pushpull(keys, values, outs)
+    @leaves_on_timeout
+    def _pushpull_start(self, keys, values, outs, priority):
+        if self._through_tier:     # the host tier answers a call before it returns
+            self._tier.pushpull(keys, values, outs)
+            return Pending(lambda: True, lambda timeout: None)
+        step = self._step(keys, 1)
         plain, fused = messages.by_group(self._keys, keys, list(zip(values, outs)))
         targets, finish = messages.pull_targets(self._keys, [(k, out) for k, (_, out) in plain],
                                                 [(g, [o for _, o in pairs]) for g, pairs in fused])
         reqs = self._send_pushes(Command.PUSHPULL, [(k, v) for k, (v, _) in plain],
-                                 [(g, [v for v, _ in pairs]) for g, pairs in fused], targets)
-        self._customer.wait(reqs, f"pushpull of {_keys_text(keys)}")
-        for f in finish:
-            f()
+                                 [(g, [v for v, _ in pairs]) for g, pairs in fused], targets, priority)
+
+        @leaves_on_timeout
+        def wait(store, timeout):
+            with store.calls.call("pushpull", keys, step):
+                store._customer.wait(reqs, f"pushpull of {_keys_text(keys)}", timeout)
+            for f in finish:
+                f()
+        return Pending(lambda: all(r.done for r in reqs), lambda timeout: wait(self, timeout))
 
     # -- sparse keys (rows.py builds the messages) ------------------------------------------
     def _row_servers(self):
@@ -271,6 +280,7 @@ class DistKVStore(KVStore):
             if self._timeline is not None:
                 self._timeline.save()
             self._failures.stop(self)
+            self._outgoing.drop()
             self._links.close()
             self._sched.close(0)
             self._ctx.term()
@@ -338,21 +348,23 @@ class DistKVStore(KVStore):
                     return key, vals
         return super()._checked(key, value, op)
 
-    def _send_pushes(self, cmd, plain, fused, targets):
+    def _send_pushes(self, cmd, plain, fused, targets, priority):
         batches, wait = messages.push_batches(cmd, self._keys, plain, fused, targets, self._backpressure,
                                               self._compressor)
         spec = self._compressor.spec if self._compressor is not None else None
-        return [self._send(s, cmd, b, wait_for_send=wait, compression=spec) for s, b in batches]
+        return [self._send(s, cmd, b, wait_for_send=wait, compression=spec, priority=priority)
+                for s, b in batches]
 
     def _backpressure(self, info):
         self._customer.wait_merged(info, self.config.max_steps_ahead)
 
-    def _send(self, lane, cmd, batch=None, body=None, wait_for_send=False, compression=None):
+    def _send(self, lane, cmd, batch=None, body=None, wait_for_send=False, compression=None, priority=0):
         """Send one request over lane ``(server index, big)`` (see ``routes.lane``; control
-        messages go as not big) with ``batch``'s arrays. ``wait_for_send``: the arrays are the
-        caller's, so ``Customer.wait_sent`` must see zmq done with them; the batch's send
-        buffers (ours, reused) are given the send's tracker. ``compression``: the spec of the
-        batch's compressed arrays (named in the header)."""
+        messages go as not big, at once) with ``batch``'s arrays, through the ``SendQueue`` at
+        ``priority``. ``wait_for_send``: the arrays are the caller's, so ``Customer.wait_sent``
+        must see zmq done with them; the batch's send buffers (ours, reused) are given the
+        send's tracker. ``compression``: the spec of the batch's compressed arrays (named in
+        the header)."""
         self._failures.check()
         if batch is None:
             msg_id, req = self._customer.new(lane[0], cmd)
@@ -360,15 +372,26 @@ class DistKVStore(KVStore):
             self._links.send(lane, frames, track=False)
         else:
             msg_id, req = self._customer.new(lane[0], cmd, batch.acks, batch.targets)
+            if priority:        # the server answers requests completed together by priority
+                body = dict(body or {}, priority=priority)
             frames = codec.encode(cmd, msg_id, self.name, batch.descs,
                                   [b.view(np.uint8) for b in batch.bufs], body, compression)
-            buffers = batch.send_buffers
-            tracker = self._links.send(lane, frames, track=wait_for_send or bool(buffers))
-            for slot in buffers:
+            tracker = self._outgoing.send(lane, frames, self._entries(batch),
+                                          sum(b.nbytes for b in batch.bufs), priority)
+            for slot in batch.send_buffers:
                 slot.tracker = tracker
             req.tracker = tracker if wait_for_send else None
         self._customer.add(msg_id, req)
         return req
+
+    def _entries(self, batch):
+        """The stored entries a message touches (a fusion group's members count as the group),
+        so the SendQueue keeps each entry's messages in order."""
+        known, out = self._keys, set()
+        for key in [d.key for d in batch.descs] + [k for k, _ in batch.targets]:
+            info = known.get(key)
+            out.add(info.group.key if info is not None and info.group is not None else key)
+        return out
 
     def _ask_scheduler(self, cmd, body, what, timeout=None):
         self._failures.check()

@@ -51,13 +51,14 @@ class Customer:
     which between requests only speaks to abort the job (None: none, the host tier's uplink); ``check``: raises once the job is gone
     (the heartbeat's verdict); ``timeout``: the default for waits (PSFRAME_TIMEOUT)."""
 
-    def __init__(self, server_sockets, scheduler, check, timeout, trace=None):
+    def __init__(self, server_sockets, scheduler, check, timeout, trace=None, outgoing=None):
         self._ids = itertools.count(1)
         self._pending = {}             # id -> Request (in flight)
         self._errors = []              # errors of requests nobody waits for (pushes)
         self._scheduler, self._check, self._timeout = scheduler, check, timeout
         self._poller = sockets.Poller([*server_sockets, *([scheduler] if scheduler is not None else [])])
         self._timeline = trace
+        self._outgoing = outgoing      # routes.SendQueue: what waits to be sent, by priority
 
     def next_id(self):
         return next(self._ids)
@@ -126,6 +127,10 @@ class Customer:
                     f"{what}: not done within {timeout:g}s (PSFRAME_TIMEOUT); waiting on servers "
                     f"{waiting}. In dist_sync every worker must push each key the same number of "
                     f"times; a worker that stopped pushing stalls the step")
+            if self._outgoing is not None and len(self._outgoing):
+                # queued sends go out as zmq writes earlier ones: no socket event, so look often
+                self._outgoing.pump()
+                step = min(step, 0.001)
             self._progress(min(left, step))
 
     # -- receiving ----------------------------------------------------------------------

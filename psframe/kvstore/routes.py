@@ -32,6 +32,13 @@ MESSAGE_BYTES = 4 << 20
 # unix socket; 4 MiB 5.6-6.2 ms over TCP, 4.4-5.1 ms over the unix socket.
 UNIX_LANE_BYTES = 2 << 20
 
+# Messages wait in the worker's SendQueue, highest priority first, while a socket already holds
+# this many bytes that zmq has not yet written out. A message handed to zmq cannot be overtaken,
+# so this bounds how long a high-priority message waits behind a big low-priority one (16 MiB
+# is a few ms of loopback TCP), while keeping enough queued in zmq that the link never idles
+# between two progress calls of the worker.
+SEND_WINDOW_BYTES = 16 << 20
+
 
 def lane(server, entry_bytes):
     """``(server, big)``: the lane an entry of ``entry_bytes`` travels on to ``server``."""
@@ -132,9 +139,96 @@ class ServerLinks:
         self.sent_messages["tcp" if sock is tcp else "unix"] += 1
         return sockets.send_frames(sock, frames, track=track)
 
+    def socket_of(self, to):
+        server, big = to
+        return self.lanes[server][big]
+
     def describe(self):
         return ", ".join(f"{a} ({loc})" if loc else a for a, loc in zip(self.addresses, self.local_addresses))
 
     def close(self):
         for s in self.sockets():
             s.close(0)
+
+
+class SendTracker:
+    """zmq's tracker for a message that may still wait in the ``SendQueue``: ``done`` once the
+    message went to zmq and zmq no longer references its buffers."""
+    __slots__ = ("sent", "zmq")
+
+    def __init__(self):
+        self.sent, self.zmq = False, None
+
+    @property
+    def done(self):
+        return self.sent and (self.zmq is None or self.zmq.done)
+
+
+class _Outgoing:
+    __slots__ = ("priority", "seq", "to", "sock", "frames", "keys", "nbytes", "tracker")
+
+
+class SendQueue:
+    """The worker's outgoing messages, sent highest ``priority`` first (then in call order).
+
+    A message goes to zmq at once while its socket holds fewer than ``window`` unsent bytes;
+    otherwise it waits here, and ``pump`` (called by every wait of the worker) sends what the
+    window allows. Messages of one entry (they share a key) never overtake each other, so an
+    entry's pushes and pulls reach its server in call order whatever their priorities; big
+    entries travel as many messages of at most ``MESSAGE_BYTES``, so a high-priority key
+    overtakes the rest of a large low-priority push already queued."""
+
+    def __init__(self, links, window=SEND_WINDOW_BYTES):
+        self._links, self._window = links, window
+        self._queue = []             # _Outgoing, in call order
+        self._in_zmq = {}            # socket -> [(SendTracker, nbytes)] not yet written out
+        self._seq = 0
+
+    def __len__(self):
+        return len(self._queue)
+
+    def send(self, to, frames, keys, nbytes, priority=0):
+        """Queue a message of ``nbytes`` array bytes for ``keys`` on lane ``to``; returns its
+        ``SendTracker``."""
+        item = _Outgoing()
+        item.priority, item.seq, item.to = priority, self._seq, to
+        item.sock, item.frames, item.keys, item.nbytes = self._links.socket_of(to), frames, keys, nbytes
+        item.tracker = SendTracker()
+        self._seq += 1
+        self._queue.append(item)
+        self.pump()
+        return item.tracker
+
+    def pump(self):
+        """Hand zmq every queued message its socket's window allows, best priority first."""
+        if not self._queue:
+            return
+        room = {}
+        for item in sorted(self._queue, key=lambda i: (-i.priority, i.seq)):
+            if room.setdefault(item.sock, self._room(item.sock)) <= 0 or self._behind(item):
+                continue
+            self._queue.remove(item)
+            item.tracker.zmq = self._links.send(item.to, item.frames, track=True)
+            item.tracker.sent = True
+            item.frames = None
+            if item.tracker.zmq is not None:
+                self._in_zmq.setdefault(item.sock, []).append((item.tracker, item.nbytes))
+                room[item.sock] -= item.nbytes
+
+    def _room(self, sock):
+        held = [(t, n) for t, n in self._in_zmq.get(sock, ()) if not t.done]
+        self._in_zmq[sock] = held
+        return self._window - sum(n for _, n in held)
+
+    def _behind(self, item):
+        """True while an earlier queued message on the same socket shares one of its keys."""
+        for other in self._queue:
+            if other.seq >= item.seq:
+                return False
+            if other.sock is item.sock and not other.keys.isdisjoint(item.keys):
+                return True
+        return False
+
+    def drop(self):
+        """Forget what was never sent (the worker is leaving after a failure)."""
+        self._queue.clear()

@@ -31,10 +31,11 @@ PRUNE_INTERVAL = 0.01    # seconds between sweeps of finished zero-copy replies
 
 
 class _Pending:
-    __slots__ = ("cmd", "remaining", "arrays", "error")
+    __slots__ = ("cmd", "remaining", "arrays", "error", "priority")
 
-    def __init__(self, cmd, remaining):
+    def __init__(self, cmd, remaining, priority=0):
         self.cmd, self.remaining, self.arrays, self.error = cmd, remaining, [], None
+        self.priority = priority
 
 
 def import_user_modules(paths):
@@ -325,11 +326,14 @@ class ServerService(RequestLoop):
         if n == 0:
             self.send_raw(peer, codec.encode(Command.OK, msg.id, self.name))
             return token
-        self.pending[token] = _Pending(msg.cmd, n)
+        priority = msg.body.get("priority", 0) if isinstance(msg.body, dict) else 0
+        self.pending[token] = _Pending(msg.cmd, n, priority if type(priority) is int else 0)
         return token
 
     def _deliver(self, replies):
-        pending = self.pending
+        """Count ``replies`` against their requests; answer every request now complete, the
+        highest priority first (one step's completion can release many workers' requests)."""
+        pending, complete = self.pending, []
         for r in replies:
             p = pending.get(r.token)
             if p is None:
@@ -341,11 +345,14 @@ class ServerService(RequestLoop):
                 p.arrays += r.arrays
             if p.remaining == 0:
                 del self.pending[r.token]
-                peer, msg_id = r.token
-                if p.error is not None:
-                    self.failed(peer, msg_id, p.error)
-                else:
-                    self._reply_arrays(peer, msg_id, p.arrays)
+                complete.append((r.token, p))
+        if len(complete) > 1:
+            complete.sort(key=lambda c: -c[1].priority)
+        for (peer, msg_id), p in complete:
+            if p.error is not None:
+                self.failed(peer, msg_id, p.error)
+            else:
+                self._reply_arrays(peer, msg_id, p.arrays)
 
     def _reply_arrays(self, peer, msg_id, arrays):
         """An array that is a whole received frame (a step's sum is built in rank 0's push)
