@@ -3,32 +3,16 @@ and under ``psframe-launch -n 4 -s 2``, must reach the ground-truth model's test
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 
 import pytest
 
-from conftest import EXAMPLES, LAUNCH, TIME_FACTOR
+from conftest import EXAMPLES, LAUNCH
+from test_examples_mlp import run
 
 pytestmark = pytest.mark.integration
 
 LAST = re.compile(r"^test AUC (0\.\d{4}) \(ground-truth model (0\.\d{4})\)$")
-
-
-def run(cmd, cwd, timeout=180):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PSFRAME_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout * TIME_FACTOR)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{cmd} did not finish in {timeout * TIME_FACTOR:g}s:\n{out[-4000:]}")
-    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}:\n{out[-4000:]}"
-    return out
 
 
 def check(out, out_dir, launched):
