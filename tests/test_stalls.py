@@ -104,3 +104,11 @@ def test_a_rank_closing_early_is_the_one_behind():
     assert stall.blamed == 0 and stall.deadlocked
     assert ("ranks 1,2 have waited 31 s in pushpull('w', step 6); rank 0 is closing its KVStore "
             "(it pushes no more), not in pushpull('w', step 6)") in stall.report
+
+
+def test_a_rank_closing_is_behind_even_before_the_others_reach_the_timeout():
+    clock_recs = _records({0: [("pushpull", ["w"], 5), ("close", [])]}, wait=31)
+    others = _records({1: [("pushpull", ["w"], 6)], 2: [("pushpull", ["w"], 6)]}, wait=1)
+    stall = diagnose({**clock_recs, **others}, 30)
+    assert stall.blamed == 0 and stall.deadlocked
+    assert "rank 0 is closing its KVStore" in stall.report

@@ -72,7 +72,7 @@ def diagnose(records, stall_timeout, finished=()):
     stalled = [g for g in groups if max(calls[r][3] for r in groups[g]) >= stall_timeout] or list(groups)
     missing = {g: _missing(calls[groups[g][0]][4], groups[g], records) for g in groups}
     # a call some rank skipped first; a rank that is closing is never the call others must make
-    first = max(groups, key=lambda g: (bool(missing[g]), g in stalled, g[0] != "close",
+    first = max(groups, key=lambda g: (bool(missing[g]), g[0] != "close", g in stalled,
                                        max(calls[r][3] for r in groups[g])))
     waiters, missing = sorted(groups[first]), missing[first]
     seconds = max(calls[r][3] for r in waiters)
