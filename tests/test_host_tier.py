@@ -230,7 +230,8 @@ def test_async_through_the_tier_loses_no_push(tier):
 def test_async_pull_after_push_sees_it_through_the_tier():
     from cluster import run_job
     k = 20
-    res = run_job(os.path.join(HERE, "bin", "async_own_pushes.py"), 4, 2, args=[k], timeout=120).check().results()
+    res = run_job(os.path.join(HERE, "bin", "async_own_pushes.py"), 4, 2, args=[k], timeout=120,
+                  env={"PSFRAME_HIERARCHICAL": "1"}).check().results()
     for r in range(4):
         assert res[r] == {"value": k * sum(100 ** q for q in range(4)), "own_seen": True}, res
 
