@@ -1,6 +1,7 @@
 """Helpers for the launcher's integration tests: running ``psframe-launch`` with a deadline,
 finding (and, on failure, killing) every process a test's job started by a tag in its
 environment, and watching argvs for secrets."""
+import json
 import os
 import re
 import signal
@@ -84,6 +85,16 @@ def assert_none_left(tag, within=5.0):
 # launch agents of *this* suite's interpreter (and ssh/mpirun command lines starting them): other
 # test runs on the machine have interpreters of their own
 HELPERS = rf"{re.escape(VENV_BIN)}/python\S* -m psframe_launcher\.agent|orted"
+
+
+def worker_results(job):
+    """``{rank: value}`` of the ``RESULT <json>`` line each worker of ``job`` printed."""
+    results = {}
+    for line in job.lines:
+        m = re.match(r"\[worker (\d+)@[^\]]+\] RESULT (.*)", line)
+        if m:
+            results[int(m.group(1))] = json.loads(m.group(2))
+    return results
 
 
 def assert_every_role_ran(job, host, workers=3):

@@ -1,6 +1,5 @@
 """The host tier: shared-memory segments, the (host, local rank) summation order on the servers,
 and real jobs of 1 host x 4 workers through the local launcher, tiered against flat."""
-import json
 import os
 import re
 import subprocess
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from launcher_fixtures import Launch, assert_none_left, new_tag
+from launcher_fixtures import Launch, assert_none_left, new_tag, worker_results
 from psframe.aggregation import reduce, shm
 from psframe.errors import ConfigError, ProtocolError
 from psframe.protocol import ArrayDesc
@@ -151,11 +150,7 @@ def _run(*flags, expect_rc=0):
     try:
         rc, _ = job.wait(150)
         assert rc == expect_rc, job.text()
-        results = {}
-        for line in job.lines:
-            m = re.match(r"\[worker (\d+)@[^\]]+\] RESULT (.*)", line)
-            if m:
-                results[int(m.group(1))] = json.loads(m.group(2))
+        results = worker_results(job)
         assert_none_left(job.tag)
         return job, results
     finally:

@@ -1,12 +1,10 @@
 """The host tier across machines: 2 network-namespace hosts (sshd each, ``psframe.bench.netns``)
 x 3 workers, 2 servers, launched over ssh, through the tier and flat (--no-host-tier)."""
-import json
-import re
 
 import pytest
 
 from conftest import require
-from launcher_fixtures import Launch, assert_none_left, new_tag
+from launcher_fixtures import Launch, assert_none_left, new_tag, worker_results
 from psframe.bench import netns
 from test_host_tier import JOB
 
@@ -24,11 +22,7 @@ def _run(hosts, *flags):
     try:
         rc, _ = job.wait(180)
         assert rc == 0, job.text()
-        results = {}
-        for line in job.lines:
-            m = re.match(r"\[worker (\d+)@[^\]]+\] RESULT (.*)", line)
-            if m:
-                results[int(m.group(1))] = json.loads(m.group(2))
+        results = worker_results(job)
         assert_none_left(job.tag)
         return results
     finally:

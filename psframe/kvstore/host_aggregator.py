@@ -213,20 +213,24 @@ class HostAggregator(threading.Thread):
             for e in entries:
                 e.pushing -= 1
             if both:
-                if error is None:
-                    for f in finish:
-                        f()
-                for e, step in zip(entries, steps):
-                    e.pulling = False
-                    if error is None:
-                        e.value_step, e.value_seq = step, e.pull_seq
-                self._serve(entries, error)
+                self._pulled(entries, steps, finish, error)
             elif error is not None:
                 self._broadcast(error)
             if not self.sync:     # pushes held while this one was in flight go now
                 self._push_ready([e.key for e in entries if self._ready(e)])
             self._pull_what_is_due()   # pulls held behind those pushes go after them
         self._upstream.append(Upstream(reqs, sent, done))
+
+    def _pulled(self, entries, steps, finish, error):
+        """A pull of ``entries`` (at ``steps``) answered: land the values, serve the waiters."""
+        if error is None:
+            for f in finish:
+                f()
+        for e, step in zip(entries, steps):
+            e.pulling = False
+            if error is None:
+                e.value_step, e.value_seq = step, e.pull_seq
+        self._serve(entries, error)
 
     def _pull_what_is_due(self):
         """Serve waiters the result slots can satisfy; send one pull batch for the keys whose
@@ -251,14 +255,7 @@ class HostAggregator(threading.Thread):
         reqs, finish = self.up.pull(keys, [[e.result] for e in due])
 
         def done(error):
-            if error is None:
-                for f in finish:
-                    f()
-            for e, step in zip(due, steps):
-                e.pulling = False
-                if error is None:
-                    e.value_step, e.value_seq = step, e.pull_seq
-            self._serve(due, error)
+            self._pulled(due, steps, finish, error)
             self._pull_what_is_due()
         self._upstream.append(Upstream(reqs, None, done))
 
