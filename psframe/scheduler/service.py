@@ -20,9 +20,9 @@ class SchedulerService(RequestLoop):
 
     who = name = "scheduler"
 
-    def __init__(self, config, ctx=None):
+    def __init__(self, config):
         self.config = config
-        self.ctx = ctx or sockets.new_context()
+        self.ctx = sockets.new_context()
         _, host, port = addresses.parse(config.scheduler)
         self.bind_router(config, lambda security: sockets.router_bind(
             self.ctx, f"tcp://{peers.bind_ip(host)}:{port}", security))
@@ -55,6 +55,7 @@ class SchedulerService(RequestLoop):
             logger.info("refused %(refused_connections)d connections and %(refused_messages)d "
                         "messages; cut off %(cut_off_peers)d peers", self.security_counters())
             self.close_router(sockets.LINGER_MS)
+            sockets.end_context(self.ctx)
 
     # -- handlers: each returns the sends MembershipState decided -------------------------
     def handle(self, peer, msg):

@@ -56,11 +56,11 @@ def import_user_modules(paths):
 class ServerService(RequestLoop):
     who = "server"
 
-    def __init__(self, config, ctx=None):
+    def __init__(self, config):
         self.config = config
         # two I/O threads: workers' connections are spread over them, so the bytes of two
         # workers move in parallel (1 MiB pushpull, 1 server x 2 workers: about 7% faster)
-        self.ctx = ctx or sockets.new_context(io_threads=2)
+        self.ctx = sockets.new_context(io_threads=2)
         self.guard = sockets.SendGuard(timeout=config.timeout)
         self.shard = ShardState(config.num_workers, guard=self.guard, owns_pushes=True)
         self.sparse = SparseTables(config.num_workers, counters=self.shard.counters, guard=self.guard)
@@ -91,6 +91,7 @@ class ServerService(RequestLoop):
         finally:
             sched.close(0)
             self.close_router(sockets.LINGER_MS)
+            sockets.end_context(self.ctx)
             if self.local_address:
                 addresses.remove_local(self.local_address)
             if self.timeline is not None:

@@ -32,6 +32,13 @@ def new_context(io_threads=1):
     return zmq.Context(io_threads)
 
 
+def end_context(ctx):
+    """Close what is still open on ``ctx`` and end it, letting queued messages leave first (at
+    most ``LINGER_MS``): a process that exits without this loses what it sent last, such as
+    the scheduler's shutdown to a server busy loading a checkpoint."""
+    ctx.destroy(linger=LINGER_MS)
+
+
 def dealer(ctx, address, identity=None, security=None, peer=None):
     """A DEALER connected to ``address`` (connect never blocks; unreachable peers show up as
     timeouts of the requests sent to them), proving this process's identity to ``peer``
