@@ -47,24 +47,33 @@ def base_env(num_workers, num_servers, extra=None):
     return env
 
 
-def run_job(script, num_workers=2, num_servers=2, args=(), env=None, timeout=120, start=None):
+def run_job(script, num_workers=2, num_servers=2, args=(), env=None, timeout=120, start=None,
+            per_host=None):
     """Run ``script`` as N workers of a fresh job; returns JobResult. ``start`` limits which
     roles are started (e.g. to leave a worker out on purpose)."""
-    job = Job(script, num_workers, num_servers, args, env, start)
+    job = Job(script, num_workers, num_servers, args, env, start, per_host)
     return job.wait(timeout)
+
+
+def worker_env(rank, num_workers, per_host=None):
+    """Where worker ``rank`` says it is: one host of every worker, or ``per_host`` workers per
+    host, host h being 127.0.0.(h+1) (loopback addresses: hosts of one machine)."""
+    per_host = per_host or num_workers
+    return {C.ROLE: "worker", C.RANK: str(rank), C.LOCAL_RANK: str(rank % per_host),
+            C.LOCAL_SIZE: str(per_host), C.HOST: f"127.0.0.{rank // per_host + 1}"}
 
 
 class Job:
     """A job started in the background; ``procs`` by name ("server:1"), ``wait`` reaps it."""
 
-    def __init__(self, script, num_workers=2, num_servers=2, args=(), env=None, start=None):
+    def __init__(self, script, num_workers=2, num_servers=2, args=(), env=None, start=None,
+                 per_host=None):
         env = base_env(num_workers, num_servers, env)
         specs = [("scheduler", [sys.executable, "-m", "psframe.scheduler"], {C.ROLE: "scheduler"})]
         specs += [(f"server:{s}", [sys.executable, "-m", "psframe.server"],
                    {C.ROLE: "server", C.SERVER_RANK: str(s)}) for s in range(num_servers)]
         specs += [(f"worker:{r}", [sys.executable, os.path.abspath(script), *map(str, args)],
-                   {C.ROLE: "worker", C.RANK: str(r), C.LOCAL_RANK: str(r), C.LOCAL_SIZE: str(num_workers)})
-                  for r in range(num_workers)]
+                   worker_env(r, num_workers, per_host)) for r in range(num_workers)]
         if start is not None:
             specs = [s for s in specs if s[0] in start]
         self.procs, self.files = {}, {}

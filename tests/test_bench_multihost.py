@@ -81,14 +81,16 @@ def test_bench_across_two_shaped_hosts_prints_both_the_floors_and_cleans_up(can_
         _stop(proc)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     assert f"2 namespace hosts ({names[0]}, {names[1]})" in out, out
-    for pattern in (r"^  psframe \(ssh launcher\) +\d+\.\d +\d", r"^  gloo allreduce +\d+\.\d +\d",
+    for pattern in (r"^  psframe, host tier +\d+\.\d +\d", r"^  psframe, flat +\d+\.\d +\d",
+                    r"^  gloo allreduce +\d+\.\d +\d",
                     # 2 workers per host: psframe goes through the host tier, one push and one
                     # pull of the other host's half per host and round
                     r"^  psframe payload between hosts \(server_stats\): 1\.0 out / 1\.0 in",
-                    r"^  floor flat PS +2\.1 MB +16\.8 ms",
+                    r"^  floor flat PS +2\.1 MB +16\.8 ms +psframe flat at",
                     r"^  floor ring +1\.6 MB +12\.6 ms +gloo at",
                     r"^  floor host tier +1\.0 MB +8\.4 ms +psframe at",
-                    r"^multi-host 1 MiB pushpull, 2 hosts at 1 Gbit/s: psframe/gloo \d+\.\d\dx"):
+                    r"^multi-host 1 MiB pushpull, 2 hosts at 1 Gbit/s: host tier / flat \d+\.\d\dx, "
+                    r"psframe/gloo \d+\.\d\dx"):
         assert re.search(pattern, out, re.M), (pattern, out)
     assert "Traceback" not in err and "Fatal Python error" not in err, err
     (row,) = json.loads(out_json.read_text())["rows"]
@@ -98,6 +100,8 @@ def test_bench_across_two_shaped_hosts_prints_both_the_floors_and_cleans_up(can_
     assert row["floors"] == {"flat PS": 2 * MIB, "ring": 1.5 * MIB, "host tier": MIB}
     # psframe runs the host tier (2 workers per host): one host sum each way, exact in server_stats
     assert row["psframe_payload"] == [MIB, MIB]
+    # and flat (--no-host-tier, the same job again): each worker of the other host pushes and pulls
+    assert row["flat_payload"] == [2 * MIB, 2 * MIB] and row["flat"] > 0
     assert min(row["psframe_wire"]) >= MIB                         # the wire adds headers
     assert min(row["gloo_wire"]) >= 1.5 * MIB
     _assert_nothing_left(names, inodes)

@@ -197,6 +197,16 @@ def test_dev_shm_is_clean_after_a_clean_end(tiered_and_flat):
     assert shm.leftovers(tiered[0]["prefix"]) == []
 
 
+def test_workers_may_init_and_pull_before_local_rank_0_inits():
+    """The aggregator (local rank 0's thread) sends with local rank 0's key records: the others'
+    inits wait for its own, however late it comes. 2 hosts x 2 workers on loopback addresses:
+    worker 3 inits (once rank 0 did) and pulls while worker 2, its host's first, sleeps."""
+    from cluster import run_job
+    res = run_job(JOB, 4, 2, args=["--slow-lead", "2"], timeout=120, per_host=2,
+                  env={"PSFRAME_HIERARCHICAL": "1", "PSFRAME_BIGARRAY_BOUND": "1000"}).check().results()
+    assert sorted(res) == [0, 1, 2, 3] and all(r["exact"] and r["hosts"] == [2, 2] for r in res.values())
+
+
 def test_dev_shm_is_clean_after_a_worker_exception():
     job, _ = _run(("--raise-rank", "2"), expect_rc=1)
     report = "\n".join(job.err_lines)

@@ -133,27 +133,38 @@ def measure(ns, hosts, sizes, num_workers, num_servers, rate):
     servers = server_hosts(num_servers, len(hosts.names))
     # token, not the multi-host default CURVE: gloo does not encrypt either, so both move the
     # same plain bytes (docs/operations.md#security gives CURVE's cost)
-    launch = ["--launcher", "ssh", "-H", hosts.hostfile, *hosts.launch_args, "--security", "token",
-              "--host-tier"]
+    launch = ["--launcher", "ssh", "-H", hosts.hostfile, *hosts.launch_args, "--security", "token"]
+    tiered = max(workers.count(h) for h in set(workers)) > 1
     rows = []
     for nbytes, kind in [(n, t) for n in sizes for t in ("none", *compression.parse_types(ns.compression))]:
         case = size_case(nbytes, ["pushpull"])
         spec = {"rounds": ns.rounds, "warmup": ns.warmup, "optimizer": None, "cases": [case],
                 "link": netns.LINK,
                 "compression": compression.config_of(kind, ns.threshold) if kind != "none" else None}
-        _progress(f"psframe job: {format_size(nbytes)} pushpull{'' if kind == 'none' else ', ' + kind}, "
-                  f"{num_workers} workers + {num_servers} servers over ssh")
-        results = run_job(num_workers, num_servers, KIND, spec, ns, prefix=hosts.exec_prefix(0),
-                          launch_args=launch)
         rounds = rounds_for(nbytes, ns.rounds)
-        before, after = results[0]["link"][case["label"]]
+
+        def run(tier):
+            _progress(f"psframe job: {format_size(nbytes)} pushpull{'' if kind == 'none' else ', ' + kind}, "
+                      f"{num_workers} workers + {num_servers} servers over ssh, "
+                      f"{'through the host tier' if tier else 'flat'}")
+            results = run_job(num_workers, num_servers, KIND, spec, ns, prefix=hosts.exec_prefix(0),
+                              launch_args=[*launch, "--host-tier" if tier else "--no-host-tier"])
+            before, after = results[0]["link"][case["label"]]
+            payload = crossing(before["servers"], after["servers"], workers, servers)
+            return results, (before, after), [b / rounds for b in payload]
+
+        results, (before, after), payload = run(tiered)
         held = [s["held_bytes"] for s in after["servers"]]
-        payload = crossing(before["servers"], after["servers"], workers, servers)
-        rows.append({"nbytes": nbytes, "rounds": rounds, "compression": kind,
-                     "psframe": report.round_medians(results, case["label"])["pushpull"],
-                     "psframe_wire": _wire([before, after], rounds),
-                     "psframe_payload": [b / rounds for b in payload],
-                     "floors": floors(nbytes, [h / sum(held) for h in held], workers, servers)})
+        row = {"nbytes": nbytes, "rounds": rounds, "compression": kind,
+               "psframe": report.round_medians(results, case["label"])["pushpull"],
+               "psframe_wire": _wire([before, after], rounds),
+               "psframe_payload": payload,
+               "floors": floors(nbytes, [h / sum(held) for h in held], workers, servers)}
+        if tiered and kind == "none":      # the same job flat, to show what the tier saves
+            flat, link, row["flat_payload"] = run(False)
+            row["flat"] = report.round_medians(flat, case["label"])["pushpull"]
+            row["flat_wire"] = _wire(link, rounds)
+        rows.append(row)
     if not ns.no_gloo and baselines.torch_available():
         _progress(f"gloo allreduce: {num_workers} ranks")
         times, links = run_gloo(ns, hosts, sizes, workers)
@@ -204,8 +215,12 @@ def text(rep):
         lines.append(f"{size} pushpull, {row['rounds']} rounds:     ms/round   host 1 link MB/round "
                      f"out / in   Gbit/s  of link   vs gloo")
         uncompressed[row["nbytes"]] = (row["psframe"], len(lines) + 1)   # after psframe's line
-        for name, t, wire in (("psframe (ssh launcher)", row["psframe"], row["psframe_wire"]),
-                              ("gloo allreduce", gloo, row.get("gloo_wire"))):
+        tier = "flat" in row      # psframe ran through the host tier, and flat to compare
+        runs = [("psframe, host tier" if tier else "psframe (ssh launcher)", row["psframe"],
+                 row["psframe_wire"])]
+        if tier:
+            runs.append(("psframe, flat", row["flat"], row["flat_wire"]))
+        for name, t, wire in (*runs, ("gloo allreduce", gloo, row.get("gloo_wire"))):
             if t is None:
                 lines.append(f"  {name:<24}  skipped (--no-gloo, or torch is not installed)")
                 continue
@@ -217,9 +232,8 @@ def text(rep):
         lines.append(f"  psframe payload between hosts (server_stats): {out / MB:.1f} out / "
                      f"{inc / MB:.1f} in MB/round")
         fl = row["floors"]
-        # psframe goes through the host tier (its default) wherever a host runs several workers
-        tier = per_host > 1
-        for name, who, t in (("flat PS", None if tier else "psframe", None if tier else row["psframe"]),
+        for name, who, t in (("flat PS", "psframe flat" if tier else "psframe",
+                              row["flat"] if tier else row["psframe"]),
                              ("ring", "gloo", gloo),
                              ("host tier", "psframe" if tier else None, row["psframe"] if tier else None)):
             floor = fl[name] * 8 / rate
@@ -227,6 +241,8 @@ def text(rep):
                     f"{floor / gloo:.2f}x gloo's time" if gloo and who is None else "")
             lines.append(f"  floor {name:<10} {fl[name] / MB:8.1f} MB {floor * 1e3:9.1f} ms   {note}")
         ratio = f"psframe/gloo {row['psframe'] / gloo:.2f}x" if gloo else "psframe/gloo n/a (no gloo run)"
+        if tier:
+            ratio = f"host tier / flat {row['psframe'] / row['flat']:.2f}x, {ratio}"
         summary.append(f"multi-host {size} pushpull, {rep['hosts']} hosts at {_rate_text(rate)}: {ratio}; "
                        f"psframe {row['psframe'] * 1e3:.0f} ms, floors flat PS "
                        f"{fl['flat PS'] * 8 / rate * 1e3:.0f} ms, ring {fl['ring'] * 8 / rate * 1e3:.0f} ms, "

@@ -32,6 +32,8 @@ from .host_uplink import HostUplink
 
 logger = logging.getLogger(__name__)
 
+LEAD = b"0"       # local rank 0's identity: the worker whose thread this is
+
 
 class HostAggregator(threading.Thread):
     def __init__(self, store, where):
@@ -55,6 +57,7 @@ class HostAggregator(threading.Thread):
         self._segments = []         # [Segment, key list, attached count]
         self._layouts = {}          # init call -> (offsets, arena bytes)
         self._inits = {}            # worker id -> init calls seen
+        self._parked_inits = []     # (worker id, note id, keys): ahead of local rank 0's init
         self._workers = set()       # ids of the local workers seen
         self._byes = 0
         self._upstream = []
@@ -72,7 +75,9 @@ class HostAggregator(threading.Thread):
         try:
             self._loop()
         except BaseException as exc:       # the workers of this host hear it from their calls
-            if not isinstance(exc, PeerLostError):     # the job's end is told by the main thread
+            if not isinstance(exc, PSError):    # a bug: its traceback is what to report
+                logger.exception("host aggregator failed")
+            elif not isinstance(exc, PeerLostError):     # the job's end is told by the main thread
                 logger.error("host aggregator failed: %s: %s", type(exc).__name__, exc)
             self.failure = exc if isinstance(exc, PSError) else PSError(
                 f"the host aggregator failed: {type(exc).__name__}: {exc}")
@@ -131,6 +136,11 @@ class HostAggregator(threading.Thread):
 
     def _init(self, who, mid, keys):
         n = self._inits.get(who, 0)
+        if who != LEAD and self._inits.get(LEAD, 0) <= n:
+            # the uplink sends with local rank 0's key records (their parts and servers), which
+            # its own init fills in: another worker's init of the same keys waits for it
+            self._parked_inits.append((who, mid, keys))
+            return
         self._inits[who] = n + 1
         names = [k for k, _, _ in keys]
         if n == len(self._segments):
@@ -154,6 +164,13 @@ class HostAggregator(threading.Thread):
         offsets, arena = self._layouts[n]
         self._reply(who, {"id": mid, "segment": seg.name, "size": seg.size, "arena": arena,
                           "offsets": offsets, "index": n})
+        if who == LEAD:
+            parked, self._parked_inits = self._parked_inits, []
+            for p_who, p_mid, p_keys in parked:
+                try:
+                    self._init(p_who, p_mid, p_keys)
+                except PSError as exc:
+                    self._reply(p_who, {"id": p_mid, "error": to_wire(exc)})
 
     def _take(self, who, mid, op, msg):
         keys = msg["keys"]

@@ -2,13 +2,17 @@
 servers; prints digests of the final values (to compare tiered and flat runs bit for bit), its
 own plain-numpy check of the sums, the server counters and the job's /dev/shm prefix.
 
-    host_tier_job.py [--raise-rank R] [--kill-aggregator]
+    host_tier_job.py [--raise-rank R] [--kill-aggregator] [--slow-lead S]
+
+``--slow-lead S``: local rank 0 (whose thread is the aggregator) of every host but the first
+starts its init S seconds after the others, who pull right after their init.
 """
 import argparse
 import hashlib
 import json
 import os
 import signal
+import time
 
 import numpy as np
 
@@ -20,6 +24,7 @@ STEPS = 3
 p = argparse.ArgumentParser()
 p.add_argument("--raise-rank", type=int, default=None)
 p.add_argument("--kill-aggregator", action="store_true")
+p.add_argument("--slow-lead", type=float, default=0.0)
 args = p.parse_args()
 
 cfg = C.from_env()
@@ -53,7 +58,12 @@ def host_order_sum(key, step, shape, plus_one=False):
 
 shapes = {"plain": (300, 7), "big": (5000,), "pp": (64,)}
 small = [f"s{i}" for i in range(12)]
+if kv.local_rank == 0 and r > 0:
+    time.sleep(args.slow_lead)
 kv.init(list(shapes), [np.zeros(s, np.float32) for s in shapes.values()])
+zeros = [np.ones(s, np.float32) for s in shapes.values()]
+kv.pull(list(shapes), zeros)        # a pull with no push before it: the initial values
+assert all(not z.any() for z in zeros)
 kv.init(small, [np.zeros(10 + i, np.float32) for i in range(12)])
 # every worker's host size, in rank order (the job's layout, learnt through a barrier-free pull)
 kv.init("layout", np.zeros(n, np.int64))
