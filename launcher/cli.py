@@ -48,8 +48,8 @@ def build_parser():
                         "(repeatable)")
     p.add_argument("--host-tier", dest="host_tier", action="store_const", const=True, default=None,
                    help="workers on one host push through the host's aggregator, which sums their "
-                        "gradients and talks to the servers once per host (sets "
-                        "PSFRAME_HIERARCHICAL=1; opt-in for now, see docs/architecture.md)")
+                        "gradients and talks to the servers once per host (the default: sets "
+                        "PSFRAME_HIERARCHICAL=1, see docs/architecture.md)")
     p.add_argument("--no-host-tier", dest="host_tier", action="store_const", const=False,
                    help="every worker pushes to the servers on its own (PSFRAME_HIERARCHICAL=0)")
     p.add_argument("--ssh-port", type=int, default=None, help="ssh port (default: ssh's own)")

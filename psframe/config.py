@@ -37,7 +37,7 @@ IPC = "PSFRAME_IPC"                      # 1: big entries go to servers on this 
 USER_MODULES = "PSFRAME_USER_MODULES"    # os.pathsep-separated files/modules servers import
 TIMELINE = "PSFRAME_TIMELINE"            # Chrome-trace file to write per-step events to
 RESTART = "PSFRAME_RESTART"              # set by psframe-launch --max-restarts: 1, 2, ... on restarts
-HIERARCHICAL = "PSFRAME_HIERARCHICAL"    # 1: workers on one host push through the host tier (opt-in)
+HIERARCHICAL = "PSFRAME_HIERARCHICAL"    # 0: workers on one host push on their own, not through the host tier
 
 LOG_LEVEL = "PSFRAME_LOG_LEVEL"          # logging level name (INFO)
 SECURITY = "PSFRAME_SECURITY"            # curve | token | none: how connections authenticate
@@ -117,7 +117,7 @@ DEFAULTS = {
     IPC: 1,
     MAX_MESSAGE_BYTES: 1 << 30,
     SEND_TIMEOUT: 60.0,
-    HIERARCHICAL: 0,
+    HIERARCHICAL: 1,
 }
 
 
@@ -145,7 +145,7 @@ class Config:
     max_steps_ahead: int = DEFAULTS[MAX_STEPS_AHEAD]
     fuse_key_bytes: int = DEFAULTS[FUSE_KEY_BYTES]
     ipc: bool = True
-    hierarchical: bool = False
+    hierarchical: bool = True
     user_modules: tuple = ()
     timeline: str = ""
     log_level: str = "INFO"

@@ -188,7 +188,7 @@ def measure(ns):
         for mode in ("tier", "flat"):
             job = f"{ns.num_servers}x{ns.tier_workers} {mode}"
             res = run_job(ns.tier_workers, ns.num_servers, kinds[0], spec3, ns, tag=f".{mode}",
-                          launch_args=("--no-host-tier",) if mode == "flat" else ("--host-tier",))
+                          host_tier=mode == "tier")
             rep["rows"] += _rows(job, kinds[0], spec3, res)
             rep["host_bytes"] = dict(rep.get("host_bytes", {}), **{job: _host_bytes(res)})
     zmq_runs.append(baselines.zmq_roundtrips(all_sizes, ns.transport, ns.rounds, ns.warmup, CHUNK))

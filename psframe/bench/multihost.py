@@ -148,7 +148,7 @@ def measure(ns, hosts, sizes, num_workers, num_servers, rate):
                       f"{num_workers} workers + {num_servers} servers over ssh, "
                       f"{'through the host tier' if tier else 'flat'}")
             results = run_job(num_workers, num_servers, KIND, spec, ns, prefix=hosts.exec_prefix(0),
-                              launch_args=[*launch, "--host-tier" if tier else "--no-host-tier"])
+                              launch_args=launch, host_tier=tier)
             before, after = results[0]["link"][case["label"]]
             payload = crossing(before["servers"], after["servers"], workers, servers)
             return results, (before, after), [b / rounds for b in payload]

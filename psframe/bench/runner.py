@@ -13,16 +13,19 @@ CHECKPOINT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ch
 
 
 def run_job(num_workers, num_servers, kind, spec, ns, tag="", prefix=(), launch_args=(),
-            script=JOB_SCRIPT):
+            script=JOB_SCRIPT, host_tier=False):
     """Run ``script`` (default ``job.py``) with ``spec`` under ``psframe-launch`` (its argv after ``prefix``, e.g.
     ``ip netns exec HOST``, with ``launch_args`` such as the ssh launcher's flags); returns every
     worker's RESULT, by rank. ``ns`` gives ``transport``, ``timeline``, ``job_timeout`` and
     ``verbose``. Ctrl-C or SIGTERM of the bench (an exception here) stops the job first.
+    ``host_tier``: workers of one host go through its aggregator; off, every worker talks to the
+    servers itself, which is what the bench's comparisons with raw pyzmq traffic measure.
 
     Raises:
         RuntimeError: the job failed or ran past ``ns.job_timeout``.
     """
     cmd = [*prefix, sys.executable, "-m", "psframe_launcher", *launch_args,
+           "--host-tier" if host_tier else "--no-host-tier",
            "-n", str(num_workers), "-s", str(num_servers),
            "--kvstore", kind, "--env", "PSFRAME_TIMEOUT=120",
            "--env", f"PSFRAME_IPC={int(ns.transport == 'ipc')}"]

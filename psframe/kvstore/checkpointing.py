@@ -174,6 +174,7 @@ def load_dist(client, url, storage_options):
             error = exc
     _raise_any(client.barrier(_note(error)))
     continue_steps(client.keys, ckpt)
+    client.steps_loaded()
     return worker_state.read(ckpt.store, ckpt.worker_index(client.rank))
 
 
@@ -190,6 +191,14 @@ class DistClient:
 
     def barrier(self, note):
         return self.kv._barrier(None, note=note)
+
+    def steps_loaded(self):
+        """The step counts were set from a checkpoint: the host tier takes them over (its
+        aggregator sends with local rank 0's counts, so every worker of the host waits until
+        all of them have them)."""
+        if self.kv._tier is not None:
+            self.kv._tier.steps_loaded()
+            self.barrier(None)
 
     def ask_servers(self, command, body, what, per_server=None):
         """Send ``command`` to every server at once; their reply bodies, by server."""

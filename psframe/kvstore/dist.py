@@ -58,6 +58,7 @@ class DistKVStore(KVStore):
         logger.info("worker %d of %d connected to servers at %s", self.rank, self.num_workers,
                     self._links.describe())
         self._tier = host_tier.join(self)     # None: this worker talks to the servers itself
+        self._told_tiered = False             # an init told the servers our pushes are host sums
 
     # -- the kind's operations ----------------------------------------------------------
     def _step(self, keys, ahead):
@@ -79,7 +80,9 @@ class DistKVStore(KVStore):
                                      "placing keys")["servers"]
         batches = messages.init_batches(units, placed, dict(zip(keys, values)), self._keys, self.rank,
                                         len(self._servers))
-        host = [self.rank - self.local_rank, self.local_size, self.config.host]   # see server/hosts.py
+        # see server/hosts.py; tiered: the servers count a joined worker inside its host's sums
+        host = [self.rank - self.local_rank, self.local_size, self.config.host, self._through_tier]
+        self._told_tiered = self._told_tiered or self._through_tier
         reqs = [self._send(s, Command.INIT, b, {"meta": b.meta, "sync": self.sync, "groups": b.groups,
                                                 "host": host},
                            wait_for_send=True)
@@ -127,10 +130,15 @@ class DistKVStore(KVStore):
 
     @leaves_on_timeout
     def _pushpull_start(self, keys, values, outs, priority):
-        if self._through_tier:     # the host tier answers a call before it returns
-            self._tier.pushpull(keys, values, outs)
-            return Pending(lambda: True, lambda timeout: None)
         step = self._step(keys, 1)
+        if self._through_tier:
+            done, finish_tier = self._tier.pushpull(keys, values, outs)
+
+            @leaves_on_timeout
+            def wait_tier(store, timeout):
+                with store.calls.call("pushpull", keys, step):
+                    finish_tier(timeout)
+            return Pending(done, lambda timeout: wait_tier(self, timeout))
         plain, fused = messages.by_group(self._keys, keys, list(zip(values, outs)))
         targets, finish = messages.pull_targets(self._keys, [(k, out) for k, (_, out) in plain],
                                                 [(g, [o for _, o in pairs]) for g, pairs in fused])
@@ -235,29 +243,38 @@ class DistKVStore(KVStore):
         return (reply or {}).get("notes", {})
 
     def _join(self, timeout):
-        if self._tier is not None:
-            raise ConfigError("kv.join() works on the flat path only for now: this host's workers "
-                              "push through the host tier; run with PSFRAME_HIERARCHICAL=0 (or "
-                              "psframe-launch --no-host-tier) to use join")
+        if self._told_tiered and not self._through_tier:
+            raise ConfigError("kv.join() after set_gradient_compression was called after kv.init "
+                              "on a host-tier worker: the servers were told this host's pushes "
+                              "are host sums, and compressed pushes are not; call "
+                              "set_gradient_compression before kv.init (or run with "
+                              "PSFRAME_HIERARCHICAL=0)")
         with self.calls.call("join"):
             self._flush(timeout)          # every push is in before the servers hear we left
-            ask = self.config.timeout if timeout is None else timeout
-            deadline = None if timeout is None else time.monotonic() + timeout
-            msg_id = self._customer.next_id()
-            sockets.send_frames(self._sched, codec.encode(Command.JOIN, msg_id, self.name))
-            while True:     # as long as the job lives: the others may train for hours
-                self._failures.check()
-                left = ask if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    raise PSTimeoutError(f"join: not every worker joined within {timeout:g}s")
-                if sockets.poll([self._sched], min(left, 1.0)):
-                    reply = codec.decode(sockets.recv_frames(self._sched))
-                    if reply.cmd is Command.ABORT:
-                        raise JobAbortedError(f"job aborted by the scheduler: {reply.body.get('reason')}")
-                    if reply.cmd is Command.ERROR:
-                        raise from_body(reply.body)
-                    if reply.id == msg_id:
-                        return
+            if self._through_tier:
+                self._tier.join()         # the host's sums go on without this worker
+            self._wait_for_others_to_join(timeout)
+            if self._through_tier:
+                self._tier.forget_values()   # the others trained on: pulls fetch the newest
+
+    def _wait_for_others_to_join(self, timeout):
+        ask = self.config.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        msg_id = self._customer.next_id()
+        sockets.send_frames(self._sched, codec.encode(Command.JOIN, msg_id, self.name))
+        while True:     # as long as the job lives: the others may train for hours
+            self._failures.check()
+            left = ask if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise PSTimeoutError(f"join: not every worker joined within {timeout:g}s")
+            if sockets.poll([self._sched], min(left, 1.0)):
+                reply = codec.decode(sockets.recv_frames(self._sched))
+                if reply.cmd is Command.ABORT:
+                    raise JobAbortedError(f"job aborted by the scheduler: {reply.body.get('reason')}")
+                if reply.cmd is Command.ERROR:
+                    raise from_body(reply.body)
+                if reply.id == msg_id:
+                    return
 
     def _close(self):
         error = None
@@ -302,11 +319,6 @@ class DistKVStore(KVStore):
             checkpointing.save_dist(checkpointing.DistClient(self), url, worker_state, storage_options)
 
     def _load_checkpoint(self, url, storage_options):
-        if self._tier is not None:
-            raise ConfigError("kv.load_checkpoint() works on the flat path only for now: this "
-                              "host's workers push through the host tier (PSFRAME_HIERARCHICAL=1 / "
-                              "--host-tier), whose step counters a load does not restore; run "
-                              "without it to resume")
         with self.calls.call("load_checkpoint"):
             return checkpointing.load_dist(checkpointing.DistClient(self), url, storage_options)
 

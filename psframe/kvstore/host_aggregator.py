@@ -25,7 +25,7 @@ import numpy as np
 import zmq
 
 from ..aggregation import reduce, shm
-from ..errors import ConfigError, PeerLostError, PSError, to_wire
+from ..errors import ConfigError, PeerLostError, PSError, UnevenStepsError, to_wire
 from ..transport import sockets
 from .host_notes import Entry, Note, Upstream, pack, unpack
 from .host_uplink import HostUplink
@@ -60,6 +60,8 @@ class HostAggregator(threading.Thread):
         self._parked_inits = []     # (worker id, note id, keys): ahead of local rank 0's init
         self._workers = set()       # ids of the local workers seen
         self._byes = 0
+        self._joined = set()        # local ranks in kv.join(): their turn in a sum is zero
+        self._finished = set()      # local ranks that closed
         self._upstream = []
         self._flushes = []          # [note, upstream batches it waits for]
 
@@ -127,8 +129,19 @@ class HostAggregator(threading.Thread):
                     seg[0].unlink()      # every worker has it mapped: the name can go
             elif op == "flush":
                 self._flushes.append([Note(who, mid, "flush", ()), list(self._upstream)])
+            elif op == "forget":      # the values pulled so far are old (TierLink.forget_values)
+                for e in self._entries.values():
+                    e.value_step = -1
+                self._reply(who, {"id": mid})
+            elif op == "join":
+                self._joined.add(int(who))
+                self._reply(who, {"id": mid})
+                self._push_ready([e.key for e in self._entries.values() if self._ready(e)])
+                self._pull_what_is_due()
             elif op == "bye":
                 self._byes += 1
+                self._finished.add(int(who))
+                self._fail_uneven(list(self._entries.values()))
             else:
                 raise ConfigError(f"host tier: unknown note {op!r}")
         except PSError as exc:
@@ -183,13 +196,35 @@ class HostAggregator(threading.Thread):
         if op != "pull":
             for k in keys:
                 self._entries[k].waiting[rank] = note
+            self._fail_uneven([self._entries[k] for k in keys])
             self._push_ready([k for k in keys if self._ready(self._entries[k])])
         self._pull_what_is_due()
 
     def _ready(self, e):
-        if self.sync:
-            return all(n is not None for n in e.waiting)
-        return e.pushing == 0 and any(n is not None for n in e.waiting)
+        pushed = any(n is not None for n in e.waiting)
+        if self.sync:      # every local rank but the joined ones
+            return pushed and all(n is not None for r, n in enumerate(e.waiting) if r not in self._joined)
+        return e.pushing == 0 and pushed
+
+    def _fail_uneven(self, entries):
+        """Sync: a step some local rank pushed that a closed local rank never will cannot
+        complete; its pushers hear why now (as the servers say it for flat pushes)."""
+        if not self.sync or not self._finished:
+            return
+        first = self.store.rank - self.store.local_rank
+        for e in entries:
+            gone = [r for r in self._finished - self._joined if e.waiting[r] is None]
+            if not gone or all(n is None for n in e.waiting):
+                continue
+            done = self.up.pushes_sent(e.key)      # all of them: it flushed before it closed
+            error = UnevenStepsError(
+                f"step {done + 1} of key {e.key!r} cannot complete: worker {first + gone[0]} "
+                f"finished (closed its KVStore) after pushing it {done} times; every worker must "
+                f"push every key equally often, or call kv.join() when it runs out of data")
+            for r, n in enumerate(e.waiting):
+                if n is not None:
+                    e.waiting[r] = None
+                    self._fail(n, error)
 
     # -- to the servers -------------------------------------------------------------------
     def _push_ready(self, keys):

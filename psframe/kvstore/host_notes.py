@@ -1,7 +1,7 @@
 """What the host tier's workers and aggregator tell each other, and the aggregator's records.
 
 Notes are small msgpack maps over the host's abstract unix socket (``{"op", "id", ...}``: init,
-attached, push, pull, pushpull, release, flush, bye; replies carry the note's id, or 0 for an
+attached, push, pull, pushpull, release, flush, forget, join, bye; replies carry the note's id, or 0 for an
 error nobody asked about); the arrays stay in shared memory.
 """
 import msgpack

@@ -110,12 +110,39 @@ class TierLink:
         self._copy_out(keys, outs)
 
     def pushpull(self, keys, values, outs):
+        """Start a pushpull; returns ``(done, wait)``: ``done()`` says whether the host's value
+        is in, ``wait(timeout)`` copies it into ``outs`` (raising the call's error, if any)."""
         self._fill(keys, values)
         mid = self._send({"op": "pushpull", "keys": keys, "steps": [self._pushed[k] for k in keys]})
         self._pending[mid] = ("pushpull", keys)
-        self._wait(lambda: mid in self._replies, "pushpull")
-        self._take_reply(mid)
-        self._copy_out(keys, outs)
+
+        def done():
+            self._receive_ready()
+            return mid in self._replies
+
+        def wait(timeout):
+            self._wait(lambda: mid in self._replies, "pushpull", timeout)
+            self._take_reply(mid)
+            self._copy_out(keys, outs)
+        return done, wait
+
+    def join(self):
+        """This worker pushes no more (its pushes are merged): the host's sums go on without
+        it, counting it as zero at its turn (the servers do not wait for it, see
+        ``server/hosts.py``)."""
+        self._call({"op": "join"}, "leaving the host's sums")
+
+    def steps_loaded(self):
+        """Continue every key from the step count a checkpoint load set (nothing is in flight:
+        the load flushed first); the aggregator forgets the values it pulled before."""
+        for k in self._pushed:
+            self._pushed[k] = self._consumed[k] = self.store._keys[k].pushes
+        self.forget_values()
+
+    def forget_values(self):
+        """The host's pulled values are old (a checkpoint was loaded, or the others trained on
+        while this worker was in kv.join): the next pull of each key fetches it anew."""
+        self._call({"op": "forget"}, "forgetting pulled values")
 
     def flush(self, timeout=None):
         """Return once every push of this worker is merged by the servers."""
@@ -205,8 +232,11 @@ class TierLink:
                     f"aggregator of host {self.config.host} (a thread of its local rank 0). In dist_sync "
                     f"every worker must push each key the same number of times")
             if self._sock.poll(int(min(left, 0.1) * 1000)):
-                while self._sock.poll(0):
-                    self._receive(unpack(self._sock.recv()))
+                self._receive_ready()
+
+    def _receive_ready(self):
+        while self._sock.poll(0):
+            self._receive(unpack(self._sock.recv()))
 
     def _receive(self, msg):
         mid = msg.get("id", 0)

@@ -13,11 +13,13 @@ class Hosts:
     def __init__(self, num_workers):
         self.num_workers = num_workers
         self.of_rank = {}       # rank -> (first rank of its host, workers on the host, host name)
+        self.tiered = set()     # first ranks of hosts whose workers push through the host tier
         self.traffic = {}       # host name -> {"messages": n, "bytes": n, "pushes": n}
         self.steps = {}         # (key, part) -> {step: {host name: pushes}}
 
-    def set(self, rank, first, count, name):
-        """Workers ``first..first+count-1`` share host ``name``, ``rank`` among them.
+    def set(self, rank, first, count, name, tiered=False):
+        """Workers ``first..first+count-1`` share host ``name``, ``rank`` among them (``tiered``:
+        their pushes come as host sums).
 
         Raises:
             ProtocolError: ``rank`` is not in that range, or the range passes the job's workers.
@@ -26,6 +28,14 @@ class Hosts:
             raise ProtocolError(f"worker {rank} says its host holds workers {first}..{first + count - 1}"
                                 f" of {self.num_workers}: ranks must be contiguous per host")
         self.of_rank[rank] = (first, count, str(name))
+        if tiered:
+            self.tiered.add(first)
+
+    def covered(self, rank, absent):
+        """Whether ``rank``'s pushes come inside its host's sums while it is away: its host is
+        tiered and some worker of it has not left (``absent``: ranks that left)."""
+        first, count, _ = self.of(rank)
+        return first in self.tiered and any(q not in absent for q in range(first, first + count))
 
     def of(self, rank):
         """``(first, count, name)`` of ``rank``'s host; unknown: one host of every worker."""

@@ -209,9 +209,10 @@ class ServerService(RequestLoop):
         groups = codec.decode_groups(msg.body, len(descs))
         host = msg.body.get("host")
         if host is not None:
-            if (type(host) is not list or len(host) != 3 or type(host[0]) is not int
-                    or type(host[1]) is not int or type(host[2]) is not str):
-                raise ProtocolError(f"init body.host is {host!r}, not [first rank, workers, name]")
+            if (type(host) is not list or len(host) not in (3, 4) or type(host[0]) is not int
+                    or type(host[1]) is not int or type(host[2]) is not str
+                    or len(host) == 4 and type(host[3]) is not bool):
+                raise ProtocolError(f"init body.host is {host!r}, not [first rank, workers, name, tiered]")
             self.shard.hosts.set(rank, *host)
         arrays = [codec.as_array(d, b) for d, b in zip(msg.arrays, msg.buffers)]
         arrays += [None] * (len(descs) - len(arrays))

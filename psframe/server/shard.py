@@ -219,8 +219,8 @@ class ShardState:
         return replies
 
     def _fill_absent(self, st, merge, step):
-        """A zero push, at its turn, for every rank absent from ``step`` (a joined worker): the
-        sum keeps its (host, local rank) order. True if one was added."""
+        """A zero push, at its turn, for every rank absent from ``step`` (a joined worker) that
+        no host sum covers: the sum keeps its (host, local rank) order. True if one was added."""
         next_rank, n, added = merge.next_rank, self.num_workers, False
         for m in range(len(st.names)):
             r = int(next_rank[m])
@@ -234,6 +234,8 @@ class ShardState:
                     f"worker must push every key equally often, or call kv.join() when it "
                     f"runs out of data")
             if any(e.rank == r and e.lo <= m < e.hi for e in merge.early):
+                continue
+            if self.hosts.covered(r, self.absent):     # its host's sum counts it as zero
                 continue
             st.pushes[r, m] = step
             size = st.bounds[m + 1] - st.bounds[m]

@@ -4,8 +4,9 @@ its KVStore exists.
   --case skip-init       rank 2 never calls init('big'), which the others init and push
   --case optimizer-once  only rank 0 calls set_optimizer
   --case uneven          rank 0 pushes 5 steps and closes; the others push 10
-  --case join            as uneven, but rank 0 calls kv.join() after its 5 steps; every rank
-                         prints "VALUE <w[0]>" at the end (with SGD lr=1 on the servers)
+  --case join            as uneven, but rank 0 (ranks below --joiners) calls kv.join() after
+                         its 5 steps; every rank prints "VALUE <w[0]>" at the end (with SGD
+                         lr=1 on the servers)
 """
 import argparse
 
@@ -15,6 +16,7 @@ import psframe
 
 p = argparse.ArgumentParser()
 p.add_argument("--case", required=True)
+p.add_argument("--joiners", type=int, default=1)
 args = p.parse_args()
 
 kv = psframe.create()
@@ -39,7 +41,7 @@ elif args.case == "uneven":
         kv.pushpull("w", np.ones(4, np.float32), out=out)
 elif args.case == "join":
     kv.set_optimizer(psframe.optim.SGD(lr=1.0))
-    for step in range(1, 6 if rank == 0 else 11):
+    for step in range(1, 6 if rank < args.joiners else 11):
         kv.pushpull("w", np.full(4, rank + 1, np.float32), out=out)
     kv.join()
     kv.pull("w", out=out)
