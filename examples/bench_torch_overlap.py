@@ -1,14 +1,21 @@
 """Step time of psframe.torch (overlap on and off) against PyTorch DDP (gloo), in one run.
 
 The model's backward spends a fixed device-like time per layer (a sleep in a custom autograd
-Function: no host CPU, as a GPU kernel would) and holds about 100 MB of float32 gradients, so
-what decides the step time is how much of the communication hides under backward. The three
-modes run interleaved, ``--rounds`` times each, 2 workers on 127.0.0.1::
+Function: no host CPU, as a GPU kernel would), so what decides the step time is how much of the
+communication hides under backward. ``--model mlp``: 8 square layers, about 100 MB of float32
+gradients; ``--model resnet50``: the 161 parameter tensors of ResNet-50 (25.6M floats, 102 MB),
+one sleep per tensor. The three modes run interleaved, ``--rounds`` times each, 2 workers::
 
     python examples/bench_torch_overlap.py --rounds 3 --steps 8
+    sudo python examples/bench_torch_overlap.py --model resnet50 --sleep-ms 0.5 \
+        --hosts-netns 2 --link-rate 10gbit
 
-prints each mode's median step time and the ratios psframe/DDP and overlap-on/overlap-off.
-(Run one mode's worker alone with ``--worker MODE``, under psframe-launch or torchrun.)
+The first runs both workers on 127.0.0.1 (flat: every worker talks to the servers itself). The
+second puts one worker on each of 2 network-namespace hosts whose links are shaped with tc
+(``psframe.bench.netns``, root only), psframe with one server per host over the ssh launcher
+and DDP with one rank per host. Each prints every mode's median step time and the ratios
+psframe/DDP and overlap-on/overlap-off. (Run one mode's worker alone with ``--worker MODE``,
+under psframe-launch or torchrun.)
 """
 import argparse
 import json
@@ -22,7 +29,8 @@ import time
 LAYERS, WIDTH = 8, 1792          # 8 x 1792 x 1792 float32 weights: 103 MB of gradients
 
 
-def build(sleep_ms):
+def build(model, sleep_ms):
+    """``(module, input)``: ``model`` is "mlp" or "resnet50" (see the module docstring)."""
     import torch
     from torch import nn
 
@@ -47,15 +55,31 @@ def build(sleep_ms):
                 x = Sleep.apply(torch.tanh(layer(x)))
             return x
 
-    return Model()
+    class Shapes(nn.Module):
+        """ResNet-50's parameter tensors; backward meets them last layer first, as in the
+        real network, and gives each a dense gradient."""
+
+        def __init__(self):
+            super().__init__()
+            from psframe.bench.cases import resnet50_shapes
+            torch.manual_seed(0)
+            self.params = nn.ParameterList(nn.Parameter(torch.randn(s) * 0.01) for s in resnet50_shapes())
+
+        def forward(self, x):
+            for p in self.params:
+                x = Sleep.apply(x + p.sum())
+            return x
+
+    if model == "resnet50":
+        return Shapes(), torch.zeros(())
+    return Model(), torch.randn(4, WIDTH)
 
 
-def worker(mode, steps, sleep_ms, batch=4):
+def worker(mode, steps, sleep_ms, model_name):
     """Train ``steps`` steps in ``mode``; print ``STEP_TIMES [...]`` (seconds) on rank 0."""
     import torch
     torch.set_num_threads(1)
-    model = build(sleep_ms)
-    x = torch.randn(batch, WIDTH)
+    model, x = build(model_name, sleep_ms)
     times = []
     if mode == "ddp":
         import datetime
@@ -91,10 +115,12 @@ def worker(mode, steps, sleep_ms, batch=4):
         print("STEP_TIMES " + json.dumps(times), flush=True)
 
 
-def run_mode(mode, ns):
+def run_mode(mode, ns, hosts=None):
     """One job of ``mode`` (2 workers); returns its step times after the first (warm-up) step."""
     me = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--steps", str(ns.steps),
-          "--sleep-ms", str(ns.sleep_ms)]
+          "--sleep-ms", str(ns.sleep_ms), "--model", ns.model]
+    if hosts is not None:
+        return _run_on_hosts(mode, ns, hosts, me)
     if mode == "ddp":
         from psframe.transport.addresses import free_port
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -114,10 +140,34 @@ def run_mode(mode, ns):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)     # the whole job: launcher or torchrun and workers
         proc.wait()
+    return _step_times(mode, proc.returncode, text)
+
+
+def _step_times(mode, code, text):
     lines = [l for l in text.splitlines() if "STEP_TIMES " in l]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{mode} failed (exit {proc.returncode}):\n{text[-3000:]}")
+    if code != 0 or not lines:
+        raise RuntimeError(f"{mode} failed (exit {code}):\n{text[-3000:]}")
     return json.loads(lines[-1].split("STEP_TIMES ", 1)[1])[1:]
+
+
+def _run_on_hosts(mode, ns, hosts, me):
+    """``mode`` with one worker on each namespace host: psframe over the ssh launcher (one
+    server per host, token authentication: gloo does not encrypt either), DDP as one rank per
+    host."""
+    from psframe.bench import baselines, netns
+    from psframe.transport.addresses import free_port
+    if mode == "ddp":
+        env = dict(os.environ, MASTER_ADDR=hosts.addresses[0], MASTER_PORT=str(free_port()),
+                   WORLD_SIZE="2", GLOO_SOCKET_IFNAME=netns.LINK, OMP_NUM_THREADS="1")
+        outs = baselines.run_processes([(hosts.exec_prefix(r) + me, dict(env, RANK=str(r)))
+                                        for r in range(2)], ns.timeout, "DDP across the namespace hosts")
+        return _step_times(mode, 0, outs[0])
+    cmd = [*hosts.exec_prefix(0), sys.executable, "-m", "psframe_launcher", "--launcher", "ssh",
+           "-H", hosts.hostfile, *hosts.launch_args, "--security", "token",
+           "-n", "2", "-s", "2", *me[1:]]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=ns.timeout)
+    return _step_times(mode, proc.returncode, proc.stdout)
 
 
 def main(argv=None):
@@ -127,23 +177,43 @@ def main(argv=None):
     p.add_argument("--sleep-ms", type=float, default=20, help="backward time per layer")
     p.add_argument("-s", dest="servers", type=int, default=1, help="psframe servers")
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--model", choices=("mlp", "resnet50"), default="mlp")
+    p.add_argument("--hosts-netns", type=int, default=0, choices=(0, 2),
+                   help="2: one worker on each of 2 network-namespace hosts (root only)")
+    p.add_argument("--link-rate", default="10gbit", help="with --hosts-netns: each host link's rate (tc)")
     p.add_argument("--worker", choices=("psframe", "psframe-off", "ddp"), help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.worker:
-        return worker(ns.worker, ns.steps, ns.sleep_ms)
-    samples = {"psframe": [], "psframe-off": [], "ddp": []}
-    for r in range(ns.rounds):
-        for mode in samples:
-            t = run_mode(mode, ns)
-            samples[mode].extend(t)
-            print(f"round {r}: {mode:12s} median step {statistics.median(t) * 1e3:7.1f} ms", flush=True)
-    med = {m: statistics.median(v) for m, v in samples.items()}
-    print(f"{LAYERS} layers, {LAYERS * WIDTH * WIDTH * 4 / 1e6:.0f} MB of gradients, backward "
-          f"{LAYERS * ns.sleep_ms:g} ms of sleep; median step over {ns.rounds} rounds:")
+        return worker(ns.worker, ns.steps, ns.sleep_ms, ns.model)
+    if ns.hosts_netns:
+        from psframe.bench import netns
+        missing = netns.missing_requirements()
+        if missing:
+            sys.exit("--hosts-netns needs " + "; ".join(missing))
+        with netns.NetnsHosts(2, netns.parse_rate(ns.link_rate), slots=1,
+                              lifetime=ns.timeout * 3 * ns.rounds + 300, prefix="pto") as hosts:
+            med = _measure(ns, hosts)
+        where = f"2 namespace hosts, {ns.link_rate} links, one worker each"
+    else:
+        med = _measure(ns, None)
+        where = "2 workers on 127.0.0.1"
+    tensors, floats = (161, 25_557_032) if ns.model == "resnet50" else (LAYERS, LAYERS * WIDTH * WIDTH)
+    print(f"{ns.model}: {tensors} tensors, {floats * 4 / 1e6:.0f} MB of gradients, backward "
+          f"{tensors * ns.sleep_ms:g} ms of sleep; {where}; median step over {ns.rounds} rounds:")
     for m, v in med.items():
         print(f"  {m:12s} {v * 1e3:7.1f} ms")
     print(f"  psframe / ddp         = {med['psframe'] / med['ddp']:.2f}x")
     print(f"  psframe / psframe-off = {med['psframe'] / med['psframe-off']:.2f}x")
+
+
+def _measure(ns, hosts):
+    samples = {"psframe": [], "psframe-off": [], "ddp": []}
+    for r in range(ns.rounds):
+        for mode in samples:
+            t = run_mode(mode, ns, hosts)
+            samples[mode].extend(t)
+            print(f"round {r}: {mode:12s} median step {statistics.median(t) * 1e3:7.1f} ms", flush=True)
+    return {m: statistics.median(v) for m, v in samples.items()}
 
 
 if __name__ == "__main__":

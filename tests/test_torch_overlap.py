@@ -90,3 +90,22 @@ def test_cuda_gradients_copied_on_side_stream():
         b.wait_copied()
         expect = np.concatenate([p.grad.detach().cpu().numpy().reshape(-1) for p in b.params])
         assert b.buf.tobytes() == expect.tobytes()
+
+
+def test_overlap_bench_resnet50_model_has_resnet50_gradients():
+    """examples/bench_torch_overlap.py --model resnet50: ResNet-50's 161 tensors, each with a
+    dense gradient after one backward, met last tensor first (as backward meets the layers)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(HERE), "examples", "bench_torch_overlap.py")
+    spec = importlib.util.spec_from_file_location("bench_torch_overlap", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model, x = mod.build("resnet50", 0)
+    params = list(model.parameters())
+    order = []
+    for i, p in enumerate(params):
+        p.register_post_accumulate_grad_hook(lambda p, i=i: order.append(i))
+    model(x).backward()
+    assert len(params) == 161 and sum(p.numel() for p in params) == 25_557_032
+    assert all(p.grad is not None and bool((p.grad == 1).all()) for p in params)
+    assert order == list(range(160, -1, -1))
