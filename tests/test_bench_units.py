@@ -178,3 +178,17 @@ def test_security_comparison_rotates_modes_and_takes_the_faster_pass():
     assert figures == {m: {n: 0.1 for n in security.SIZES} for m in ("none", "token")}
     text = security.table(figures)
     assert "token/none" in text and "1.000x" in text
+
+
+def test_tier_targets_compare_with_gloo_only_at_the_same_rank_count():
+    from psframe.bench import cli
+    mib = 1 << 20
+    rows = [{"job": f"2x2 {m}", "case": f"size-{100 * mib}", "nbytes": 100 * mib, "kind": "dist_sync",
+             "ms": {"pushpull": ms}} for m, ms in (("tier", 0.12), ("flat", 0.3))]
+    rep = {"rows": rows, "baselines": {"gloo": {100 * mib: 0.1}},
+           "config": {"tier_workers": 2, "num_workers": 2}}
+    got = {t["name"]: round(t["ratio"], 3) for t in cli.tier_targets(rep, "dist_sync")}
+    assert got == {f"2x2 pushpull size-{100 * mib}: host tier / flat": 0.4,
+                   "2x2 tier pushpull 100 MiB / gloo allreduce": 1.2}
+    rep["config"]["tier_workers"] = 4           # gloo ran with 2 ranks: no comparison
+    assert len(cli.tier_targets(rep, "dist_sync")) == 1

@@ -295,9 +295,12 @@ def targets(rep, job1, kind):
 
 def tier_targets(rep, kind):
     """Host tier / flat pushpull time of each case of the tier job (target 0.5x at 100 MiB;
-    elsewhere the tier must at least not be slower)."""
+    elsewhere the tier must at least not be slower), and against the gloo allreduce of the same
+    bytes when that ran with as many ranks as the tier job has workers (target 1.0x)."""
     out = []
     sent = rep.get("host_bytes", {})
+    config = rep.get("config", {})
+    gloo = rep["baselines"].get("gloo", {}) if config.get("tier_workers") == config.get("num_workers") else {}
     for job in sorted({r["job"] for r in rep["rows"] if r["job"].endswith(" tier")}):
         flat = job[:-len(" tier")] + " flat"
         note = ""
@@ -308,6 +311,10 @@ def tier_targets(rep, kind):
             out.append({"name": f"{job[:-len(' tier')]} pushpull {row['case']}: host tier / flat",
                         "ratio": a / b if a and b else None,
                         "limit": 0.5 if row["nbytes"] == 100 * 2 ** 20 else 1, "note": note})
+            g = gloo.get(row["nbytes"])
+            if g and row["case"].startswith("size-"):
+                out.append({"name": f"{job} pushpull {cases.format_size(row['nbytes'])} / gloo allreduce",
+                            "ratio": a / g if a else None, "limit": 1})
     return out
 
 
