@@ -24,16 +24,17 @@ SIDE_BRANCH = {"data": {"errors", "config", "logs", "arrays"},
                "checkpoint": {"errors", "config", "logs", "arrays"}}
 # inside a package, modules import downwards too; every module of these packages must be here
 PACKAGE_LAYER = {
-    # the worker client: records, pure grouping and the checkpoint steps (which reach a store
-    # through a small adapter, importing no other module here), then routes to servers /
-    # request tracking / failure handling, the outgoing message builders over those, the API
-    # built from them all
-    "kvstore": {"base": 0, "fusion": 0, "call_record": 0, "checkpointing": 0, "local": 1,
-                "routes": 1, "requests": 1, "failures": 1, "messages": 2, "rows": 2, "dist": 3,
+    # the worker client: what a call's arguments may be; the interface, records, pure grouping
+    # and the checkpoint steps (which reach a store through a small adapter, importing no other
+    # module here), then routes to servers / request tracking / failure handling, the outgoing
+    # message builders over those, the API built from them all
+    "kvstore": {"arguments": 0, "base": 1, "fusion": 1, "call_record": 1, "checkpointing": 1,
+                "local": 2, "routes": 2, "requests": 2, "failures": 2, "messages": 3, "rows": 3,
+                "dist": 4,
                 # the host tier: the notes and records, the workers' side (dist routes data calls
                 # to it), the aggregator's own uplink to the servers (built like the client), and
                 # the aggregator itself
-                "host_notes": 0, "host_tier": 2, "host_uplink": 3, "host_aggregator": 4},
+                "host_notes": 1, "host_tier": 3, "host_uplink": 4, "host_aggregator": 5},
     # psframe.torch: the buckets and the overlap machinery under the public optimizers
     "torch": {"buckets": 0, "overlap": 0},
 }

@@ -7,127 +7,16 @@ Sparse keys go one key per call to ``_init_sparse``, ``_push_sparse`` and ``_row
 row ids checked, sorted and (for pushes) their duplicate rows summed.
 """
 import abc
-import dataclasses
 
 import numpy as np
 
 from .. import arrays, compression, rowsparse
 from ..aggregation.reduce import sum_arrays
 from ..errors import (ConfigError, DoubleInitError, DTypeMismatchError, ShapeMismatchError,
-                      SparseRowError, UninitializedKeyError, UnsupportedDTypeError)
+                      SparseRowError, UninitializedKeyError)
 from ..rowsparse import RowSparse
-
-
-@dataclasses.dataclass
-class KeyInfo:
-    """What a worker knows of a key it initialised."""
-    shape: tuple
-    dtype: str
-    parts: tuple = ()       # sharding.Part tuple (dist kinds)
-    pushes: int = 0         # pushes sent (the step of the next push is pushes + 1)
-    acked: int = 0          # pushes whose step the servers completed
-    group: object = None    # the fusion.Group it travels in (dist kinds), if any
-    member: int = 0         # its index in that group
-    part_acked: list = None  # pushes merged, per part (dist kinds, keys cut into parts)
-    rows: object = None     # a sparse key: row range bounds per server (rowsparse.row_bounds)
-
-    @property
-    def size(self):
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-def _is_key(k):
-    return isinstance(k, (int, str)) and not isinstance(k, bool)
-
-
-def _check_key(k):
-    if not _is_key(k):
-        raise ConfigError(f"key {k!r} must be an int or a str (or a list of them)")
-    if type(k) is str and k.startswith("\x00"):
-        raise ConfigError(f"key {k!r}: keys starting with '\\x00' are reserved for psframe's "
-                          f"fused keys; rename it")
-    return k
-
-
-def _is_array(v):
-    """A numpy, cupy or torch array (anything with a shape and a dtype)."""
-    return hasattr(v, "shape") and hasattr(v, "dtype")
-
-
-def _is_number(v):
-    return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_numbers(v):
-    """A number, or a (nested) list/tuple of numbers: what ``np.asarray`` makes an array of."""
-    if isinstance(v, (list, tuple)):
-        return len(v) > 0 and all(_is_numbers(x) for x in v)
-    return _is_number(v)
-
-
-_ACCEPTED = ("pass a numpy/cupy/torch array, a list of them (one per local device, summed), "
-             "or plain Python numbers (a number or a list of numbers is one array)")
-
-
-def _devices(key, v, what, known, output):
-    """The list of arrays one key's ``v`` stands for: an array is one entry, a list of arrays is
-    one per local device, and plain numbers are one array (of the key's dtype when ``known``
-    holds the key and they convert without changing kind)."""
-    if _is_array(v):
-        return [v]
-    if isinstance(v, (list, tuple)) and v and all(_is_array(x) for x in v):
-        return list(v)
-    if output:
-        raise TypeError(f"{what} of key {key!r}: out must be an array (or a list of arrays, one per "
-                        f"local device) to write the value into, not {type(v).__name__}")
-    if _is_numbers(v):
-        a = np.asarray(v)
-        dtype = np.dtype(known[key].dtype) if key in known else None
-        if dtype is not None and a.dtype != dtype and np.can_cast(a.dtype, dtype, "same_kind"):
-            a = a.astype(dtype)
-        return [a]
-    held = (f" holding {', '.join(sorted({type(x).__name__ for x in v}))}"
-            if isinstance(v, (list, tuple)) and v else "")
-    raise TypeError(f"{what} of key {key!r}: cannot use a {type(v).__name__}{held}; {_ACCEPTED}")
-
-
-def normalise(key, value, what, known=None, output=False):
-    """``(keys, per_key_values)``: single key -> one entry; list key -> a list of equal length.
-    Each value entry is a list of arrays (one per local device). ``known`` (key -> KeyInfo)
-    gives plain Python numbers the key's dtype; ``output``: the values are ``out`` arrays."""
-    if isinstance(key, (list, tuple)):
-        keys = [_check_key(k) for k in key]
-        if not isinstance(value, (list, tuple)) or len(value) != len(keys):
-            raise ConfigError(f"{what}: {len(keys)} keys need a list of {len(keys)} values")
-        vals = list(value)
-    else:
-        keys, vals = [_check_key(key)], [value]
-    if len(set(keys)) != len(keys):
-        raise ConfigError(f"{what}: a key appears twice in {keys}")
-    known = known or {}
-    return keys, [_devices(k, v, what, known, output) for k, v in zip(keys, vals)]
-
-
-# the ops whose arrays are outputs (written into, so they must be arrays)
-_PUSHPULL_OUT = "pushpull out"
-_OUTPUT_OPS = ("pull", _PUSHPULL_OUT)
-
-
-def _all_arrays(value):
-    """Whether ``value`` (one key's or a list of keys' values) holds arrays only."""
-    if type(value) is np.ndarray or _is_array(value):
-        return True
-    return isinstance(value, (list, tuple)) and all(_all_arrays(v) for v in value)
-
-
-def _dtype_name(key, a, op):
-    try:
-        return arrays.dtype_name(a)
-    except UnsupportedDTypeError as exc:
-        raise UnsupportedDTypeError(exc.dtype, arrays.DTYPES, key=key, op=op) from None
+from .arguments import (OUTPUT_OPS, PUSHPULL_OUT, KeyInfo, all_arrays, dtype_name, is_array, is_key,
+                        normalise)
 
 
 class KVStore(abc.ABC):
@@ -166,7 +55,7 @@ class KVStore(abc.ABC):
             hosts.append(a)
         self._check_open()
         for k, a in zip(keys, hosts):
-            self._keys[k] = KeyInfo(arrays.shape_of(a), _dtype_name(k, a, "init"))
+            self._keys[k] = KeyInfo(arrays.shape_of(a), dtype_name(k, a, "init"))
         try:
             self._init(keys, hosts)
         except Exception:
@@ -201,11 +90,11 @@ class KVStore(abc.ABC):
             ids, rows = self._sparse_value(key, value, "pushpull")
             pull_ids = value.row_ids if row_ids is None else row_ids
             return self._pull_rows(key, pull_ids, value.values if out is None else out, (ids, rows))
-        if out is None and not _all_arrays(value):
+        if out is None and not all_arrays(value):
             raise TypeError("pushpull of plain Python numbers needs out= (an array to write the "
                             "result into); with out=None the result goes back into value")
         keys, vals = self._checked(key, value, "pushpull")
-        outs = vals if out is None else self._checked(key, out, _PUSHPULL_OUT)[1]
+        outs = vals if out is None else self._checked(key, out, PUSHPULL_OUT)[1]
         self._pushed = True
         self._pushpull(keys, [sum_arrays(v) for v in vals], outs, priority)
 
@@ -214,11 +103,11 @@ class KVStore(abc.ABC):
         ``out`` holds the result. Until then ``value`` and ``out`` belong to the store (zmq may
         still be sending ``value`` without a copy): do not write to either, and do not call
         ``pushpull_async`` on the same keys again before waiting."""
-        if out is None and not _all_arrays(value):
+        if out is None and not all_arrays(value):
             raise TypeError("pushpull_async of plain Python numbers needs out= (an array to write "
                             "the result into)")
         keys, vals = self._checked(key, value, "pushpull")
-        outs = vals if out is None else self._checked(key, out, _PUSHPULL_OUT)[1]
+        outs = vals if out is None else self._checked(key, out, PUSHPULL_OUT)[1]
         return self._pushpull_start(keys, [sum_arrays(v) for v in vals], outs, priority)
 
     def set_optimizer(self, optimizer):
@@ -329,13 +218,13 @@ class KVStore(abc.ABC):
 
     def _checked(self, key, value, op):
         self._check_open()
-        keys, vals = normalise(key, value, op, self._keys, op in _OUTPUT_OPS)
+        keys, vals = normalise(key, value, op, self._keys, op in OUTPUT_OPS)
         for k, v in zip(keys, vals):
             info = self._keys.get(k)
             if info is None:
                 raise UninitializedKeyError(k, op)
             for a in v:
-                shape, dtype = arrays.shape_of(a), _dtype_name(k, a, op)
+                shape, dtype = arrays.shape_of(a), dtype_name(k, a, op)
                 if shape != info.shape:
                     raise ShapeMismatchError(k, info.shape, shape, op)
                 if dtype != info.dtype:
@@ -352,7 +241,7 @@ class KVStore(abc.ABC):
             if a.ndim != 2:
                 raise SparseRowError(f"init of sparse key {k!r}: value has shape {a.shape}; a sparse "
                                      f"key is a 2-d (rows, dim) table")
-            self._keys[k] = info = KeyInfo(arrays.shape_of(a), _dtype_name(k, a, "init"))
+            self._keys[k] = info = KeyInfo(arrays.shape_of(a), dtype_name(k, a, "init"))
             info.rows = rowsparse.row_bounds(a.shape[0], self._row_servers())
             try:
                 self._init_sparse(k, np.ascontiguousarray(a))
@@ -368,14 +257,14 @@ class KVStore(abc.ABC):
         if not self._sparse_keys and not sparse_value and row_ids is None:
             return None                  # the dense hot path: no sparse key exists
         self._check_open()
-        info = self._keys.get(key) if _is_key(key) else None
+        info = self._keys.get(key) if is_key(key) else None
         if info is None or info.rows is None:
             if sparse_value or row_ids is not None:
-                named = [key] if _is_key(key) else list(key) if isinstance(key, (list, tuple)) else [key]
+                named = [key] if is_key(key) else list(key) if isinstance(key, (list, tuple)) else [key]
                 raise SparseRowError(f"{op} of key {named[0] if len(named) == 1 else named!r}: "
                                      f"RowSparse values and row_ids are for sparse keys, one key "
                                      f"per call (kv.init(key, table, sparse=True))")
-            if isinstance(key, (list, tuple)) and any(_is_key(k) and k in self._sparse_keys for k in key):
+            if isinstance(key, (list, tuple)) and any(is_key(k) and k in self._sparse_keys for k in key):
                 raise SparseRowError(f"{op}: sparse keys go one key per call, not in a list")
             return None
         if op != "pull" and not sparse_value:
@@ -399,11 +288,11 @@ class KVStore(abc.ABC):
             ids = rowsparse.check_ids(key, row_ids, info.shape[0], "pull")
             want = (len(ids), info.shape[1])
             uniq, inverse = rowsparse.unique_ids(ids)
-        if not _is_array(out) or arrays.shape_of(out) != want:
+        if not is_array(out) or arrays.shape_of(out) != want:
             raise SparseRowError(f"pull of sparse key {key!r}: out must be an array of shape {want}"
                                  f", got {getattr(out, 'shape', type(out).__name__)}")
-        if _dtype_name(key, out, "pull") != info.dtype:
-            raise DTypeMismatchError(key, info.dtype, _dtype_name(key, out, "pull"), "pull")
+        if dtype_name(key, out, "pull") != info.dtype:
+            raise DTypeMismatchError(key, info.dtype, dtype_name(key, out, "pull"), "pull")
         direct = (inverse is None and type(out) is np.ndarray and out.flags.c_contiguous
                   and out.flags.writeable)
         land = out if direct else np.empty((info.shape[0] if uniq is None else len(uniq), info.shape[1]),
