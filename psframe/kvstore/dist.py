@@ -6,13 +6,11 @@ reply while waiting on one); ``failures`` connects the worker's failures and the
 """
 import atexit
 import logging
-import time
 
 import numpy as np
 
 from .. import timeline
-from ..errors import (ConfigError, JobAbortedError, PeerLostError, PSError, PSTimeoutError, from_body,
-                      from_wire, to_wire)
+from ..errors import ConfigError, PeerLostError, PSError, from_wire, to_wire
 from ..protocol import Command, codec
 from ..transport import auth, peers, sockets
 from . import checkpointing, fusion, host_tier, messages, rows
@@ -253,28 +251,12 @@ class DistKVStore(KVStore):
             self._flush(timeout)          # every push is in before the servers hear we left
             if self._through_tier:
                 self._tier.join()         # the host's sums go on without this worker
-            self._wait_for_others_to_join(timeout)
+            # as long as the job lives (timeout None): the others may train for hours
+            peers.request(self._sched, Command.JOIN, self.name, timeout, "join: waiting for every "
+                          "worker to join or finish", msg_id=self._customer.next_id(),
+                          check=self._failures.check)
             if self._through_tier:
                 self._tier.forget_values()   # the others trained on: pulls fetch the newest
-
-    def _wait_for_others_to_join(self, timeout):
-        ask = self.config.timeout if timeout is None else timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        msg_id = self._customer.next_id()
-        sockets.send_frames(self._sched, codec.encode(Command.JOIN, msg_id, self.name))
-        while True:     # as long as the job lives: the others may train for hours
-            self._failures.check()
-            left = ask if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                raise PSTimeoutError(f"join: not every worker joined within {timeout:g}s")
-            if sockets.poll([self._sched], min(left, 1.0)):
-                reply = codec.decode(sockets.recv_frames(self._sched))
-                if reply.cmd is Command.ABORT:
-                    raise JobAbortedError(f"job aborted by the scheduler: {reply.body.get('reason')}")
-                if reply.cmd is Command.ERROR:
-                    raise from_body(reply.body)
-                if reply.id == msg_id:
-                    return
 
     def _close(self):
         error = None

@@ -19,20 +19,26 @@ def bind_ip(host):
         return "*"
 
 
-def request(sock, cmd, sender, timeout, what, body=None, msg_id=1):
-    """Send one request on a DEALER and wait for its reply; returns the reply body.
+def request(sock, cmd, sender, timeout, what, body=None, msg_id=1, check=None):
+    """Send one request on a DEALER and wait for its reply; returns the reply body. ``check``
+    (called at least every second) raises once waiting is pointless; ``timeout`` None: wait as
+    long as it does not.
 
     Raises:
         PSTimeoutError: no reply within ``timeout`` (names ``what``).
         JobAbortedError: the scheduler aborted the job (carries its reason).
-        PSError subclass: the peer's error reply.
+        PSError subclass: the peer's error reply, or ``check``'s error.
     """
     sockets.send_frames(sock, codec.encode(cmd, msg_id, sender, body=body))
-    deadline = time.monotonic() + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not sockets.poll([sock], left):
+        if check is not None:
+            check()
+        left = 1.0 if deadline is None else deadline - time.monotonic()
+        if left <= 0:
             raise PSTimeoutError(f"{what}: no answer within {timeout:g}s")
+        if not sockets.poll([sock], min(left, 1.0) if check is not None else left):
+            continue
         msg = codec.decode(sockets.recv_frames(sock))
         if msg.cmd is Command.ABORT:
             raise JobAbortedError(f"job aborted by the scheduler: {msg.body.get('reason')}")
