@@ -75,6 +75,26 @@ def test_sum_in_order_is_left_to_right_into_the_first():
     np.testing.assert_array_equal(first, expect)
 
 
+def test_sum_on_send_gives_the_bits_of_sum_in_order_message_by_message():
+    """The aggregator sums a key message by message right before each goes: the same additions
+    per element, whatever slices the messages take."""
+    from types import SimpleNamespace
+    rng = np.random.default_rng(1)
+    parts = [(rng.standard_normal((40, 25)) * 10.0 ** i).astype(np.float32) for i in range(3)]
+    expect = reduce.sum_in_order([p.copy() for p in parts])
+    summer = reduce.SumOnSend({"k": parts})
+    flat = parts[0].reshape(-1)
+    cuts = [0, 7, 300, 301, 1000]
+    for a, b in zip(cuts, cuts[1:]):      # two slices per message, as a batch of two parts
+        mid = (a + b) // 2
+        summer(SimpleNamespace(descs=[SimpleNamespace(key="k"), SimpleNamespace(key="other")] * 2,
+                               bufs=[flat[a:mid], np.zeros(3, np.float32), flat[mid:b],
+                                     np.zeros(3, np.float32)]))
+    assert parts[0].tobytes() == expect.tobytes()
+    with pytest.raises(RuntimeError, match="not a slice"):
+        summer(SimpleNamespace(descs=[SimpleNamespace(key="k")], bufs=[flat[:5].copy()]))
+
+
 # -- the servers' summation order --------------------------------------------------------------
 HOSTS = [(0, 3, "a"), (3, 3, "b")]      # 2 hosts x 3 workers
 

@@ -41,6 +41,31 @@ def sum_in_order(parts):
     return total
 
 
+class SumOnSend:
+    """Host sums done one message at a time: ``summed_later`` maps a key to its host arrays in
+    local-rank order; called with a message about to be sent (its ``descs`` and ``bufs``, each
+    buf a slice of a key's first array), it adds the same slice of the others into it, in
+    order. Each element gets the additions ``sum_in_order`` makes, so the bits are the same;
+    the sum of one message overlaps the sending of the one before."""
+
+    def __init__(self, summed_later):
+        self.parts = {k: [p.reshape(-1) for p in parts] for k, parts in summed_later.items()}
+
+    def __call__(self, batch):
+        for desc, buf in zip(batch.descs, batch.bufs):
+            parts = self.parts.get(desc.key)
+            if parts is None:
+                continue
+            first = parts[0]
+            start = (buf.ctypes.data - first.ctypes.data) // first.itemsize
+            stop = start + buf.size
+            if not (0 <= start and stop <= first.size and buf.dtype == first.dtype):
+                raise RuntimeError(f"host tier: a message's array of key {desc.key!r} is not a "
+                                   f"slice of its first worker's slot")
+            for p in parts[1:]:
+                np.add(buf, p[start:stop], out=buf)
+
+
 def copy_to_host(slot, value):
     """Copy ``value`` (numpy, cupy on its device, or torch) into host array ``slot``: the one
     device-to-host copy a worker's (device-summed) gradient needs to reach the host tier."""

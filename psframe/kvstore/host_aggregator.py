@@ -229,32 +229,41 @@ class HostAggregator(threading.Thread):
     # -- to the servers -------------------------------------------------------------------
     def _push_ready(self, keys):
         """Sum each key's waiting slots in local-rank order and send the sums as one batch
-        (a pushpull when every local worker asked for the value back and nobody reads it)."""
+        (a pushpull when every local worker asked for the value back and nobody reads it).
+        A key that travels on its own is summed message by message right before each message
+        goes (``reduce.SumOnSend``), so summing overlaps sending; a fused key is summed first."""
         if not keys:
             return
-        values, owners, entries = [], [], []
+        values, owners, entries, summed_later, freed = [], [], [], {}, []
         both = True
         for k in keys:
             e = self._entries[k]
             ranks = [r for r, n in enumerate(e.waiting) if n is not None]
-            values.append(reduce.sum_in_order([e.slots[r] for r in ranks]))
+            slots = [e.slots[r] for r in ranks]
+            if len(slots) > 1 and self.up.keys[k].group is None:
+                summed_later[k] = slots
+                values.append(slots[0])
+            else:
+                values.append(reduce.sum_in_order(slots))
             notes = [e.waiting[r] for r in ranks]
             e.waiting = [None] * self.size
             both = both and self.sync and all(n.op == "pushpull" for n in notes) and e.readers == 0 \
                 and not e.pulling
-            for n in notes[1:]:
-                self._consumed(n, k)        # summed: their slots are free again
+            freed += [(n, k) for n in notes[1:]]
             owners.append(notes[0])        # the first slot holds the sum until it is sent
             entries.append(e)
             e.pushing += 1
         up = self.up
+        prepare = reduce.SumOnSend(summed_later) if summed_later else None
         if both:
             for e in entries:
                 e.pulling = True
                 e.pull_seq += 1
-            reqs, finish = up.pushpull(keys, values, [[e.result] for e in entries])
+            reqs, finish = up.pushpull(keys, values, [[e.result] for e in entries], prepare)
         else:
-            reqs, finish = up.push(keys, values), []
+            reqs, finish = up.push(keys, values, prepare), []
+        for n, k in freed:
+            self._consumed(n, k)        # summed (every message is built): their slots are free
         steps = [up.pushes_sent(k) for k in keys]
 
         def sent():

@@ -36,18 +36,20 @@ class HostUplink:
     def sockets(self):
         return self.links.sockets()
 
-    def push(self, keys, values):
-        """Send the host sums ``values`` of ``keys``; returns the requests (not waited for)."""
+    def push(self, keys, values, prepare=None):
+        """Send the host sums ``values`` of ``keys``; returns the requests (not waited for).
+        ``prepare(batch)``, if given, runs right before each message is sent (and all of them
+        before this returns)."""
         plain, fused = messages.by_group(self.keys, keys, values)
-        return self._send_pushes(Command.PUSH, plain, fused, {})
+        return self._send_pushes(Command.PUSH, plain, fused, {}, prepare)
 
-    def pushpull(self, keys, values, outs):
+    def pushpull(self, keys, values, outs, prepare=None):
         """``(requests, finish)``: push the host sums and have the replies land in ``outs``."""
         plain, fused = messages.by_group(self.keys, keys, list(zip(values, outs)))
         targets, finish = messages.pull_targets(self.keys, [(k, out) for k, (_, out) in plain],
                                                 [(g, [o for _, o in pairs]) for g, pairs in fused])
         reqs = self._send_pushes(Command.PUSHPULL, [(k, v) for k, (v, _) in plain],
-                                 [(g, [v for v, _ in pairs]) for g, pairs in fused], targets)
+                                 [(g, [v for v, _ in pairs]) for g, pairs in fused], targets, prepare)
         return reqs, finish
 
     def pull(self, keys, outs):
@@ -67,9 +69,14 @@ class HostUplink:
         self.links.close()
         self._ctx.term()
 
-    def _send_pushes(self, cmd, plain, fused, targets):
+    def _send_pushes(self, cmd, plain, fused, targets, prepare):
         batches, wait = messages.push_batches(cmd, self.keys, plain, fused, targets, self._backpressure)
-        return [self._send(s, cmd, b, {"summed": True}, wait_for_send=wait) for s, b in batches]
+        reqs = []
+        for s, b in batches:
+            if prepare is not None:
+                prepare(b)
+            reqs.append(self._send(s, cmd, b, {"summed": True}, wait_for_send=wait))
+        return reqs
 
     def _backpressure(self, info):
         self.customer.wait_merged(info, self.config.max_steps_ahead)
