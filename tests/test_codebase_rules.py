@@ -34,7 +34,8 @@ PACKAGE_LAYER = {
                 # the host tier: the notes and records, the workers' side (dist routes data calls
                 # to it), the aggregator's own uplink to the servers (built like the client), and
                 # the aggregator itself
-                "host_notes": 1, "host_tier": 3, "host_uplink": 4, "host_aggregator": 5},
+                "host_notes": 1, "host_segments": 2, "host_tier": 3, "host_uplink": 4,
+                "host_aggregator": 5},
     # psframe.torch: the buckets and the overlap machinery under the public optimizers
     "torch": {"buckets": 0, "overlap": 0},
 }

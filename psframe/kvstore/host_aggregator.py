@@ -8,7 +8,7 @@ names that process (``worker <rank>@host``) as the one that failed. Its sums are
 its sends zmq calls, which run without the interpreter lock, so the training thread beside it
 loses little.
 
-Per key it keeps one slot per local rank and one result slot (``host_tier``). Sync: step i of a
+Per key it keeps one slot per local rank and one result slot (``host_segments``). Sync: step i of a
 key is ready once every local rank pushed it; the slots are summed in local-rank order into the
 first slot (the same additions a server makes for one host's pushes, so flat and tiered runs
 agree bit for bit) and sent as one push marked ``summed``. Async: whatever local pushes are
@@ -18,21 +18,18 @@ sent once for the host into the result slot, which is rewritten only when no wor
 copying out of it.
 """
 import logging
-import os
 import threading
 
-import numpy as np
 import zmq
 
 from ..aggregation import reduce, shm
 from ..errors import ConfigError, PeerLostError, PSError, UnevenStepsError, to_wire
 from ..transport import sockets
-from .host_notes import Entry, Note, Upstream, pack, unpack
+from .host_notes import Note, Upstream, pack, unpack
+from .host_segments import HostSegments
 from .host_uplink import HostUplink
 
 logger = logging.getLogger(__name__)
-
-LEAD = b"0"       # local rank 0's identity: the worker whose thread this is
 
 
 class HostAggregator(threading.Thread):
@@ -40,7 +37,6 @@ class HostAggregator(threading.Thread):
         super().__init__(name="psframe-host-aggregator", daemon=True)
         self.store, self.size = store, store.local_size
         self.sync = store.sync
-        self.prefix = shm.job_prefix(store.config.scheduler)
         self.failure = None
         self._stop_evt = threading.Event()
         self._ctx = sockets.new_context()
@@ -54,10 +50,7 @@ class HostAggregator(threading.Thread):
                               f"PSFRAME_HIERARCHICAL=0 to run without the tier") from None
         self.up = HostUplink(store)
         self._entries = {}
-        self._segments = []         # [Segment, key list, attached count]
-        self._layouts = {}          # init call -> (offsets, arena bytes)
-        self._inits = {}            # worker id -> init calls seen
-        self._parked_inits = []     # (worker id, note id, keys): ahead of local rank 0's init
+        self._segments = HostSegments(shm.job_prefix(store.config.scheduler), self.size, self._entries)
         self._workers = set()       # ids of the local workers seen
         self._byes = 0
         self._joined = set()        # local ranks in kv.join(): their turn in a sum is zero
@@ -86,8 +79,7 @@ class HostAggregator(threading.Thread):
             for who in self._workers:
                 self._reply(who, {"id": 0, "error": to_wire(self.failure)})
         finally:
-            for seg, _, _ in self._segments:
-                seg.unlink()
+            self._segments.unlink_all()
             self._router.close(0)
             self.up.close()
             self._ctx.term()
@@ -121,12 +113,10 @@ class HostAggregator(threading.Thread):
                     self._entries[k].readers -= 1
                 self._pull_what_is_due()
             elif op == "init":
-                self._init(who, mid, msg["keys"])
+                for to, reply in self._segments.init(who, mid, msg["keys"]):
+                    self._reply(to, reply)
             elif op == "attached":
-                seg = self._segments[msg["index"]]
-                seg[2] += 1
-                if seg[2] == self.size:
-                    seg[0].unlink()      # every worker has it mapped: the name can go
+                self._segments.attached(msg["index"])
             elif op == "flush":
                 self._flushes.append([Note(who, mid, "flush", ()), list(self._upstream)])
             elif op == "forget":      # the values pulled so far are old (TierLink.forget_values)
@@ -146,44 +136,6 @@ class HostAggregator(threading.Thread):
                 raise ConfigError(f"host tier: unknown note {op!r}")
         except PSError as exc:
             self._reply(who, {"id": mid, "error": to_wire(exc)})
-
-    def _init(self, who, mid, keys):
-        n = self._inits.get(who, 0)
-        if who != LEAD and self._inits.get(LEAD, 0) <= n:
-            # the uplink sends with local rank 0's key records (their parts and servers), which
-            # its own init fills in: another worker's init of the same keys waits for it
-            self._parked_inits.append((who, mid, keys))
-            return
-        self._inits[who] = n + 1
-        names = [k for k, _, _ in keys]
-        if n == len(self._segments):
-            sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-                     for _, dtype, shape in keys]
-            offsets, arena = shm.layout(sizes)
-            name = f"{self.prefix}-{os.getpid()}-{n}"
-            seg = shm.Segment.create(name, arena * (self.size + 1))
-            reduce.pin(seg)
-            self._segments.append([seg, names, 0])
-            for (k, dtype, shape), off in zip(keys, offsets):
-                shape = tuple(shape)
-                slots = [seg.array(r * arena + off, dtype, shape) for r in range(self.size)]
-                self._entries[k] = Entry(k, slots, seg.array(self.size * arena + off, dtype, shape))
-            self._layouts[n] = (offsets, arena)
-        seg, known, _ = self._segments[n]
-        if known != names:
-            raise ConfigError(f"host tier: init call {n + 1} names keys {names[:4]}... on one worker "
-                              f"and {known[:4]}... on another; initialise the same lists of keys in "
-                              f"the same order on every worker")
-        offsets, arena = self._layouts[n]
-        self._reply(who, {"id": mid, "segment": seg.name, "size": seg.size, "arena": arena,
-                          "offsets": offsets, "index": n})
-        if who == LEAD:
-            parked, self._parked_inits = self._parked_inits, []
-            for p_who, p_mid, p_keys in parked:
-                try:
-                    self._init(p_who, p_mid, p_keys)
-                except PSError as exc:
-                    self._reply(p_who, {"id": p_mid, "error": to_wire(exc)})
 
     def _take(self, who, mid, op, msg):
         keys = msg["keys"]
