@@ -151,20 +151,21 @@ def _step_times(mode, code, text):
 
 
 def _run_on_hosts(mode, ns, hosts, me):
-    """``mode`` with one worker on each namespace host: psframe over the ssh launcher (one
-    server per host, token authentication: gloo does not encrypt either), DDP as one rank per
-    host."""
+    """``mode`` with ``--per-host`` workers on each namespace host: psframe over the ssh
+    launcher (one server per host, token authentication: gloo does not encrypt either; several
+    workers of a host go through its host tier), DDP with the same ranks per host."""
     from psframe.bench import baselines, netns
     from psframe.transport.addresses import free_port
+    ranks = 2 * ns.per_host
     if mode == "ddp":
         env = dict(os.environ, MASTER_ADDR=hosts.addresses[0], MASTER_PORT=str(free_port()),
-                   WORLD_SIZE="2", GLOO_SOCKET_IFNAME=netns.LINK, OMP_NUM_THREADS="1")
-        outs = baselines.run_processes([(hosts.exec_prefix(r) + me, dict(env, RANK=str(r)))
-                                        for r in range(2)], ns.timeout, "DDP across the namespace hosts")
+                   WORLD_SIZE=str(ranks), GLOO_SOCKET_IFNAME=netns.LINK, OMP_NUM_THREADS="1")
+        outs = baselines.run_processes([(hosts.exec_prefix(r // ns.per_host) + me, dict(env, RANK=str(r)))
+                                        for r in range(ranks)], ns.timeout, "DDP across the namespace hosts")
         return _step_times(mode, 0, outs[0])
     cmd = [*hosts.exec_prefix(0), sys.executable, "-m", "psframe_launcher", "--launcher", "ssh",
            "-H", hosts.hostfile, *hosts.launch_args, "--security", "token",
-           "-n", "2", "-s", "2", *me[1:]]
+           "-n", str(ranks), "-s", "2", *me[1:]]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=ns.timeout)
     return _step_times(mode, proc.returncode, proc.stdout)
@@ -181,6 +182,9 @@ def main(argv=None):
     p.add_argument("--hosts-netns", type=int, default=0, choices=(0, 2),
                    help="2: one worker on each of 2 network-namespace hosts (root only)")
     p.add_argument("--link-rate", default="10gbit", help="with --hosts-netns: each host link's rate (tc)")
+    p.add_argument("--per-host", type=int, default=1,
+                   help="with --hosts-netns: workers (DDP ranks) per host; psframe sums them "
+                        "through the host tier")
     p.add_argument("--worker", choices=("psframe", "psframe-off", "ddp"), help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.worker:
@@ -190,10 +194,10 @@ def main(argv=None):
         missing = netns.missing_requirements()
         if missing:
             sys.exit("--hosts-netns needs " + "; ".join(missing))
-        with netns.NetnsHosts(2, netns.parse_rate(ns.link_rate), slots=1,
+        with netns.NetnsHosts(2, netns.parse_rate(ns.link_rate), slots=ns.per_host,
                               lifetime=ns.timeout * 3 * ns.rounds + 300, prefix="pto") as hosts:
             med = _measure(ns, hosts)
-        where = f"2 namespace hosts, {ns.link_rate} links, one worker each"
+        where = f"2 namespace hosts, {ns.link_rate} links, {ns.per_host} worker(s) each"
     else:
         med = _measure(ns, None)
         where = "2 workers on 127.0.0.1"
