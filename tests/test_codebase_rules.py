@@ -30,7 +30,7 @@ PACKAGE_LAYER = {
     # message builders over those, the API built from them all
     "kvstore": {"arguments": 0, "base": 1, "fusion": 1, "call_record": 1, "checkpointing": 1,
                 "local": 2, "routes": 2, "requests": 2, "failures": 2, "messages": 3, "rows": 3,
-                "dist": 4,
+                "sparse_calls": 4, "dist": 5,
                 # the host tier: the notes and records, the workers' side (dist routes data calls
                 # to it), the aggregator's own uplink to the servers (built like the client), and
                 # the aggregator itself
