@@ -10,7 +10,8 @@ one sleep per tensor. The three modes run interleaved, ``--rounds`` times each, 
     sudo python examples/bench_torch_overlap.py --model resnet50 --sleep-ms 0.5 \
         --hosts-netns 2 --link-rate 10gbit
 
-The first runs both workers on 127.0.0.1 (flat: every worker talks to the servers itself). The
+The first runs both workers on 127.0.0.1 (flat: every worker talks to the servers itself, as
+DDP's ranks talk to each other; ``--host-tier``: through the host's aggregator instead). The
 second puts one worker on each of 2 network-namespace hosts whose links are shaped with tc
 (``psframe.bench.netns``, root only), psframe with one server per host over the ssh launcher
 and DDP with one rank per host. Each prints every mode's median step time and the ratios
@@ -127,9 +128,8 @@ def run_mode(mode, ns, hosts=None):
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *me[1:]]
     else:
         launch = os.path.join(os.path.dirname(sys.executable), "psframe-launch")
-        # the flat path: through the host tier a push is answered before it returns, so
-        # psframe.torch could not overlap it with backward
-        cmd = [launch, "-n", "2", "-s", str(ns.servers), "--no-host-tier", *me[1:]]
+        cmd = [launch, "-n", "2", "-s", str(ns.servers), "--host-tier" if ns.host_tier else "--no-host-tier",
+               *me[1:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -182,6 +182,9 @@ def main(argv=None):
     p.add_argument("--hosts-netns", type=int, default=0, choices=(0, 2),
                    help="2: one worker on each of 2 network-namespace hosts (root only)")
     p.add_argument("--link-rate", default="10gbit", help="with --hosts-netns: each host link's rate (tc)")
+    p.add_argument("--host-tier", action="store_true",
+                   help="on 127.0.0.1: the two workers go through the host tier (default: flat, "
+                        "each worker to the servers, as DDP's ranks talk to each other)")
     p.add_argument("--per-host", type=int, default=1,
                    help="with --hosts-netns: workers (DDP ranks) per host; psframe sums them "
                         "through the host tier")
