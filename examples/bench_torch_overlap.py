@@ -81,21 +81,13 @@ def worker(mode, steps, sleep_ms, model_name):
     import torch
     torch.set_num_threads(1)
     model, x = build(model_name, sleep_ms)
-    times = []
     if mode == "ddp":
         import datetime
         import torch.distributed as dist
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
         ddp = torch.nn.parallel.DistributedDataParallel(model)
-        opt = torch.optim.SGD(ddp.parameters(), lr=1e-4)
+        times = _timed_steps(steps, dist.barrier, ddp, x, torch.optim.SGD(ddp.parameters(), lr=1e-4))
         rank = dist.get_rank()
-        for _ in range(steps):
-            dist.barrier()
-            t0 = time.perf_counter()
-            opt.zero_grad()
-            ddp(x).sum().backward()
-            opt.step()
-            times.append(time.perf_counter() - t0)
         dist.destroy_process_group()
     else:
         import psframe
@@ -103,17 +95,24 @@ def worker(mode, steps, sleep_ms, model_name):
         with psframe.create() as kv:
             opt = psframe.torch.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=1e-4), kv,
                                                      overlap=mode == "psframe")
+            times = _timed_steps(steps, kv.barrier, model, x, opt)
             rank = kv.rank
-            for _ in range(steps):
-                kv.barrier()
-                t0 = time.perf_counter()
-                opt.zero_grad()
-                model(x).sum().backward()
-                opt.step()
-                times.append(time.perf_counter() - t0)
             kv.barrier()
     if rank == 0:
         print("STEP_TIMES " + json.dumps(times), flush=True)
+
+
+def _timed_steps(steps, barrier, model, x, opt):
+    """Seconds of each training step, every one started together (after ``barrier()``)."""
+    times = []
+    for _ in range(steps):
+        barrier()
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def run_mode(mode, ns, hosts=None):

@@ -123,6 +123,14 @@ class UnevenStepsError(PSError, RuntimeError):
     """A sync step cannot complete: a worker it needs has finished (closed its KVStore) after
     fewer pushes of the key."""
 
+    @classmethod
+    def worker_finished(cls, step, key, rank, pushes, what="key"):
+        """Step ``step`` of ``what`` ``key`` needs worker ``rank``, which closed after
+        ``pushes`` pushes of it (the one wording of servers and host aggregators)."""
+        return cls(f"step {step} of {what} {key!r} cannot complete: worker {rank} finished "
+                   f"(closed its KVStore) after pushing it {pushes} times; every worker must "
+                   f"push every key equally often, or call kv.join() when it runs out of data")
+
 
 class RemoteError(PSError):
     """An error reply whose name is not in the whitelist (message kept verbatim)."""

@@ -169,10 +169,7 @@ class HostAggregator(threading.Thread):
             if not gone or all(n is None for n in e.waiting):
                 continue
             done = self.up.pushes_sent(e.key)      # all of them: it flushed before it closed
-            error = UnevenStepsError(
-                f"step {done + 1} of key {e.key!r} cannot complete: worker {first + gone[0]} "
-                f"finished (closed its KVStore) after pushing it {done} times; every worker must "
-                f"push every key equally often, or call kv.join() when it runs out of data")
+            error = UnevenStepsError.worker_finished(done + 1, e.key, first + gone[0], done)
             for r, n in enumerate(e.waiting):
                 if n is not None:
                     e.waiting[r] = None

@@ -39,11 +39,7 @@ class RankOrder:
                     or st.pushes[:, m].max() < step):    # nobody pushed it: others ran ahead
                 continue
             if not self.absent[r]:
-                raise UnevenStepsError(
-                    f"step {step} of key {st.names[m]!r} cannot complete: worker {r} finished "
-                    f"(closed its KVStore) after pushing it {int(st.pushes[r, m])} times; every "
-                    f"worker must push every key equally often, or call kv.join() when it "
-                    f"runs out of data")
+                raise UnevenStepsError.worker_finished(step, st.names[m], r, int(st.pushes[r, m]))
             if any(e.rank == r and e.lo <= m < e.hi for e in merge.early):
                 continue
             if self.hosts.covered(r, self.absent):     # its host's sum counts it as zero

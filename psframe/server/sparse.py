@@ -174,11 +174,7 @@ class SparseTables:
                 if joined is None:
                     return False
                 if not joined:
-                    raise UnevenStepsError(
-                        f"step {step} of sparse key {st.key!r} cannot complete: worker {r} "
-                        f"finished (closed its KVStore) after pushing it {st.pushes[r]} times; "
-                        f"every worker must push every key equally often, or call kv.join() "
-                        f"when it runs out of data")
+                    raise UnevenStepsError.worker_finished(step, st.key, r, st.pushes[r], "sparse key")
         return True
 
     def leave(self, rank, joined):
